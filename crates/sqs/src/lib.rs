@@ -1,0 +1,2 @@
+//! Amazon SQS consumer and publisher speaking `malaka-runtime` events (placeholder: arrives with
+//! the SQS issue).
