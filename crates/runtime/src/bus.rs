@@ -255,7 +255,8 @@ struct Counters {
     retries: AtomicU64,
 }
 
-type Handler<T> = dyn Fn(Arc<Event<T>>) -> BoxFuture<'static, Result<(), ListenerError>> + Send + Sync;
+type Handler<T> =
+    dyn Fn(Arc<Event<T>>) -> BoxFuture<'static, Result<(), ListenerError>> + Send + Sync;
 
 struct Entry<T> {
     id: ListenerId,
@@ -562,10 +563,9 @@ impl EventBus {
                     .get(name)
                     .and_then(|l| l.iter().find(|e| e.id == *id))
                     .map(|e| stats_of(e, name.clone())),
-                Topic::Typed(key, type_name) => reg
-                    .typed
-                    .get(key)
-                    .and_then(|l| l.stats(*id, type_name)),
+                Topic::Typed(key, type_name) => {
+                    reg.typed.get(key).and_then(|l| l.stats(*id, type_name))
+                }
             };
             out.extend(stats);
         }
@@ -641,7 +641,11 @@ async fn attempt<T>(entry: &Entry<T>, event: Arc<Event<T>>) -> Result<(), (Deliv
 
 async fn deliver<T>(entry: &Entry<T>, event: Arc<Event<T>>) -> ListenerOutcome {
     entry.counters.delivered.fetch_add(1, Ordering::Relaxed);
-    let max_attempts = entry.options.retry.as_ref().map_or(1, |p| p.max_attempts.max(1));
+    let max_attempts = entry
+        .options
+        .retry
+        .as_ref()
+        .map_or(1, |p| p.max_attempts.max(1));
     let mut attempts = 1;
     let result = loop {
         match attempt(entry, Arc::clone(&event)).await {

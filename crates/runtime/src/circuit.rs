@@ -334,7 +334,9 @@ impl CircuitBreaker {
         s.buckets
             .iter()
             .filter(|b| b.epoch >= oldest && b.epoch <= now && (b.successes + b.failures) > 0)
-            .fold((0, 0), |(c, f), b| (c + b.successes + b.failures, f + b.failures))
+            .fold((0, 0), |(c, f), b| {
+                (c + b.successes + b.failures, f + b.failures)
+            })
     }
 
     fn transition(&self, s: &mut State, to: CircuitState) -> Option<Transition> {

@@ -46,7 +46,11 @@ impl<T> Future for AbortOnDrop<T> {
 /// assert_eq!(squares, vec![1, 4, 9, 16, 25]);
 /// # }
 /// ```
-pub async fn parallel<I, F, Fut>(items: I, limit: usize, mut f: F) -> Vec<Result<Fut::Output, Error>>
+pub async fn parallel<I, F, Fut>(
+    items: I,
+    limit: usize,
+    mut f: F,
+) -> Vec<Result<Fut::Output, Error>>
 where
     I: IntoIterator,
     F: FnMut(I::Item) -> Fut,
@@ -134,6 +138,10 @@ mod tests {
         assert_eq!(out.len(), 11);
         let all: Vec<u32> = out.into_iter().flat_map(Result::unwrap).collect();
         assert_eq!(all, (0..103).collect::<Vec<_>>());
-        assert!(batch(Vec::<u8>::new(), 3, 2, |c| async move { c }).await.is_empty());
+        assert!(
+            batch(Vec::<u8>::new(), 3, 2, |c| async move { c })
+                .await
+                .is_empty()
+        );
     }
 }

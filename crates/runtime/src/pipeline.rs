@@ -157,7 +157,13 @@ impl<T: Send + 'static, E: Send + 'static> Pipeline<T, E> {
 
     /// Adds a stage that runs `f` on each item with up to `concurrency` calls in flight, keeping
     /// order, and passes results on through a channel of `buffer` items.
-    pub fn stage<U, F, Fut>(self, name: &str, concurrency: usize, buffer: usize, f: F) -> Pipeline<U, E>
+    pub fn stage<U, F, Fut>(
+        self,
+        name: &str,
+        concurrency: usize,
+        buffer: usize,
+        f: F,
+    ) -> Pipeline<U, E>
     where
         U: Send + 'static,
         F: Fn(T) -> Fut + Send + Sync + 'static,

@@ -99,7 +99,9 @@ impl PoolConfig {
 
     fn validate(&self) -> Result<(), Error> {
         if self.max_workers == 0 {
-            return Err(Error::InvalidConfig("max_workers must be at least 1".into()));
+            return Err(Error::InvalidConfig(
+                "max_workers must be at least 1".into(),
+            ));
         }
         if self.min_workers > self.max_workers {
             return Err(Error::InvalidConfig(format!(
@@ -408,7 +410,10 @@ impl WorkerPool {
 
     fn accepted(&self) {
         self.shared.submitted.fetch_add(1, Ordering::Relaxed);
-        if self.shared.idle.load(Ordering::Acquire) == 0 && !self.shared.rx.is_empty() {
+        // More tasks waiting than idle workers to take them. (Comparing `idle` with zero is not
+        // enough: an idle worker already woken for an earlier task still counts as idle until it
+        // runs, so a burst arriving at an idle pool would never grow it.)
+        if self.shared.rx.len() > self.shared.idle.load(Ordering::Acquire) {
             Shared::scale_up(&self.shared);
         }
     }
@@ -455,6 +460,13 @@ impl WorkerPool {
     /// Stops intake, lets queued and running tasks finish for up to `shutdown_timeout`, then
     /// abandons what is left and says how many tasks that was. Calling it again returns at once.
     pub async fn shutdown(&self) -> ShutdownReport {
+        self.shutdown_within(self.shared.config.shutdown_timeout)
+            .await
+    }
+
+    /// Like [`Self::shutdown`] with a drain time other than the configured one (for a process
+    /// whose overall shutdown budget is partly spent).
+    pub async fn shutdown_within(&self, timeout: Duration) -> ShutdownReport {
         let s = &self.shared;
         let first = !s.closed.swap(true, Ordering::AcqRel);
         s.tx.close();
@@ -465,11 +477,10 @@ impl WorkerPool {
             Ok(mut guard) => std::mem::take(&mut *guard),
             Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
         };
-        let drained = tokio::time::timeout(s.config.shutdown_timeout, async {
-            while set.join_next().await.is_some() {}
-        })
-        .await
-        .is_ok();
+        let drained =
+            tokio::time::timeout(timeout, async { while set.join_next().await.is_some() {} })
+                .await
+                .is_ok();
         let abandoned_before = s.abandoned.load(Ordering::Acquire);
         if !drained {
             // Workers still running: each task aborted mid-run counts itself (see `BusyGuard`).
@@ -826,8 +837,14 @@ mod tests {
         let report = pool.shutdown().await;
         assert!(report.clean);
         assert!(pool.is_closed());
-        assert!(matches!(pool.submit(async {}).await, Err(Error::Closed { .. })));
-        assert!(matches!(pool.try_submit(async {}), Err(Error::Closed { .. })));
+        assert!(matches!(
+            pool.submit(async {}).await,
+            Err(Error::Closed { .. })
+        ));
+        assert!(matches!(
+            pool.try_submit(async {}),
+            Err(Error::Closed { .. })
+        ));
         // Idempotent.
         assert_eq!(pool.shutdown().await.abandoned, 0);
     }

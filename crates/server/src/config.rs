@@ -1,0 +1,330 @@
+//! Configuration: defaults, then `malaka.toml`, then `MALAKA_*` environment variables, then flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Everything `malaka serve` can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server binds.
+    pub listen: SocketAddr,
+    /// Folder for the SQLite database and other local files.
+    pub data_dir: PathBuf,
+    /// Time allowed, after SIGINT or SIGTERM, to finish requests and drain work.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Database connection.
+    pub database: DatabaseConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Worker pools, by name.
+    pub pools: PoolsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("malaka-data"),
+            shutdown_timeout: Duration::from_secs(5),
+            database: DatabaseConfig::default(),
+            log: LogConfig::default(),
+            pools: PoolsConfig::default(),
+        }
+    }
+}
+
+/// Which database, and how to talk to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` or `postgres://...`; empty means `sqlite://<data_dir>/malaka.db`.
+    pub url: String,
+    /// Connections in the pool.
+    pub max_connections: u32,
+    /// SQLite `synchronous` setting: `full` (every commit reaches the disk before it is
+    /// acknowledged) or `normal` (WAL: survives a process crash, may lose the last commits on a
+    /// power cut).
+    pub sqlite_synchronous: SqliteSync,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            max_connections: 8,
+            sqlite_synchronous: SqliteSync::Full,
+        }
+    }
+}
+
+/// SQLite durability level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSync {
+    /// fsync on every commit.
+    Full,
+    /// fsync at checkpoints (safe against process crashes in WAL mode).
+    Normal,
+}
+
+/// Log output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (readable) or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `malaka=debug,sqlx=warn`; `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            filter: "info".to_owned(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Sizes of the server's worker pools.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolsConfig {
+    /// The pool behind the event bus's asynchronous dispatch.
+    pub events: PoolSettings,
+}
+
+/// One pool's sizes; unset values take `malaka-runtime`'s defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolSettings {
+    /// Workers kept when idle.
+    pub min_workers: Option<usize>,
+    /// Most workers (and so tasks running at once).
+    pub max_workers: Option<usize>,
+    /// Tasks that may wait.
+    pub queue_size: Option<usize>,
+    /// Idle time before a worker above the minimum retires.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+}
+
+impl PoolSettings {
+    /// The runtime's pool configuration for pool `name`, draining within `shutdown_timeout`.
+    pub fn to_pool_config(
+        &self,
+        name: &str,
+        shutdown_timeout: Duration,
+    ) -> malaka_runtime::PoolConfig {
+        let mut c = malaka_runtime::PoolConfig::new(name).shutdown_timeout(shutdown_timeout);
+        if let Some(n) = self.min_workers {
+            c = c.min_workers(n);
+        }
+        if let Some(n) = self.max_workers {
+            c = c.max_workers(n);
+        }
+        if let Some(n) = self.queue_size {
+            c = c.queue_size(n);
+        }
+        if let Some(d) = self.idle_timeout {
+            c = c.idle_timeout(d);
+        }
+        c
+    }
+}
+
+/// Values given on the command line; `None` leaves the lower layers' value.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    /// `--listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// `--shutdown-timeout`.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    pub shutdown_timeout: Option<Duration>,
+    /// `--database-url` and friends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseOverrides>,
+    /// `--log-format`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogOverrides>,
+}
+
+/// Database flags.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DatabaseOverrides {
+    /// `--database-url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// Log flags.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LogOverrides {
+    /// `--log-format`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<LogFormat>,
+}
+
+/// Why configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A layer had a bad value or an unknown key.
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+    /// An explicitly named config file is missing.
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+}
+
+/// Environment variables under this prefix that are not configuration (test harness settings).
+const NOT_CONFIG: &str = "test_";
+
+impl Config {
+    /// Loads the layers: defaults, the TOML file (`path`, or `malaka.toml` in the working folder
+    /// when it exists), `MALAKA_*` variables (nested keys joined by `__`, e.g.
+    /// `MALAKA_DATABASE__URL`), then `overrides`.
+    ///
+    /// # Errors
+    /// An unknown key, a value of the wrong type, or a named file that does not exist.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        Self::load_from(path, overrides, Env::prefixed("MALAKA_"))
+    }
+
+    fn load_from(
+        path: Option<&Path>,
+        overrides: &Overrides,
+        env: Env,
+    ) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        match path {
+            Some(p) if !p.exists() => return Err(ConfigError::MissingFile(p.to_owned())),
+            Some(p) => fig = fig.merge(Toml::file_exact(p)),
+            None => {
+                if Path::new("malaka.toml").exists() {
+                    fig = fig.merge(Toml::file_exact("malaka.toml"));
+                }
+            }
+        }
+        let env = env
+            .filter(|k| !k.as_str().to_ascii_lowercase().starts_with(NOT_CONFIG))
+            .split("__");
+        fig = fig.merge(env).merge(Serialized::defaults(overrides));
+        fig.extract().map_err(|e| ConfigError::Invalid(Box::new(e)))
+    }
+
+    /// The database URL, defaulting to the SQLite file in `data_dir`.
+    pub fn database_url(&self) -> String {
+        if self.database.url.is_empty() {
+            format!("sqlite://{}", self.data_dir.join("malaka.db").display())
+        } else {
+            self.database.url.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail closures return its own (large) error
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "custom.toml",
+                r#"
+                listen = "127.0.0.1:9000"
+                shutdown_timeout = "7s"
+                [database]
+                url = "sqlite://file.db"
+                [log]
+                format = "json"
+                [pools.events]
+                max_workers = 3
+                "#,
+            )?;
+            jail.set_env("MALAKA_LISTEN", "127.0.0.1:9001");
+            jail.set_env("MALAKA_POOLS__EVENTS__QUEUE_SIZE", "77");
+            jail.set_env("MALAKA_TEST_DATABASE_URL", "ignored");
+            let overrides = Overrides {
+                database: Some(DatabaseOverrides {
+                    url: Some("postgres://x/y".into()),
+                }),
+                ..Overrides::default()
+            };
+            let c = Config::load(Some(Path::new("custom.toml")), &overrides)
+                .map_err(|e| e.to_string())?;
+            assert_eq!(c.listen, "127.0.0.1:9001".parse().unwrap()); // env beats file
+            assert_eq!(c.shutdown_timeout, Duration::from_secs(7)); // file beats default
+            assert_eq!(c.database.url, "postgres://x/y"); // flag beats file
+            assert_eq!(c.log.format, LogFormat::Json);
+            assert_eq!(c.pools.events.max_workers, Some(3));
+            assert_eq!(c.pools.events.queue_size, Some(77));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn defaults_need_nothing() {
+        figment::Jail::expect_with(|_jail| {
+            let c = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(c, Config::default());
+            assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+            assert_eq!(c.database_url(), "sqlite://malaka-data/malaka.db");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn malaka_toml_in_the_working_folder_is_read() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("malaka.toml", "data_dir = \"elsewhere\"")?;
+            let c = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(c.data_dir, PathBuf::from("elsewhere"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("malaka.toml", "lisen = \"127.0.0.1:1\"")?;
+            let e = Config::load(None, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("lisen"), "{e}");
+            jail.create_file("malaka.toml", "shutdown_timeout = \"soon\"")?;
+            let e = Config::load(None, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("shutdown_timeout"), "{e}");
+            let e = Config::load(Some(Path::new("nope.toml")), &Overrides::default()).unwrap_err();
+            assert!(matches!(e, ConfigError::MissingFile(_)));
+            Ok(())
+        });
+    }
+}

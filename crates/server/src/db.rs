@@ -1,0 +1,181 @@
+//! The database: an embedded SQLite file by default, or a shared PostgreSQL; connection, schema
+//! migrations and the readiness check.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::config::{DatabaseConfig, SqliteSync};
+
+/// Which database kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// One embedded file.
+    Sqlite,
+    /// A PostgreSQL server, possibly shared by several nodes.
+    Postgres,
+}
+
+impl Backend {
+    /// `sqlite` or `postgres`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// A connection pool to either backend.
+#[derive(Debug, Clone)]
+pub enum Database {
+    /// SQLite (WAL mode).
+    Sqlite(SqlitePool),
+    /// PostgreSQL.
+    Postgres(PgPool),
+}
+
+/// Why the database could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The URL names no supported database.
+    #[error("unsupported database URL `{0}`: use sqlite://PATH or postgres://...")]
+    UnsupportedUrl(String),
+    /// The data folder could not be created.
+    #[error("cannot create data folder {path}: {source}")]
+    DataDir {
+        /// The folder.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A query or connection failed.
+    #[error(transparent)]
+    Sqlx(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error(transparent)]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl Database {
+    /// Connects, creating the SQLite file (and its folder) when missing.
+    ///
+    /// # Errors
+    /// An unsupported URL, an unreachable server, or a file that cannot be created.
+    pub async fn connect(url: &str, config: &DatabaseConfig) -> Result<Self, DbError> {
+        if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(match config.sqlite_synchronous {
+                    SqliteSync::Full => SqliteSynchronous::Full,
+                    SqliteSync::Normal => SqliteSynchronous::Normal,
+                })
+                .busy_timeout(Duration::from_secs(5))
+                .foreign_keys(true);
+            if let Some(dir) = Path::new(opts.get_filename()).parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir).map_err(|source| DbError::DataDir {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(config.max_connections.max(1))
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(opts)
+                .await?;
+            Ok(Self::Sqlite(pool))
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let opts = PgConnectOptions::from_str(url)?.application_name("malaka");
+            let pool = PgPoolOptions::new()
+                .max_connections(config.max_connections.max(1))
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(opts)
+                .await?;
+            Ok(Self::Postgres(pool))
+        } else {
+            Err(DbError::UnsupportedUrl(url.to_owned()))
+        }
+    }
+
+    /// Which backend this is.
+    pub fn backend(&self) -> Backend {
+        match self {
+            Self::Sqlite(_) => Backend::Sqlite,
+            Self::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Applies the server's migrations that have not run yet. Other crates' migrations share the
+    /// `_sqlx_migrations` table, so versions this migrator does not know are left alone.
+    ///
+    /// # Errors
+    /// A migration that fails, or one that was edited after it ran.
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        match self {
+            Self::Sqlite(pool) => {
+                let mut m = sqlx::migrate!("./migrations/sqlite");
+                m.set_ignore_missing(true);
+                m.run(pool).await?;
+            }
+            Self::Postgres(pool) => {
+                let mut m = sqlx::migrate!("./migrations/postgres");
+                m.set_ignore_missing(true);
+                m.run(pool).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// This installation's id, created on first use.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn installation_id(&self) -> Result<String, DbError> {
+        let fresh = uuid::Uuid::now_v7().to_string();
+        const INSERT: &str = "INSERT INTO malaka_meta (key, value) VALUES ('installation_id', $1) ON CONFLICT (key) DO NOTHING";
+        const SELECT: &str = "SELECT value FROM malaka_meta WHERE key = 'installation_id'";
+        let id = match self {
+            Self::Sqlite(pool) => {
+                sqlx::query(INSERT).bind(&fresh).execute(pool).await?;
+                sqlx::query_scalar(SELECT).fetch_one(pool).await?
+            }
+            Self::Postgres(pool) => {
+                sqlx::query(INSERT).bind(&fresh).execute(pool).await?;
+                sqlx::query_scalar(SELECT).fetch_one(pool).await?
+            }
+        };
+        Ok(id)
+    }
+
+    /// A round trip to the database.
+    ///
+    /// # Errors
+    /// The database did not answer.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        match self {
+            Self::Sqlite(pool) => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+            }
+            Self::Postgres(pool) => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes every connection (SQLite checkpoints its WAL on the last close).
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(pool) => pool.close().await,
+            Self::Postgres(pool) => pool.close().await,
+        }
+    }
+}
