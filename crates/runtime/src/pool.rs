@@ -675,7 +675,14 @@ async fn worker_loop(shared: Arc<Shared>) {
                 };
                 shared.idle.fetch_sub(1, Ordering::AcqRel);
                 match received {
-                    Some(task) => task,
+                    Some(task) => {
+                        // A submit that ran while this worker still counted as idle may have
+                        // skipped scaling up; check again now that it no longer does.
+                        if shared.rx.len() > shared.idle.load(Ordering::Acquire) {
+                            Shared::scale_up(&shared);
+                        }
+                        task
+                    }
                     None => break,
                 }
             }

@@ -56,10 +56,27 @@ pub enum BenchError {
     Runtime(#[from] malaka_runtime::Error),
 }
 
-/// Tasks per timed round.
-const TASKS: usize = 200_000;
-/// Rounds per measurement; the median round counts.
-const ROUNDS: usize = 5;
+/// How big a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size {
+    /// Tasks per timed round.
+    pub tasks: usize,
+    /// Rounds per measurement; the median round counts.
+    pub rounds: usize,
+}
+
+impl Size {
+    /// The figures to quote.
+    pub const FULL: Size = Size {
+        tasks: 200_000,
+        rounds: 5,
+    };
+    /// A smoke run that checks the suite works, in well under a second.
+    pub const QUICK: Size = Size {
+        tasks: 2_000,
+        rounds: 1,
+    };
+}
 /// Submitted, then awaited, in chunks this big (the pool's default queue size).
 const CHUNK: usize = 1000;
 
@@ -120,29 +137,30 @@ fn per_task_ns(d: Duration, n: usize) -> f64 {
 ///
 /// # Errors
 /// A pool could not be created.
-pub async fn runtime_suite() -> Result<Figures, BenchError> {
+pub async fn runtime_suite(size: Size) -> Result<Figures, BenchError> {
+    let Size { tasks, rounds } = size;
     let mut f = Figures::default();
     let pool = WorkerPool::new(PoolConfig::new("bench"))?;
 
     // Warm up both paths, then alternate so both see the same machine state.
-    let _ = spawn_chunked(TASKS / 4).await;
-    let _ = pool_chunked(&pool, TASKS / 4).await?;
+    let _ = spawn_chunked(tasks / 4).await;
+    let _ = pool_chunked(&pool, tasks / 4).await?;
     let (mut spawn, mut pooled) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        spawn.push(spawn_chunked(TASKS).await);
-        pooled.push(pool_chunked(&pool, TASKS).await?);
+    for _ in 0..rounds {
+        spawn.push(spawn_chunked(tasks).await);
+        pooled.push(pool_chunked(&pool, tasks).await?);
     }
     let (spawn_ns, pool_ns) = (
-        per_task_ns(median(spawn), TASKS),
-        per_task_ns(median(pooled), TASKS),
+        per_task_ns(median(spawn), tasks),
+        per_task_ns(median(pooled), tasks),
     );
     f.push("spawn_await_ns_per_task", spawn_ns);
     f.push("pool_submit_await_ns_per_task", pool_ns);
     f.push("pool_overhead_ratio", pool_ns / spawn_ns);
 
-    let seq = TASKS / 4;
+    let seq = tasks / 4;
     let (mut spawn, mut pooled) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         spawn.push(spawn_sequential(seq).await);
         pooled.push(pool_sequential(&pool, seq).await?);
     }
@@ -155,20 +173,20 @@ pub async fn runtime_suite() -> Result<Figures, BenchError> {
     f.push("pool_overhead_ratio_sequential", pool_ns / spawn_ns);
 
     for listeners in [1usize, 4, 16] {
-        let rate = bus_rate(&pool, listeners).await;
+        let rate = bus_rate(&pool, listeners, size).await;
         f.push(format!("bus_deliveries_per_sec_{listeners}"), rate);
     }
 
-    let mut rounds = Vec::new();
-    for _ in 0..ROUNDS {
+    let mut times = Vec::new();
+    for _ in 0..rounds {
         let start = Instant::now();
-        let out = malaka_runtime::parallel(0..TASKS, 256, |i| async move { i }).await;
-        rounds.push(start.elapsed());
-        debug_assert_eq!(out.len(), TASKS);
+        let out = malaka_runtime::parallel(0..tasks, 256, |i| async move { i }).await;
+        times.push(start.elapsed());
+        debug_assert_eq!(out.len(), tasks);
     }
     f.push(
         "parallel_tasks_per_sec",
-        TASKS as f64 / median(rounds).as_secs_f64(),
+        tasks as f64 / median(times).as_secs_f64(),
     );
     pool.shutdown().await;
     Ok(f)
@@ -176,7 +194,7 @@ pub async fn runtime_suite() -> Result<Figures, BenchError> {
 
 /// Listener deliveries per second: `dispatchers` tasks each dispatch fresh events to
 /// `listeners` no-op listeners.
-async fn bus_rate(pool: &WorkerPool, listeners: usize) -> f64 {
+async fn bus_rate(pool: &WorkerPool, listeners: usize, size: Size) -> f64 {
     #[derive(Clone)]
     struct Tick(#[allow(dead_code)] u64);
     let bus = EventBus::new(pool.clone());
@@ -184,10 +202,10 @@ async fn bus_rate(pool: &WorkerPool, listeners: usize) -> f64 {
         bus.on::<Tick, _, _>(&format!("noop-{i}"), |_| async { Ok(()) });
     }
     let dispatchers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let events = 1_000_000 / listeners.max(1);
+    let events = size.tasks * 5 / listeners.max(1);
     let per = events / dispatchers;
     let mut rounds = Vec::new();
-    for _ in 0..ROUNDS {
+    for _ in 0..size.rounds {
         let start = Instant::now();
         let tasks: Vec<_> = (0..dispatchers)
             .map(|_| {

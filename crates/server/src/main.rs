@@ -85,6 +85,9 @@ struct BenchArgs {
     /// Database URL, for suites that touch one (a fresh database is created in it).
     #[arg(long, value_name = "URL")]
     database_url: Option<String>,
+    /// A small, fast run that checks the suite works; its figures are not to be quoted.
+    #[arg(long)]
+    quick: bool,
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -147,7 +150,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => {
             let _ = (args.backend, &args.database_url);
             let figures = match args.suite {
-                Suite::Runtime => malaka::bench::runtime_suite().await?,
+                Suite::Runtime => {
+                    let size = if args.quick {
+                        malaka::bench::Size::QUICK
+                    } else {
+                        malaka::bench::Size::FULL
+                    };
+                    // On a runtime worker thread, as server code runs (not on the main thread
+                    // that `block_on` borrows).
+                    tokio::spawn(malaka::bench::runtime_suite(size))
+                        .await
+                        .context("benchmark task")??
+                }
             };
             if args.json {
                 println!("{}", figures.to_json());

@@ -1,0 +1,155 @@
+//! Test harness: `spawn_app()` starts the real server on port 0 with a fresh database (an SQLite
+//! file in a temporary folder, or a new PostgreSQL database) and hands back its address.
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stderr
+)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use malaka::{AppState, Application, Config};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL server tests use: `MALAKA_TEST_POSTGRES_URL`, else the local one.
+pub fn postgres_admin_url() -> String {
+    std::env::var("MALAKA_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// A fresh PostgreSQL database, or `None` when no server answers outside CI. Under CI a missing
+/// server fails the test: PostgreSQL tests always run there.
+pub async fn fresh_postgres() -> Option<(String, String)> {
+    use sqlx::Connection;
+    let admin = postgres_admin_url();
+    let mut conn = match sqlx::PgConnection::connect(&admin).await {
+        Ok(c) => c,
+        Err(e) if !in_ci() => {
+            eprintln!("skipping PostgreSQL test: {admin} unreachable ({e})");
+            return None;
+        }
+        Err(e) => panic!("PostgreSQL at {admin} is required under CI: {e}"),
+    };
+    let name = format!("malaka_test_{}", uuid::Uuid::now_v7().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    Some((format!("{base}/{name}"), name))
+}
+
+async fn drop_postgres(name: &str) {
+    use sqlx::Connection;
+    if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await;
+    }
+}
+
+/// A running server.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    pub backend: Backend,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), malaka::ServerError>>>,
+    pg_database: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Stops the server as SIGTERM would and waits for it; drops a PostgreSQL test database.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("server stops within 10 s")
+                .expect("server task")
+                .expect("server result");
+        }
+        if let Some(db) = self.pg_database.take() {
+            drop_postgres(&db).await;
+        }
+    }
+}
+
+/// Starts the server on SQLite.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_on(Backend::Sqlite)
+        .await
+        .expect("SQLite is always available")
+}
+
+/// Starts the server on `backend`; `None` when that backend is unavailable outside CI.
+pub async fn spawn_app_on(backend: Backend) -> Option<TestApp> {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// Starts the server on `backend` after `tweak` adjusts its configuration.
+pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<TestApp> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: dir.path().join("data"),
+        ..Config::default()
+    };
+    let mut pg_database = None;
+    if backend == Backend::Postgres {
+        let (url, name) = fresh_postgres().await?;
+        config.database.url = url;
+        pg_database = Some(name);
+    }
+    tweak(&mut config);
+    let app = Application::build(&config).await.expect("app builds");
+    let addr = app.local_addr().expect("addr");
+    let state = app.state().clone();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until(async move {
+        let _ = rx.await;
+    }));
+    Some(TestApp {
+        addr,
+        client: reqwest::Client::new(),
+        state,
+        backend,
+        stop: Some(tx),
+        task: Some(task),
+        pg_database,
+        _dir: dir,
+    })
+}
