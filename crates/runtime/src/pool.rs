@@ -645,8 +645,17 @@ async fn worker_loop(shared: Arc<Shared>) {
     // One timer for the worker's life, re-armed only when it fires: waiting costs no timer work.
     let idle_timer = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle_timer);
+    let mut just_ran = false;
     loop {
-        let task = match shared.rx.try_recv() {
+        let mut next = shared.rx.try_recv();
+        if just_ran && matches!(next, Err(async_channel::TryRecvError::Empty)) {
+            // Let the task we just woke (often the submitter, awaiting this result) run first: it
+            // commonly submits again at once, and we then take that task without parking and
+            // being woken, which is most of the cost of a submit-await round trip.
+            tokio::task::yield_now().await;
+            next = shared.rx.try_recv();
+        }
+        let task = match next {
             Ok(task) => task,
             Err(async_channel::TryRecvError::Closed) => break,
             Err(async_channel::TryRecvError::Empty) => {
@@ -697,6 +706,7 @@ async fn worker_loop(shared: Arc<Shared>) {
         last_active = Instant::now();
         busy.finished = true;
         drop(busy);
+        just_ran = true;
         shared.run_time.record(last_active - start);
         match status {
             Status::Completed => shared.completed.fetch_add(1, Ordering::Relaxed),

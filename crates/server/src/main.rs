@@ -148,7 +148,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{text}");
         }
         Command::Bench(args) => {
-            let _ = (args.backend, &args.database_url);
+            telemetry::init_logging(&malaka::config::LogConfig {
+                format: cli.log_format.unwrap_or(LogFormat::Text),
+                filter: "warn".to_owned(),
+            });
+            if args.database_url.is_some() || !matches!(args.backend, BenchBackend::Sqlite) {
+                tracing::warn!(
+                    "the runtime suite touches no database; --backend and --database-url are ignored"
+                );
+            }
             let figures = match args.suite {
                 Suite::Runtime => {
                     let size = if args.quick {
