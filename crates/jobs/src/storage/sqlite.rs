@@ -1,0 +1,681 @@
+//! SQLite storage: one writer, claims and completions as single `UPDATE ... RETURNING` statements
+//! in `BEGIN IMMEDIATE` transactions; wake-ups in process (commit hooks see every insert).
+
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{SqliteConnection, SqliteOperation, SqlitePool, SqliteRow};
+use sqlx::{Acquire, Row};
+use tokio::sync::{broadcast, mpsc};
+
+use super::{Storage, from_micros, lease_delta, micros};
+use crate::error::JobsError;
+use crate::types::{
+    AttemptError, Enqueued, Finish, JobId, JobRecord, JobState, LeaseStatus, ListFilter, NewJob,
+    Outcome, QueueStats, Wakeup,
+};
+
+const COLS: &str = "id, queue, kind, payload, priority, state, attempt, max_attempts, run_at, \
+    lease_expires_at, locked_by, unique_key, tags, errors, cancel_requested, created_at, \
+    attempted_at, finished_at";
+
+const UNFINISHED: &str = "('available', 'scheduled', 'running', 'retryable')";
+
+/// In-process wake-ups shared by every SQLite storage and hooked connection in this process.
+fn wakeups() -> &'static broadcast::Sender<Wakeup> {
+    static TX: OnceLock<broadcast::Sender<Wakeup>> = OnceLock::new();
+    TX.get_or_init(|| broadcast::channel(1024).0)
+}
+
+fn wake(w: Wakeup) {
+    // No receiver means no worker in this process: nothing to wake.
+    let _no_workers = wakeups().send(w);
+}
+
+/// Makes every insert into the jobs table through `conn` wake this process's workers when its
+/// transaction commits, whoever wrote it (a caller's own transaction included). Call it from the
+/// pool's `after_connect`.
+///
+/// # Errors
+/// The connection's handle could not be locked.
+pub async fn install_hooks(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    let mut handle = conn.lock_handle().await?;
+    let dirty = Arc::new(AtomicBool::new(false));
+    let on_update = Arc::clone(&dirty);
+    handle.set_update_hook(move |r| {
+        if r.operation == SqliteOperation::Insert && r.table == "malaka_jobs" {
+            on_update.store(true, Ordering::Relaxed);
+        }
+    });
+    let on_commit = Arc::clone(&dirty);
+    handle.set_commit_hook(move || {
+        if on_commit.swap(false, Ordering::Relaxed) {
+            wake(Wakeup::Resync);
+        }
+        true
+    });
+    handle.set_rollback_hook(move || dirty.store(false, Ordering::Relaxed));
+    Ok(())
+}
+
+/// Applies this crate's SQLite migrations (sharing `_sqlx_migrations` with other crates).
+///
+/// # Errors
+/// A migration failed.
+pub async fn migrate(pool: &SqlitePool) -> Result<(), JobsError> {
+    let mut m = sqlx::migrate!("./migrations/sqlite");
+    m.set_ignore_missing(true);
+    m.run(pool).await?;
+    Ok(())
+}
+
+/// Jobs in an SQLite database.
+#[derive(Debug, Clone)]
+pub struct SqliteStorage {
+    pool: SqlitePool,
+}
+
+impl SqliteStorage {
+    /// Storage over `pool` (migrated with [`migrate`]).
+    pub fn new(pool: SqlitePool) -> Self {
+        Self { pool }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+fn state_of(s: &str) -> Result<JobState, JobsError> {
+    s.parse()
+}
+
+fn record(row: &SqliteRow) -> Result<JobRecord, JobsError> {
+    let payload: String = row.try_get("payload")?;
+    let tags: String = row.try_get("tags")?;
+    let errors: String = row.try_get("errors")?;
+    let opt = |name: &str| -> Result<Option<DateTime<Utc>>, JobsError> {
+        Ok(row.try_get::<Option<i64>, _>(name)?.map(from_micros))
+    };
+    Ok(JobRecord {
+        id: row.try_get("id")?,
+        queue: row.try_get("queue")?,
+        kind: row.try_get("kind")?,
+        payload: serde_json::from_str(&payload)?,
+        priority: row
+            .try_get::<i64, _>("priority")?
+            .clamp(i16::MIN.into(), i16::MAX.into()) as i16,
+        state: state_of(row.try_get("state")?)?,
+        attempt: row.try_get("attempt")?,
+        max_attempts: row.try_get("max_attempts")?,
+        run_at: from_micros(row.try_get("run_at")?),
+        lease_expires_at: opt("lease_expires_at")?,
+        locked_by: row.try_get("locked_by")?,
+        unique_key: row.try_get("unique_key")?,
+        tags: serde_json::from_str(&tags)?,
+        errors: serde_json::from_str::<Vec<AttemptError>>(&errors)?,
+        cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
+        created_at: from_micros(row.try_get("created_at")?),
+        attempted_at: opt("attempted_at")?,
+        finished_at: opt("finished_at")?,
+    })
+}
+
+fn error_json(attempt: i32, at: DateTime<Utc>, error: &str) -> Result<String, JobsError> {
+    Ok(serde_json::to_string(&AttemptError {
+        attempt,
+        at,
+        error: error.to_owned(),
+    })?)
+}
+
+fn initial_state(job: &NewJob, now: DateTime<Utc>) -> JobState {
+    match job.run_at {
+        Some(t) if t > now => JobState::Scheduled,
+        _ => JobState::Available,
+    }
+}
+
+/// Inserts `job` through `conn`, which may be inside the caller's transaction: the job then
+/// exists if and only if that transaction commits. With [`install_hooks`] on the connection, the
+/// commit wakes the workers.
+///
+/// # Errors
+/// An invalid job or a database error.
+pub async fn enqueue_in(conn: &mut SqliteConnection, job: &NewJob) -> Result<Enqueued, JobsError> {
+    job.validate()?;
+    let now = Utc::now();
+    let run_at = job.run_at.unwrap_or(now);
+    let tags = serde_json::to_string(&job.tags)?;
+    let payload = serde_json::to_string(&job.payload)?;
+    for _ in 0..3 {
+        let inserted: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO malaka_jobs (queue, kind, payload, priority, state, max_attempts, run_at, \
+             unique_key, tags, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN {UNFINISHED} \
+             DO NOTHING RETURNING id"
+        )))
+        .bind(&job.queue)
+        .bind(&job.kind)
+        .bind(&payload)
+        .bind(i64::from(job.priority))
+        .bind(initial_state(job, now).as_str())
+        .bind(job.max_attempts)
+        .bind(micros(run_at))
+        .bind(&job.unique_key)
+        .bind(&tags)
+        .bind(micros(now))
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(id) = inserted {
+            return Ok(Enqueued {
+                id,
+                duplicate: false,
+            });
+        }
+        let existing: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT id FROM malaka_jobs WHERE unique_key = ? AND state IN {UNFINISHED}"
+        )))
+        .bind(&job.unique_key)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(id) = existing {
+            return Ok(Enqueued {
+                id,
+                duplicate: true,
+            });
+        }
+        // The holder finished between the two statements: try again.
+    }
+    Err(JobsError::Invalid(
+        "unique_key: contention did not settle after 3 tries".into(),
+    ))
+}
+
+async fn begin_immediate(
+    pool: &SqlitePool,
+) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, JobsError> {
+    Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
+}
+
+fn pairs_json(jobs: impl Iterator<Item = (JobId, i32)>) -> Result<String, JobsError> {
+    let v: Vec<[i64; 2]> = jobs.map(|(id, a)| [id, i64::from(a)]).collect();
+    Ok(serde_json::to_string(&v)?)
+}
+
+#[async_trait]
+impl Storage for SqliteStorage {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn enqueue(&self, job: NewJob) -> Result<Enqueued, JobsError> {
+        let mut conn = self.pool.acquire().await?;
+        let out = enqueue_in(&mut conn, &job).await?;
+        if !out.duplicate {
+            wake(Wakeup::Available(job.queue.clone()));
+        }
+        Ok(out)
+    }
+
+    async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<JobId>, JobsError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = Utc::now();
+        let mut rows = Vec::with_capacity(jobs.len());
+        let mut queues = std::collections::BTreeSet::new();
+        for j in &jobs {
+            j.validate()?;
+            queues.insert(j.queue.clone());
+            rows.push(serde_json::json!([
+                j.queue,
+                j.kind,
+                serde_json::to_string(&j.payload)?,
+                j.priority,
+                initial_state(j, now).as_str(),
+                j.max_attempts,
+                micros(j.run_at.unwrap_or(now)),
+                j.unique_key,
+                serde_json::to_string(&j.tags)?,
+            ]));
+        }
+        let body = serde_json::to_string(&rows)?;
+        let mut ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO malaka_jobs (queue, kind, payload, priority, state, max_attempts, run_at, \
+             unique_key, tags, created_at) \
+             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
+                    value ->> 6, value ->> 7, value ->> 8, ? \
+             FROM json_each(?) WHERE true ORDER BY key \
+             ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN {UNFINISHED} \
+             DO NOTHING RETURNING id"
+        )))
+        .bind(micros(now))
+        .bind(&body)
+        .fetch_all(&self.pool)
+        .await?;
+        ids.sort_unstable();
+        for q in queues {
+            wake(Wakeup::Available(q));
+        }
+        Ok(ids)
+    }
+
+    async fn get(&self, id: JobId) -> Result<Option<JobRecord>, JobsError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLS} FROM malaka_jobs WHERE id = ?"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(record).transpose()
+    }
+
+    async fn list(&self, f: &ListFilter) -> Result<Vec<JobRecord>, JobsError> {
+        let states: Vec<&str> = f.states.iter().map(|s| s.as_str()).collect();
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLS} FROM malaka_jobs \
+             WHERE (?1 IS NULL OR queue = ?1) AND (?2 IS NULL OR kind = ?2) \
+               AND (?3 = '[]' OR state IN (SELECT value FROM json_each(?3))) \
+               AND (?4 IS NULL OR EXISTS (SELECT 1 FROM json_each(tags) WHERE value = ?4)) \
+               AND (?5 IS NULL OR id < ?5) \
+             ORDER BY id DESC LIMIT ?6"
+        )))
+        .bind(&f.queue)
+        .bind(&f.kind)
+        .bind(serde_json::to_string(&states)?)
+        .bind(&f.tag)
+        .bind(f.before_id)
+        .bind(f.page_size())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(record).collect()
+    }
+
+    async fn stats(&self) -> Result<Vec<QueueStats>, JobsError> {
+        let now = micros(Utc::now());
+        let rows = sqlx::query(
+            "SELECT queue, state, count(*) AS n, \
+                    min(CASE WHEN state IN ('available', 'scheduled', 'retryable') AND run_at <= ?1 \
+                             THEN run_at END) AS oldest \
+             FROM malaka_jobs GROUP BY queue, state ORDER BY queue",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<QueueStats> = Vec::new();
+        for row in rows {
+            let queue: String = row.try_get("queue")?;
+            if out.last().is_none_or(|s| s.queue != queue) {
+                out.push(QueueStats {
+                    queue: queue.clone(),
+                    ..QueueStats::default()
+                });
+            }
+            if let Some(s) = out.last_mut() {
+                s.counts
+                    .insert(state_of(row.try_get("state")?)?, row.try_get("n")?);
+                if let Some(oldest) = row.try_get::<Option<i64>, _>("oldest")? {
+                    let age = Duration::from_micros(u64::try_from(now - oldest).unwrap_or(0));
+                    s.oldest_available_age =
+                        Some(s.oldest_available_age.map_or(age, |a| a.max(age)));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn cancel(&self, id: JobId) -> Result<JobRecord, JobsError> {
+        let mut tx = begin_immediate(&self.pool).await?;
+        let now = micros(Utc::now());
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLS} FROM malaka_jobs WHERE id = ?"
+        )))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(JobsError::NotFound(id))?;
+        let job = record(&row)?;
+        match job.state {
+            JobState::Cancelled => {}
+            JobState::Completed | JobState::Discarded => {
+                return Err(JobsError::WrongState {
+                    id,
+                    state: job.state,
+                    message: "a finished job cannot be cancelled".into(),
+                });
+            }
+            JobState::Running => {
+                sqlx::query("UPDATE malaka_jobs SET cancel_requested = 1 WHERE id = ?")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            _ => {
+                sqlx::query(
+                    "UPDATE malaka_jobs SET state = 'cancelled', finished_at = ? WHERE id = ?",
+                )
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        if job.state == JobState::Running {
+            wake(Wakeup::Cancel(id));
+        }
+        self.get(id).await?.ok_or(JobsError::NotFound(id))
+    }
+
+    async fn retry(&self, id: JobId) -> Result<JobRecord, JobsError> {
+        let mut tx = begin_immediate(&self.pool).await?;
+        let now = micros(Utc::now());
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM malaka_jobs WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let state = state_of(&state.ok_or(JobsError::NotFound(id))?)?;
+        let sql = match state {
+            JobState::Discarded | JobState::Cancelled => {
+                "UPDATE malaka_jobs SET state = 'available', run_at = ?, attempt = 0, \
+                 finished_at = NULL, cancel_requested = 0 WHERE id = ?"
+            }
+            JobState::Retryable | JobState::Scheduled => {
+                "UPDATE malaka_jobs SET state = 'available', run_at = ? WHERE id = ?"
+            }
+            _ => {
+                return Err(JobsError::WrongState {
+                    id,
+                    state,
+                    message:
+                        "only discarded, cancelled, retryable or scheduled jobs can be retried"
+                            .into(),
+                });
+            }
+        };
+        let done = sqlx::query(sql).bind(now).bind(id).execute(&mut *tx).await;
+        if let Err(sqlx::Error::Database(e)) = &done
+            && e.is_unique_violation()
+        {
+            return Err(JobsError::WrongState {
+                id,
+                state,
+                message: "another unfinished job holds its unique key".into(),
+            });
+        }
+        done?;
+        tx.commit().await?;
+        let job = self.get(id).await?.ok_or(JobsError::NotFound(id))?;
+        wake(Wakeup::Available(job.queue.clone()));
+        Ok(job)
+    }
+
+    async fn claim(
+        &self,
+        queue: &str,
+        limit: usize,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Vec<JobRecord>, JobsError> {
+        let now = Utc::now();
+        let mut tx = begin_immediate(&self.pool).await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE malaka_jobs SET state = 'running', attempt = attempt + 1, attempted_at = ?1, \
+                    lease_expires_at = ?2, locked_by = ?3 \
+             WHERE id IN (SELECT id FROM malaka_jobs \
+                          WHERE queue = ?4 AND state IN ('available', 'scheduled', 'retryable') \
+                            AND run_at <= ?1 \
+                          ORDER BY priority, run_at, id LIMIT ?5) \
+             RETURNING {COLS}"
+        )))
+        .bind(micros(now))
+        .bind(micros(now + lease_delta(lease)))
+        .bind(worker)
+        .bind(queue)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut jobs = rows.iter().map(record).collect::<Result<Vec<_>, _>>()?;
+        jobs.sort_by_key(|j| (j.priority, j.run_at, j.id));
+        Ok(jobs)
+    }
+
+    async fn finish(&self, batch: &[Finish]) -> Result<u64, JobsError> {
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let now = Utc::now();
+        let mut tx = begin_immediate(&self.pool).await?;
+        let conn = tx.acquire().await?;
+        let mut changed = 0;
+        let completed: Vec<(JobId, i32)> = batch
+            .iter()
+            .filter(|f| f.outcome == Outcome::Completed)
+            .map(|f| (f.id, f.attempt))
+            .collect();
+        if !completed.is_empty() {
+            changed += sqlx::query(
+                "UPDATE malaka_jobs SET state = 'completed', finished_at = ?1, lease_expires_at = NULL \
+                 WHERE state = 'running' AND (id, attempt) IN \
+                       (SELECT value ->> 0, value ->> 1 FROM json_each(?2))",
+            )
+            .bind(micros(now))
+            .bind(pairs_json(completed.into_iter())?)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+        }
+        for f in batch {
+            let (state, run_at, error) = match &f.outcome {
+                Outcome::Completed => continue,
+                Outcome::Retry { at, error } => ("retryable", *at, Some(error.as_str())),
+                Outcome::Discard { error } => ("discarded", now, Some(error.as_str())),
+                Outcome::Cancelled { error } => ("cancelled", now, error.as_deref()),
+            };
+            let final_state = state != "retryable";
+            let err = error.map(|e| error_json(f.attempt, now, e)).transpose()?;
+            changed += sqlx::query(
+                "UPDATE malaka_jobs SET state = ?1, run_at = ?2, lease_expires_at = NULL, \
+                        locked_by = NULL, finished_at = CASE WHEN ?3 THEN ?4 ELSE NULL END, \
+                        errors = CASE WHEN ?5 IS NULL THEN errors \
+                                      ELSE json_insert(errors, '$[#]', json(?5)) END \
+                 WHERE id = ?6 AND attempt = ?7 AND state = 'running'",
+            )
+            .bind(state)
+            .bind(micros(run_at))
+            .bind(final_state)
+            .bind(micros(now))
+            .bind(err)
+            .bind(f.id)
+            .bind(f.attempt)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    async fn heartbeat(
+        &self,
+        jobs: &[(JobId, i32)],
+        lease: Duration,
+    ) -> Result<Vec<LeaseStatus>, JobsError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let until = Utc::now() + lease_delta(lease);
+        let mut tx = begin_immediate(&self.pool).await?;
+        let rows = sqlx::query(
+            "UPDATE malaka_jobs SET lease_expires_at = ?1 \
+             WHERE state = 'running' AND (id, attempt) IN \
+                   (SELECT value ->> 0, value ->> 1 FROM json_each(?2)) \
+             RETURNING id, cancel_requested",
+        )
+        .bind(micros(until))
+        .bind(pairs_json(jobs.iter().copied())?)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|r| {
+                Ok(LeaseStatus {
+                    id: r.try_get("id")?,
+                    cancel_requested: r.try_get::<i64, _>("cancel_requested")? != 0,
+                })
+            })
+            .collect()
+    }
+
+    async fn release(&self, jobs: &[(JobId, i32, bool)]) -> Result<u64, JobsError> {
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        let now = micros(Utc::now());
+        let mut tx = begin_immediate(&self.pool).await?;
+        let mut n = 0;
+        for (id, attempt, started) in jobs {
+            n += sqlx::query(
+                "UPDATE malaka_jobs SET state = 'available', run_at = ?1, lease_expires_at = NULL, \
+                        locked_by = NULL, attempt = attempt - ?2 \
+                 WHERE id = ?3 AND attempt = ?4 AND state = 'running'",
+            )
+            .bind(now)
+            .bind(if *started { 0 } else { 1 })
+            .bind(id)
+            .bind(attempt)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        wake(Wakeup::Resync);
+        Ok(n)
+    }
+
+    async fn next_run_at(&self, queue: &str) -> Result<Option<DateTime<Utc>>, JobsError> {
+        let t: Option<i64> = sqlx::query_scalar(
+            "SELECT min(run_at) FROM malaka_jobs \
+             WHERE queue = ? AND state IN ('available', 'scheduled', 'retryable')",
+        )
+        .bind(queue)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(t.map(from_micros))
+    }
+
+    async fn rescue_expired(&self) -> Result<u64, JobsError> {
+        let now = Utc::now();
+        let mut tx = begin_immediate(&self.pool).await?;
+        let n = sqlx::query(
+            "UPDATE malaka_jobs SET \
+                state = CASE WHEN cancel_requested THEN 'cancelled' \
+                             WHEN attempt >= max_attempts THEN 'discarded' ELSE 'retryable' END, \
+                finished_at = CASE WHEN cancel_requested OR attempt >= max_attempts THEN ?1 END, \
+                run_at = ?1, lease_expires_at = NULL, \
+                errors = json_insert(errors, '$[#]', json_object('attempt', attempt, 'at', ?2, \
+                    'error', 'lease expired: worker ' || coalesce(locked_by, '?') || ' stopped renewing it')), \
+                locked_by = NULL \
+             WHERE state = 'running' AND lease_expires_at < ?1",
+        )
+        .bind(micros(now))
+        .bind(now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        if n > 0 {
+            wake(Wakeup::Resync);
+        }
+        Ok(n)
+    }
+
+    async fn prune(
+        &self,
+        completed_before: DateTime<Utc>,
+        failed_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, JobsError> {
+        let n = sqlx::query(
+            "DELETE FROM malaka_jobs WHERE id IN (SELECT id FROM malaka_jobs \
+               WHERE (state = 'completed' AND finished_at < ?1) \
+                  OR (state IN ('discarded', 'cancelled') AND finished_at < ?2) LIMIT ?3)",
+        )
+        .bind(micros(completed_before))
+        .bind(micros(failed_before))
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+
+    async fn promote_due(&self) -> Result<u64, JobsError> {
+        let n = sqlx::query(
+            "UPDATE malaka_jobs SET state = 'available' \
+             WHERE state IN ('scheduled', 'retryable') AND run_at <= ?",
+        )
+        .bind(micros(Utc::now()))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+
+    async fn cron_tick(
+        &self,
+        name: &str,
+        tick: DateTime<Utc>,
+        job: NewJob,
+    ) -> Result<bool, JobsError> {
+        let mut tx = begin_immediate(&self.pool).await?;
+        let won = sqlx::query(
+            "INSERT INTO malaka_cron (name, last_tick) VALUES (?1, ?2) \
+             ON CONFLICT (name) DO UPDATE SET last_tick = excluded.last_tick \
+             WHERE malaka_cron.last_tick < excluded.last_tick",
+        )
+        .bind(name)
+        .bind(micros(tick))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if won {
+            enqueue_in(&mut tx, &job).await?;
+        }
+        tx.commit().await?;
+        if won {
+            wake(Wakeup::Available(job.queue));
+        }
+        Ok(won)
+    }
+
+    async fn subscribe(&self) -> Result<mpsc::Receiver<Wakeup>, JobsError> {
+        let mut rx = wakeups().subscribe();
+        let (tx, out) = mpsc::channel(256);
+        tokio::spawn(async move {
+            loop {
+                let w = match rx.recv().await {
+                    Ok(w) => w,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::debug!(missed = n, "job wake-ups lagged; resyncing");
+                        Wakeup::Resync
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                };
+                if tx.send(w).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(out)
+    }
+}

@@ -1,0 +1,578 @@
+//! Workers: per-queue fetchers that claim in batches into `malaka-runtime` pools, a heartbeat
+//! that renews leases and delivers cancels, a completer that records outcomes in batches, and a
+//! shutdown that drains, then gives unfinished jobs back at once.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::FutureExt;
+use malaka_runtime::{PoolConfig, WorkerPool};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::JobsError;
+use crate::job::{JobContext, Registry};
+use crate::storage::Storage;
+use crate::types::{Finish, JobId, JobRecord, Outcome, Wakeup};
+
+/// One queue's worker settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueConfig {
+    /// Queue name.
+    pub name: String,
+    /// Pool workers kept when idle.
+    pub min_workers: usize,
+    /// Jobs run at once (the pool's maximum).
+    pub concurrency: usize,
+    /// Jobs claimed ahead of free workers, so a backlog drains without a claim per job.
+    pub prefetch: usize,
+}
+
+impl QueueConfig {
+    /// `concurrency` jobs at once, claiming as many again ahead (at least 10).
+    pub fn new(name: impl Into<String>, concurrency: usize) -> Self {
+        let concurrency = concurrency.max(1);
+        Self {
+            name: name.into(),
+            min_workers: 1,
+            concurrency,
+            prefetch: concurrency.max(10),
+        }
+    }
+    /// Sets the pool's idle minimum.
+    #[must_use]
+    pub fn min_workers(mut self, n: usize) -> Self {
+        self.min_workers = n.min(self.concurrency);
+        self
+    }
+    /// Sets how many jobs are claimed ahead.
+    #[must_use]
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = n;
+        self
+    }
+}
+
+/// Worker settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerConfig {
+    /// This worker's name in `locked_by` (default: host-pid-random).
+    pub id: String,
+    /// Queues to work.
+    pub queues: Vec<QueueConfig>,
+    /// Lease on each claimed job, renewed by the heartbeat (default 30 s).
+    pub lease: Duration,
+    /// Heartbeat period (default 10 s; keep it well under `lease`).
+    pub heartbeat: Duration,
+    /// Fallback poll when no wake-up arrives (default 2 s).
+    pub poll_interval: Duration,
+    /// Drain time at shutdown before unfinished jobs are given back (default 5 s).
+    pub shutdown_timeout: Duration,
+    /// Most jobs claimed by one statement (default 500).
+    pub claim_batch: usize,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "node".into());
+        Self {
+            id: format!("{host}-{}-{:04x}", std::process::id(), fastrand::u16(..)),
+            queues: vec![QueueConfig::new(crate::types::DEFAULT_QUEUE, 10)],
+            lease: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(10),
+            poll_interval: Duration::from_secs(2),
+            shutdown_timeout: Duration::from_secs(5),
+            claim_batch: 500,
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Works these queues.
+    #[must_use]
+    pub fn queues(mut self, queues: Vec<QueueConfig>) -> Self {
+        self.queues = queues;
+        self
+    }
+    /// Sets the lease; the heartbeat becomes a third of it.
+    #[must_use]
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self.heartbeat = lease / 3;
+        self
+    }
+    /// Sets the shutdown drain time.
+    #[must_use]
+    pub fn shutdown_timeout(mut self, d: Duration) -> Self {
+        self.shutdown_timeout = d;
+        self
+    }
+    /// Sets the fallback poll.
+    #[must_use]
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.poll_interval = d;
+        self
+    }
+    /// Sets the worker id.
+    #[must_use]
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = id.into();
+        self
+    }
+}
+
+/// A job this worker holds.
+struct Held {
+    attempt: i32,
+    queue: String,
+    cancel: CancellationToken,
+    cancel_requested: AtomicBool,
+    started: AtomicBool,
+}
+
+struct Shared {
+    storage: Arc<dyn Storage>,
+    registry: Registry,
+    config: WorkerConfig,
+    held: Mutex<HashMap<JobId, Arc<Held>>>,
+    completions: mpsc::Sender<Finish>,
+    stopping: CancellationToken,
+    /// Jobs that were claimed but not started when shutdown began.
+    unstarted: Mutex<Vec<(JobId, i32)>>,
+}
+
+impl Shared {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Arc<Held>>> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// What `shutdown` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WorkerReport {
+    /// Jobs given back to the queue (unfinished at the deadline, or claimed but never started).
+    pub released: u64,
+}
+
+/// A running worker; call [`Worker::shutdown`] to stop it.
+pub struct Worker {
+    shared: Arc<Shared>,
+    pools: Vec<WorkerPool>,
+    tasks: Vec<JoinHandle<()>>,
+    completer: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("id", &self.shared.config.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// Starts working `config.queues` with the kinds in `registry`.
+    ///
+    /// # Errors
+    /// A pool could not be created or the wake-up subscription failed.
+    pub async fn start(
+        storage: Arc<dyn Storage>,
+        registry: Registry,
+        config: WorkerConfig,
+    ) -> Result<Self, JobsError> {
+        let (tx, rx) = mpsc::channel(8192);
+        let shared = Arc::new(Shared {
+            storage: Arc::clone(&storage),
+            registry,
+            config: config.clone(),
+            held: Mutex::new(HashMap::new()),
+            completions: tx,
+            stopping: CancellationToken::new(),
+            unstarted: Mutex::new(Vec::new()),
+        });
+        let completer = tokio::spawn(completer(Arc::clone(&storage), rx));
+        let mut wakers = HashMap::new();
+        let mut pools = Vec::new();
+        let mut tasks = Vec::new();
+        for q in &config.queues {
+            let pool = WorkerPool::new(
+                PoolConfig::new(format!("jobs:{}", q.name))
+                    .min_workers(q.min_workers.min(q.concurrency))
+                    .max_workers(q.concurrency)
+                    .queue_size(q.concurrency + q.prefetch + 1)
+                    .shutdown_timeout(config.shutdown_timeout),
+            )?;
+            let notify = Arc::new(Notify::new());
+            wakers.insert(q.name.clone(), Arc::clone(&notify));
+            pools.push(pool.clone());
+            tasks.push(tokio::spawn(fetcher(
+                Arc::clone(&shared),
+                q.clone(),
+                pool,
+                notify,
+            )));
+        }
+        let wakeups = storage.subscribe().await?;
+        tasks.push(tokio::spawn(dispatch_wakeups(
+            Arc::clone(&shared),
+            wakeups,
+            wakers,
+        )));
+        tasks.push(tokio::spawn(heartbeat(Arc::clone(&shared))));
+        tracing::info!(worker = %config.id, queues = ?config.queues.iter().map(|q| &q.name).collect::<Vec<_>>(), "job worker started");
+        Ok(Self {
+            shared,
+            pools,
+            tasks,
+            completer,
+        })
+    }
+
+    /// The pools running jobs, one per queue (named `jobs:<queue>`), for metrics.
+    pub fn pools(&self) -> &[WorkerPool] {
+        &self.pools
+    }
+
+    /// This worker's id.
+    pub fn id(&self) -> &str {
+        &self.shared.config.id
+    }
+
+    /// Stops claiming, lets running jobs finish within `shutdown_timeout` (within `budget` if
+    /// given and shorter), records every outcome, and gives unfinished jobs back to the queue so
+    /// another worker takes them at once.
+    pub async fn shutdown_within(self, budget: Option<Duration>) -> WorkerReport {
+        let s = &self.shared;
+        let timeout = budget.map_or(s.config.shutdown_timeout, |b| {
+            b.min(s.config.shutdown_timeout)
+        });
+        s.stopping.cancel();
+        // Jobs still queued in a pool see `stopping` and hand themselves back without running.
+        let drains = self.pools.iter().map(|p| p.shutdown_within(timeout));
+        futures::future::join_all(drains).await;
+        // Whatever is still held did not finish: give it back.
+        let mut back: Vec<(JobId, i32, bool)> = s
+            .held()
+            .drain()
+            .map(|(id, h)| {
+                h.cancel.cancel();
+                (id, h.attempt, h.started.load(Ordering::Acquire))
+            })
+            .collect();
+        back.extend(
+            s.unstarted
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .drain(..)
+                .map(|(id, a)| (id, a, false)),
+        );
+        for t in &self.tasks {
+            t.abort();
+        }
+        // Record every outcome that was reported before giving leases back.
+        drop(self.tasks);
+        let Self {
+            shared, completer, ..
+        } = self;
+        let storage = Arc::clone(&shared.storage);
+        drop(shared);
+        let _ = tokio::time::timeout(Duration::from_secs(10), completer).await;
+        let released = match storage.release(&back).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, jobs = back.len(), "could not give jobs back at shutdown; the rescuer will after their lease");
+                0
+            }
+        };
+        tracing::info!(released, "job worker stopped");
+        WorkerReport { released }
+    }
+
+    /// [`Self::shutdown_within`] with the configured timeout.
+    pub async fn shutdown(self) -> WorkerReport {
+        self.shutdown_within(None).await
+    }
+}
+
+/// Claims jobs for one queue while there is room, and waits for wake-ups when it is empty.
+async fn fetcher(shared: Arc<Shared>, q: QueueConfig, pool: WorkerPool, notify: Arc<Notify>) {
+    let slots = Arc::new(Semaphore::new(q.concurrency + q.prefetch));
+    let mut failures = 0u32;
+    loop {
+        let first = tokio::select! {
+            () = shared.stopping.cancelled() => return,
+            p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        };
+        let mut permits = vec![first];
+        while permits.len() < shared.config.claim_batch {
+            match Arc::clone(&slots).try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        let wanted = permits.len();
+        let jobs = match shared
+            .storage
+            .claim(&q.name, wanted, &shared.config.id, shared.config.lease)
+            .await
+        {
+            Ok(jobs) => {
+                failures = 0;
+                jobs
+            }
+            Err(e) => {
+                failures += 1;
+                let wait = Duration::from_millis(100 * u64::from(failures.min(50)));
+                tracing::warn!(queue = %q.name, error = %e, ?wait, "claim failed");
+                metrics::counter!("malaka_jobs_claim_errors_total", "queue" => q.name.clone())
+                    .increment(1);
+                drop(permits);
+                tokio::select! {
+                    () = shared.stopping.cancelled() => return,
+                    () = tokio::time::sleep(wait) => continue,
+                }
+            }
+        };
+        let got = jobs.len();
+        let mut permits = permits.into_iter();
+        for job in jobs {
+            let Some(permit) = permits.next() else { break };
+            let held = Arc::new(Held {
+                attempt: job.attempt,
+                queue: job.queue.clone(),
+                cancel: CancellationToken::new(),
+                cancel_requested: AtomicBool::new(false),
+                started: AtomicBool::new(false),
+            });
+            shared.held().insert(job.id, Arc::clone(&held));
+            let wait = (Utc::now() - job.run_at).to_std().unwrap_or_default();
+            metrics::histogram!("malaka_jobs_wait_seconds", "queue" => q.name.clone())
+                .record(wait.as_secs_f64());
+            let task = run_job(Arc::clone(&shared), job, held, permit);
+            if pool.submit(task).await.is_err() {
+                // The pool closed: shutdown is under way and will give held jobs back.
+                return;
+            }
+        }
+        drop(permits);
+        if got < wanted {
+            // The queue is empty (for now): sleep until a wake-up, the next scheduled job, or
+            // the fallback poll.
+            let mut until = Instant::now() + shared.config.poll_interval;
+            if let Ok(Some(next)) = shared.storage.next_run_at(&q.name).await {
+                let delta = (next - Utc::now()).to_std().unwrap_or_default();
+                until = until.min(Instant::now() + delta);
+            }
+            tokio::select! {
+                () = shared.stopping.cancelled() => return,
+                () = notify.notified() => {}
+                () = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+}
+
+async fn run_job(
+    shared: Arc<Shared>,
+    job: JobRecord,
+    held: Arc<Held>,
+    permit: OwnedSemaphorePermit,
+) {
+    let _permit = permit;
+    if shared.stopping.is_cancelled() {
+        // Claimed ahead but never started: give it back at shutdown.
+        shared.held().remove(&job.id);
+        shared
+            .unstarted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((job.id, job.attempt));
+        return;
+    }
+    held.started.store(true, Ordering::Release);
+    let queue = job.queue.clone();
+    let kind = job.kind.clone();
+    let started = Instant::now();
+    let outcome = match shared.registry.get(&job.kind) {
+        None => Outcome::Discard {
+            error: format!(
+                "unknown job kind `{}`: no handler is registered for it on worker {}",
+                job.kind, shared.config.id
+            ),
+        },
+        Some(handler) => {
+            let ctx = JobContext::new(&job, held.cancel.clone());
+            let fut = AssertUnwindSafe((handler.run)(job.payload.clone(), ctx)).catch_unwind();
+            let result = match tokio::time::timeout(handler.options.timeout, fut).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(panic)) => Err(crate::error::JobError::retryable(format!(
+                    "panicked: {}",
+                    panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "non-string panic".into())
+                ))),
+                Err(_) => Err(crate::error::JobError::retryable(format!(
+                    "timed out after {:?}",
+                    handler.options.timeout
+                ))),
+            };
+            match result {
+                Ok(()) => Outcome::Completed,
+                Err(e) if held.cancel_requested.load(Ordering::Acquire) => Outcome::Cancelled {
+                    error: Some(e.message().to_owned()),
+                },
+                Err(e) if e.is_retryable() && job.attempt < job.max_attempts => {
+                    let delay = handler
+                        .options
+                        .backoff
+                        .backoff(u32::try_from(job.attempt).unwrap_or(1));
+                    Outcome::Retry {
+                        at: Utc::now()
+                            + chrono::Duration::from_std(delay)
+                                .unwrap_or(chrono::Duration::hours(1)),
+                        error: e.message().to_owned(),
+                    }
+                }
+                Err(e) => Outcome::Discard {
+                    error: e.message().to_owned(),
+                },
+            }
+        }
+    };
+    let label = match &outcome {
+        Outcome::Completed => "completed",
+        Outcome::Retry { .. } => "retried",
+        Outcome::Discard { .. } => "discarded",
+        Outcome::Cancelled { .. } => "cancelled",
+    };
+    metrics::counter!("malaka_jobs_finished_total", "queue" => queue.clone(), "kind" => kind.clone(), "outcome" => label)
+        .increment(1);
+    metrics::histogram!("malaka_jobs_run_seconds", "queue" => queue, "kind" => kind)
+        .record(started.elapsed().as_secs_f64());
+    if let Outcome::Discard { error } | Outcome::Retry { error, .. } = &outcome {
+        tracing::warn!(job = job.id, attempt = job.attempt, outcome = label, %error, "job failed");
+    }
+    shared.held().remove(&job.id);
+    let finish = Finish {
+        id: job.id,
+        attempt: job.attempt,
+        outcome,
+    };
+    // Waits for room: the completer is never skipped, only slowed.
+    if shared.completions.send(finish).await.is_err() {
+        tracing::error!(
+            job = job.id,
+            "completer gone; the job's lease will expire and it will run again"
+        );
+    }
+}
+
+/// Writes outcomes in batches: whatever has arrived while the previous batch was written.
+async fn completer(storage: Arc<dyn Storage>, mut rx: mpsc::Receiver<Finish>) {
+    let mut batch = Vec::with_capacity(1024);
+    while rx.recv_many(&mut batch, 4096).await > 0 {
+        let mut failures = 0u32;
+        loop {
+            match storage.finish(&batch).await {
+                Ok(_) => break,
+                Err(e) => {
+                    failures += 1;
+                    let wait = Duration::from_millis(100 * u64::from(failures.min(50)));
+                    tracing::warn!(error = %e, jobs = batch.len(), ?wait, "recording job outcomes failed; retrying");
+                    metrics::counter!("malaka_jobs_finish_errors_total").increment(1);
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+async fn dispatch_wakeups(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<Wakeup>,
+    wakers: HashMap<String, Arc<Notify>>,
+) {
+    while let Some(w) = rx.recv().await {
+        match w {
+            Wakeup::Available(q) => {
+                if let Some(n) = wakers.get(&q) {
+                    n.notify_one();
+                }
+            }
+            Wakeup::Resync => {
+                for n in wakers.values() {
+                    n.notify_one();
+                }
+            }
+            Wakeup::Cancel(id) => {
+                let held = shared.held().get(&id).cloned();
+                if let Some(h) = held {
+                    h.cancel_requested.store(true, Ordering::Release);
+                    h.cancel.cancel();
+                }
+            }
+        }
+    }
+}
+
+/// Renews the leases of every held job; cancels jobs whose lease was lost or whose cancel was
+/// asked for.
+async fn heartbeat(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(shared.config.heartbeat.max(Duration::from_millis(50)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let jobs: Vec<(JobId, i32)> = shared
+            .held()
+            .iter()
+            .map(|(id, h)| (*id, h.attempt))
+            .collect();
+        if jobs.is_empty() {
+            continue;
+        }
+        match shared.storage.heartbeat(&jobs, shared.config.lease).await {
+            Ok(statuses) => {
+                let kept: HashMap<JobId, bool> = statuses
+                    .iter()
+                    .map(|s| (s.id, s.cancel_requested))
+                    .collect();
+                let held = shared.held();
+                for (id, attempt) in jobs {
+                    let Some(h) = held.get(&id) else { continue };
+                    if h.attempt != attempt {
+                        continue;
+                    }
+                    match kept.get(&id) {
+                        Some(true) => {
+                            h.cancel_requested.store(true, Ordering::Release);
+                            h.cancel.cancel();
+                        }
+                        Some(false) => {}
+                        None => {
+                            tracing::warn!(job = id, queue = %h.queue, "lease lost; stopping the job");
+                            h.cancel.cancel();
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat failed; leases not renewed this round");
+                metrics::counter!("malaka_jobs_heartbeat_errors_total").increment(1);
+            }
+        }
+    }
+}
