@@ -36,14 +36,15 @@ pub struct QueueConfig {
 }
 
 impl QueueConfig {
-    /// `concurrency` jobs at once, claiming as many again ahead (at least 10).
+    /// `concurrency` jobs at once, claiming up to four times as many ahead (10 to 1000), so a
+    /// backlog drains in large claims while other nodes still get their share.
     pub fn new(name: impl Into<String>, concurrency: usize) -> Self {
         let concurrency = concurrency.max(1);
         Self {
             name: name.into(),
             min_workers: 1,
             concurrency,
-            prefetch: concurrency.max(10),
+            prefetch: (concurrency * 4).clamp(10, 1000),
         }
     }
     /// Sets the pool's idle minimum.
@@ -306,7 +307,11 @@ impl Worker {
 
 /// Claims jobs for one queue while there is room, and waits for wake-ups when it is empty.
 async fn fetcher(shared: Arc<Shared>, q: QueueConfig, pool: WorkerPool, notify: Arc<Notify>) {
-    let slots = Arc::new(Semaphore::new(q.concurrency + q.prefetch));
+    let total = q.concurrency + q.prefetch;
+    let slots = Arc::new(Semaphore::new(total));
+    // Claim in worthwhile batches: while every worker is busy anyway, wait until half the slots
+    // are free instead of claiming a job or two per statement.
+    let low_water = (total / 2).clamp(1, shared.config.claim_batch.max(1));
     let mut failures = 0u32;
     loop {
         let first = tokio::select! {
@@ -314,10 +319,20 @@ async fn fetcher(shared: Arc<Shared>, q: QueueConfig, pool: WorkerPool, notify: 
             p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
         };
         let mut permits = vec![first];
-        while permits.len() < shared.config.claim_batch {
-            match Arc::clone(&slots).try_acquire_owned() {
-                Ok(p) => permits.push(p),
-                Err(_) => break,
+        loop {
+            while permits.len() < shared.config.claim_batch {
+                match Arc::clone(&slots).try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
+            }
+            let in_flight = total - slots.available_permits() - permits.len();
+            if permits.len() >= low_water || in_flight < q.concurrency {
+                break;
+            }
+            tokio::select! {
+                () = shared.stopping.cancelled() => return,
+                p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => permits.push(p), Err(_) => return },
             }
         }
         let wanted = permits.len();
@@ -429,6 +444,11 @@ async fn run_job(
                 ))),
             };
             match result {
+                // A job that stops early because it was cancelled returns `Ok` as often as not:
+                // once a cancel was asked for, the job ends `cancelled` however its run returns.
+                Ok(()) if held.cancel_requested.load(Ordering::Acquire) => {
+                    Outcome::Cancelled { error: None }
+                }
                 Ok(()) => Outcome::Completed,
                 Err(e) if held.cancel_requested.load(Ordering::Acquire) => Outcome::Cancelled {
                     error: Some(e.message().to_owned()),

@@ -1,20 +1,23 @@
-//! The running application: its shared state, startup (database, pools, bus, listener) and
-//! orderly shutdown within the configured time.
+//! The running application: its shared state, startup (database, pools, bus, job queue,
+//! listener) and orderly shutdown within the configured time.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use malaka_jobs::{JobState, Queue};
 use malaka_runtime::{EventBus, WorkerPool};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, JobsConfig};
 use crate::db::{Database, DbError};
+use crate::jobs::JobRunner;
 use crate::telemetry;
 
 /// Why the server could not start or run.
@@ -35,6 +38,9 @@ pub enum ServerError {
     /// A worker pool's configuration is invalid.
     #[error("pool configuration: {0}")]
     Pool(#[from] malaka_runtime::Error),
+    /// The job workers could not start.
+    #[error("job queue: {0}")]
+    Jobs(#[from] malaka_jobs::JobsError),
     /// The HTTP server failed.
     #[error("http server: {0}")]
     Serve(std::io::Error),
@@ -44,6 +50,11 @@ struct Inner {
     db: Database,
     pools: Vec<WorkerPool>,
     bus: EventBus,
+    jobs: Queue,
+    /// The job worker's pools, once `run_until` has started it.
+    job_pools: Mutex<Vec<WorkerPool>>,
+    /// Queues whose gauges /metrics keeps up to date (configured, or seen in the table).
+    job_queues: Mutex<BTreeSet<String>>,
     metrics: PrometheusHandle,
     installation_id: String,
     shutting_down: AtomicBool,
@@ -72,9 +83,17 @@ impl AppState {
     pub fn bus(&self) -> &EventBus {
         &self.inner.bus
     }
-    /// Every worker pool the server runs.
+    /// Every worker pool the server runs, the job worker's excepted (see [`Self::job_pools`]).
     pub fn pools(&self) -> &[WorkerPool] {
         &self.inner.pools
+    }
+    /// The durable job queue (enqueue, inspect, cancel, retry).
+    pub fn jobs(&self) -> &Queue {
+        &self.inner.jobs
+    }
+    /// The job worker's pools, one per queue (`jobs:<queue>`); empty until the server runs.
+    pub fn job_pools(&self) -> Vec<WorkerPool> {
+        lock(&self.inner.job_pools).clone()
     }
     /// The metrics recorder's handle.
     pub fn metrics(&self) -> &PrometheusHandle {
@@ -93,8 +112,46 @@ impl AppState {
         for pool in &self.inner.pools {
             telemetry::export_pool(&pool.metrics());
         }
+        for pool in lock(&self.inner.job_pools).iter() {
+            telemetry::export_pool(&pool.metrics());
+        }
         telemetry::export_bus(&self.inner.bus);
     }
+
+    /// Refreshes the per-queue job gauges from the jobs table (one grouped query, given up
+    /// after 5 s): `malaka_jobs{queue,state}`, `malaka_jobs_available`, `malaka_jobs_running`
+    /// and `malaka_jobs_oldest_available_seconds`. A queue once seen keeps reporting zeros.
+    pub async fn export_job_metrics(&self) {
+        let stats =
+            match tokio::time::timeout(Duration::from_secs(5), self.inner.jobs.stats()).await {
+                Ok(Ok(stats)) => stats,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "job statistics unavailable for /metrics");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!("job statistics took over 5 s; skipped for this scrape");
+                    return;
+                }
+            };
+        let queues: Vec<String> = {
+            let mut known = lock(&self.inner.job_queues);
+            known.extend(stats.iter().map(|s| s.queue.clone()));
+            known.iter().cloned().collect()
+        };
+        for queue in queues {
+            let s = stats.iter().find(|s| s.queue == queue);
+            telemetry::export_job_queue(
+                &queue,
+                |state: JobState| s.map_or(0, |s| s.count(state)),
+                s.and_then(|s| s.oldest_available_age),
+            );
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A started (bound, migrated) server, ready to run.
@@ -103,11 +160,12 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     shutdown_timeout: Duration,
+    jobs: JobsConfig,
 }
 
 impl Application {
-    /// Opens and migrates the database, starts the pools and binds the listen address (port 0
-    /// picks a free port).
+    /// Opens and migrates the database, starts the pools, opens the job queue and binds the
+    /// listen address (port 0 picks a free port). Job workers start with [`Self::run_until`].
     ///
     /// # Errors
     /// See [`ServerError`].
@@ -122,6 +180,7 @@ impl Application {
                 .to_pool_config("events", config.shutdown_timeout),
         )?;
         let bus = EventBus::new(events.clone());
+        let jobs = Queue::new(db.job_storage());
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -134,6 +193,9 @@ impl Application {
                 db,
                 pools: vec![events],
                 bus,
+                jobs,
+                job_pools: Mutex::new(Vec::new()),
+                job_queues: Mutex::new(config.jobs.queues.keys().cloned().collect()),
                 metrics: telemetry::metrics_handle(),
                 installation_id,
                 shutting_down: AtomicBool::new(false),
@@ -143,6 +205,7 @@ impl Application {
             listener,
             state,
             shutdown_timeout: config.shutdown_timeout,
+            jobs: config.jobs.clone(),
         })
     }
 
@@ -159,11 +222,12 @@ impl Application {
         &self.state
     }
 
-    /// Serves until `signal` resolves, then stops accepting, lets requests and pool work finish
-    /// within the shutdown timeout, and closes the database.
+    /// Starts the job workers and maintenance, serves until `signal` resolves, then stops
+    /// accepting, lets requests, jobs and pool work finish within the shutdown timeout, gives
+    /// unfinished jobs back to the queue, and closes the database.
     ///
     /// # Errors
-    /// The HTTP server failed before the signal.
+    /// The job workers could not start, or the HTTP server failed before the signal.
     pub async fn run_until(
         self,
         signal: impl Future<Output = ()> + Send,
@@ -172,42 +236,48 @@ impl Application {
             listener,
             state,
             shutdown_timeout,
+            jobs,
         } = self;
+        let runner =
+            JobRunner::start(state.inner.db.job_storage(), &jobs, shutdown_timeout).await?;
+        *lock(&state.inner.job_pools) = runner.pools().to_vec();
         let stop = CancellationToken::new();
         let app = crate::http::router(state.clone());
         let serve =
             axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
         let mut server = tokio::spawn(async move { serve.await });
+        let mut failed = None;
         tokio::select! {
             () = signal => {}
             result = &mut server => {
                 // The server stopped on its own: that is a failure.
-                return match result {
+                failed = Some(match result {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(e)) => Err(ServerError::Serve(e)),
                     Err(e) => Err(ServerError::Serve(std::io::Error::other(e))),
-                };
+                });
             }
         }
         let deadline = Instant::now() + shutdown_timeout;
         tracing::info!(timeout = ?shutdown_timeout, "shutting down: no new connections, draining");
         state.inner.shutting_down.store(true, Ordering::Release);
         stop.cancel();
-        if tokio::time::timeout_at(deadline, &mut server)
-            .await
-            .is_err()
+        if failed.is_none()
+            && tokio::time::timeout_at(deadline, &mut server)
+                .await
+                .is_err()
         {
             tracing::warn!("requests still open at the shutdown deadline; closing them");
             server.abort();
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let reports =
+        let pools =
             futures::future::join_all(
                 state.inner.pools.iter().map(|p| async move {
                     (p.name().to_owned(), p.shutdown_within(remaining).await)
                 }),
-            )
-            .await;
+            );
+        let (reports, _jobs) = tokio::join!(pools, runner.shutdown_within(remaining));
         for (pool, report) in reports {
             if report.abandoned > 0 {
                 tracing::warn!(%pool, abandoned = report.abandoned, "pool work abandoned at shutdown");
@@ -215,7 +285,7 @@ impl Application {
         }
         state.inner.db.close().await;
         tracing::info!("shutdown complete");
-        Ok(())
+        failed.unwrap_or(Ok(()))
     }
 }
 

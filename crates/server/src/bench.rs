@@ -9,7 +9,8 @@ use malaka_runtime::{Event, EventBus, PoolConfig, WorkerPool};
 pub struct Figures(Vec<(String, f64)>);
 
 impl Figures {
-    fn push(&mut self, name: impl Into<String>, value: f64) {
+    /// Adds a figure.
+    pub fn push(&mut self, name: impl Into<String>, value: f64) {
         self.0.push((name.into(), value));
     }
 

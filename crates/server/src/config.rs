@@ -1,5 +1,6 @@
 //! Configuration: defaults, then `malaka.toml`, then `MALAKA_*` environment variables, then flags.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,6 +26,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Worker pools, by name.
     pub pools: PoolsConfig,
+    /// The durable job queue's workers and maintenance.
+    pub jobs: JobsConfig,
 }
 
 impl Default for Config {
@@ -36,6 +39,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             log: LogConfig::default(),
             pools: PoolsConfig::default(),
+            jobs: JobsConfig::default(),
         }
     }
 }
@@ -150,6 +154,71 @@ impl PoolSettings {
     }
 }
 
+/// The job queue: which queues this node works, leases, polling and retention.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    /// Queues this node works, by name (default: `default` with concurrency 10). Settings merge
+    /// with the defaults, so `default` is always listed; give it `concurrency = 0` to leave it to
+    /// other nodes.
+    pub queues: BTreeMap<String, JobQueueSettings>,
+    /// Lease on each claimed job; a heartbeat renews it every third of it. A job whose worker
+    /// dies runs again once its lease has expired.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// How often an idle worker looks for jobs when no wake-up arrives (PostgreSQL
+    /// `LISTEN/NOTIFY` and SQLite commit hooks wake it at once otherwise).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Completed jobs are deleted this long after they finished.
+    #[serde(with = "humantime_serde")]
+    pub completed_retention: Duration,
+    /// Discarded and cancelled jobs are deleted this long after they finished.
+    #[serde(with = "humantime_serde")]
+    pub failed_retention: Duration,
+    /// How often running jobs with an expired lease are looked for and made retryable.
+    #[serde(with = "humantime_serde")]
+    pub rescue_every: Duration,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            queues: BTreeMap::from([(
+                malaka_jobs::DEFAULT_QUEUE.to_owned(),
+                JobQueueSettings::default(),
+            )]),
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(2),
+            completed_retention: Duration::from_secs(24 * 3600),
+            failed_retention: Duration::from_secs(7 * 24 * 3600),
+            rescue_every: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One queue's worker settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobQueueSettings {
+    /// Jobs of this queue run at once on this node; 0 means this node does not work the queue.
+    pub concurrency: usize,
+    /// Pool workers kept when idle (default 1).
+    pub min_workers: Option<usize>,
+    /// Jobs claimed ahead of free workers (default: the concurrency, at least 10).
+    pub prefetch: Option<usize>,
+}
+
+impl Default for JobQueueSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 10,
+            min_workers: None,
+            prefetch: None,
+        }
+    }
+}
+
 /// Values given on the command line; `None` leaves the lower layers' value.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Overrides {
@@ -198,6 +267,14 @@ pub enum ConfigError {
     /// An explicitly named config file is missing.
     #[error("configuration file {0} does not exist")]
     MissingFile(PathBuf),
+    /// A value has the right type but cannot work.
+    #[error("invalid configuration: `{key}` {message}")]
+    Value {
+        /// The key, dotted (`jobs.lease`).
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 /// Environment variables under this prefix that are not configuration (test harness settings).
@@ -233,7 +310,37 @@ impl Config {
             .filter(|k| !k.as_str().to_ascii_lowercase().starts_with(NOT_CONFIG))
             .split("__");
         fig = fig.merge(env).merge(Serialized::defaults(overrides));
-        fig.extract().map_err(|e| ConfigError::Invalid(Box::new(e)))
+        let config: Self = fig
+            .extract()
+            .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Rejects values that parse but cannot work.
+    fn check(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: &str| ConfigError::Value {
+            key: key.to_owned(),
+            message: message.to_owned(),
+        };
+        let j = &self.jobs;
+        if j.lease < Duration::from_millis(100) {
+            return Err(bad("jobs.lease", "must be at least 100ms"));
+        }
+        for (key, d) in [
+            ("jobs.poll_interval", j.poll_interval),
+            ("jobs.rescue_every", j.rescue_every),
+        ] {
+            if d < Duration::from_millis(10) {
+                return Err(bad(key, "must be at least 10ms"));
+            }
+        }
+        for name in j.queues.keys() {
+            if name.is_empty() || name.len() > 100 {
+                return Err(bad("jobs.queues", "names must be 1 to 100 characters"));
+            }
+        }
+        Ok(())
     }
 
     /// The database URL, defaulting to the SQLite file in `data_dir`.
@@ -305,6 +412,75 @@ mod tests {
             jail.create_file("malaka.toml", "data_dir = \"elsewhere\"")?;
             let c = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
             assert_eq!(c.data_dir, PathBuf::from("elsewhere"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn jobs_section_has_defaults_and_layers() {
+        figment::Jail::expect_with(|jail| {
+            let c = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(c.jobs.lease, Duration::from_secs(30));
+            assert_eq!(c.jobs.poll_interval, Duration::from_secs(2));
+            assert_eq!(c.jobs.completed_retention, Duration::from_secs(24 * 3600));
+            assert_eq!(c.jobs.failed_retention, Duration::from_secs(7 * 24 * 3600));
+            assert_eq!(c.jobs.rescue_every, Duration::from_secs(5));
+            assert_eq!(c.jobs.queues.len(), 1);
+            assert_eq!(c.jobs.queues["default"].concurrency, 10);
+
+            jail.create_file(
+                "malaka.toml",
+                r#"
+                [jobs]
+                lease = "2s"
+                rescue_every = "250ms"
+                completed_retention = "1h"
+                [jobs.queues.mail]
+                concurrency = 4
+                prefetch = 2
+                [jobs.queues.default]
+                concurrency = 0
+                "#,
+            )?;
+            jail.set_env("MALAKA_JOBS__POLL_INTERVAL", "500ms");
+            jail.set_env("MALAKA_JOBS__QUEUES__MAIL__MIN_WORKERS", "2");
+            let c = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(c.jobs.lease, Duration::from_secs(2));
+            assert_eq!(c.jobs.rescue_every, Duration::from_millis(250));
+            assert_eq!(c.jobs.completed_retention, Duration::from_secs(3600));
+            assert_eq!(c.jobs.poll_interval, Duration::from_millis(500));
+            assert_eq!(
+                c.jobs.queues["mail"],
+                JobQueueSettings {
+                    concurrency: 4,
+                    min_workers: Some(2),
+                    prefetch: Some(2),
+                }
+            );
+            assert_eq!(c.jobs.queues["default"].concurrency, 0);
+
+            // The section prints and reads back.
+            let text = toml::to_string_pretty(&c).map_err(|e| e.to_string())?;
+            assert!(text.contains("[jobs.queues.mail]"), "{text}");
+            let back: Config = toml::from_str(&text).map_err(|e| e.to_string())?;
+            assert_eq!(back, c);
+
+            // Typos and values that cannot work are named.
+            jail.create_file("malaka.toml", "[jobs.queues.mail]\nconcurency = 3\n")?;
+            let e = Config::load(None, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("concurency"), "{e}");
+            jail.create_file("malaka.toml", "[jobs]\nlease = \"0s\"\n")?;
+            let e = Config::load(None, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("jobs.lease"), "{e}");
+            jail.create_file("malaka.toml", "[jobs]\nrescue_every = \"often\"\n")?;
+            let e = Config::load(None, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("rescue_every"), "{e}");
             Ok(())
         });
     }

@@ -1,8 +1,9 @@
 //! The database: an embedded SQLite file by default, or a shared PostgreSQL; connection, schema
-//! migrations and the readiness check.
+//! migrations (the server's and the job queue's) and the readiness check.
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -60,6 +61,9 @@ pub enum DbError {
     /// A migration failed.
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The job queue's migrations failed.
+    #[error("job queue: {0}")]
+    Jobs(#[from] malaka_jobs::JobsError),
 }
 
 impl Database {
@@ -69,6 +73,9 @@ impl Database {
     /// An unsupported URL, an unreachable server, or a file that cannot be created.
     pub async fn connect(url: &str, config: &DatabaseConfig) -> Result<Self, DbError> {
         if url.starts_with("sqlite:") {
+            // `sqlite_synchronous` (default `full`) applies to this pool: the ledger's postings
+            // and anything enqueued inside their transactions. The job store's own claims and
+            // outcomes use a pool of their own (see `job_storage`).
             let opts = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
@@ -89,6 +96,11 @@ impl Database {
             let pool = SqlitePoolOptions::new()
                 .max_connections(config.max_connections.max(1))
                 .acquire_timeout(Duration::from_secs(10))
+                // Every insert into the jobs table, whoever commits it, wakes this process's job
+                // workers at once.
+                .after_connect(|conn, _meta| {
+                    Box::pin(async move { malaka_jobs::sqlite::install_hooks(conn).await })
+                })
                 .connect_with(opts)
                 .await?;
             Ok(Self::Sqlite(pool))
@@ -113,8 +125,8 @@ impl Database {
         }
     }
 
-    /// Applies the server's migrations that have not run yet. Other crates' migrations share the
-    /// `_sqlx_migrations` table, so versions this migrator does not know are left alone.
+    /// Applies the server's and the job queue's migrations that have not run yet. The crates'
+    /// migrators share the `_sqlx_migrations` table, so each leaves the others' versions alone.
     ///
     /// # Errors
     /// A migration that fails, or one that was edited after it ran.
@@ -124,14 +136,39 @@ impl Database {
                 let mut m = sqlx::migrate!("./migrations/sqlite");
                 m.set_ignore_missing(true);
                 m.run(pool).await?;
+                malaka_jobs::sqlite::migrate(pool).await?;
             }
             Self::Postgres(pool) => {
                 let mut m = sqlx::migrate!("./migrations/postgres");
                 m.set_ignore_missing(true);
                 m.run(pool).await?;
+                malaka_jobs::postgres::migrate(pool).await?;
             }
         }
         Ok(())
+    }
+
+    /// The job queue's storage over this database's pool (migrated by [`Self::migrate`]).
+    pub fn job_storage(&self) -> Arc<dyn malaka_jobs::Storage> {
+        match self {
+            Self::Sqlite(pool) => {
+                // The job store gets connections of its own on the same file: without commit
+                // hooks (its writes wake the workers after they commit) and with
+                // `synchronous=NORMAL` (WAL: a committed enqueue survives a process crash; a
+                // power cut can undo the last job state changes, which then run again). Jobs
+                // enqueued inside a business transaction commit with that transaction's
+                // connection and durability.
+                let opts = (*pool.connect_options())
+                    .clone()
+                    .synchronous(SqliteSynchronous::Normal);
+                let jobs_pool = SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_lazy_with(opts);
+                Arc::new(malaka_jobs::SqliteStorage::new(jobs_pool))
+            }
+            Self::Postgres(pool) => Arc::new(malaka_jobs::PgStorage::new(pool.clone())),
+        }
     }
 
     /// This installation's id, created on first use.

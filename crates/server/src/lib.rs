@@ -1,11 +1,14 @@
-//! Malaka's server crate: configuration, the HTTP API, telemetry, the database connection and the
-//! benchmark suites behind the `malaka` binary. The only crate that knows HTTP.
+//! Malaka's server crate: configuration, the HTTP API, telemetry, the database connection, the job
+//! queue's wiring and the benchmark suites behind the `malaka` binary. The only crate that knows
+//! HTTP.
 
 pub mod app;
 pub mod bench;
+pub mod bench_jobs;
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod jobs;
 pub mod telemetry;
 
 pub use app::{AppState, Application, ServerError};

@@ -1,4 +1,5 @@
-//! The `malaka` command: serve the API, run migrations, print the configuration, run benchmarks.
+//! The `malaka` command: serve the API, run job workers, manage jobs, run migrations, print the
+//! configuration, run benchmarks.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,6 +36,121 @@ enum Command {
     Config(ServeArgs),
     /// Run a benchmark suite and print its figures (a table, or one JSON object with --json).
     Bench(BenchArgs),
+    /// Run the job workers and queue maintenance without the HTTP server, until SIGINT or
+    /// SIGTERM (then let running jobs finish within the shutdown timeout, and exit).
+    Worker(WorkerArgs),
+    /// Inspect and manage the durable job queue: list, show, stats, enqueue, cancel, retry.
+    Jobs(JobsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct WorkerArgs {
+    /// Time running jobs get to finish after SIGINT/SIGTERM before they are given back to the
+    /// queue, e.g. 5s.
+    #[arg(long, value_name = "DURATION", value_parser = humantime_duration)]
+    shutdown_timeout: Option<Duration>,
+    #[command(flatten)]
+    db: DbArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct JobsArgs {
+    #[command(subcommand)]
+    command: JobsCommand,
+    /// Print JSON instead of a readable table.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Database URL: sqlite://PATH or postgres://USER@HOST/DB.
+    #[arg(long, global = true, value_name = "URL")]
+    database_url: Option<String>,
+    /// Folder of the SQLite file (when no database URL is given).
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum JobsCommand {
+    /// List jobs, newest first, filtered by queue, state and kind; page with --before.
+    List(JobsListArgs),
+    /// Show one job: payload, state, attempts, lease, and every failed attempt's error.
+    Show {
+        /// The job's id.
+        id: i64,
+    },
+    /// Count jobs per queue and state, with the age of the oldest job waiting to run.
+    Stats,
+    /// Run a discarded, cancelled, retryable or scheduled job again, now.
+    Retry {
+        /// The job's id.
+        id: i64,
+    },
+    /// Cancel a job that has not finished: at once if it is waiting; if it is running, its
+    /// worker is asked to stop it.
+    Cancel {
+        /// The job's id.
+        id: i64,
+    },
+    /// Add a job: a kind with a JSON payload, on a queue, with a priority, delay or unique key.
+    Enqueue(JobsEnqueueArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct JobsListArgs {
+    /// Only jobs of this queue.
+    #[arg(long, value_name = "QUEUE")]
+    queue: Option<String>,
+    /// Only jobs in these states (repeat, or separate with commas): available, scheduled,
+    /// running, retryable, completed, discarded, cancelled.
+    #[arg(long, value_name = "STATE", value_delimiter = ',', value_parser = job_state)]
+    state: Vec<malaka_jobs::JobState>,
+    /// Only jobs of this kind.
+    #[arg(long, value_name = "KIND")]
+    kind: Option<String>,
+    /// Jobs per page, 1 to 1000.
+    #[arg(long, value_name = "N", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    limit: u32,
+    /// Only jobs with an id below this one (the last id of the previous page).
+    #[arg(long, value_name = "ID")]
+    before: Option<i64>,
+}
+
+#[derive(Debug, clap::Args)]
+struct JobsEnqueueArgs {
+    /// The job's kind: which handler runs it (built in: `noop`, and `sleep` with payload
+    /// {"ms": N}).
+    kind: String,
+    /// The payload, as JSON.
+    #[arg(long, value_name = "JSON", default_value = "{}", value_parser = json_value)]
+    payload: serde_json::Value,
+    /// The queue.
+    #[arg(long, value_name = "QUEUE", default_value = malaka_jobs::DEFAULT_QUEUE)]
+    queue: String,
+    /// Priority: lower runs first.
+    #[arg(
+        long,
+        value_name = "P",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    priority: i16,
+    /// Run no earlier than this long from now, e.g. 5s or 10m.
+    #[arg(long, value_name = "DURATION", value_parser = humantime_duration)]
+    delay: Option<Duration>,
+    /// While an unfinished job holds this key, enqueueing another with it does nothing.
+    #[arg(long, value_name = "KEY")]
+    unique_key: Option<String>,
+    /// Attempts allowed before the job is discarded.
+    #[arg(long, value_name = "N", default_value_t = malaka_jobs::DEFAULT_MAX_ATTEMPTS)]
+    max_attempts: i32,
+}
+
+fn job_state(s: &str) -> Result<malaka_jobs::JobState, String> {
+    s.parse().map_err(|e: malaka_jobs::JobsError| e.to_string())
+}
+
+fn json_value(s: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(s).map_err(|e| format!("not JSON: {e}"))
 }
 
 #[derive(Debug, clap::Args)]
@@ -63,6 +179,8 @@ struct ServeArgs {
 enum Suite {
     /// Worker pool overhead, event bus deliveries, parallel helper throughput.
     Runtime,
+    /// Job queue: batched enqueue rate, end-to-end drain rate, idle pickup latency.
+    Jobs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -88,6 +206,19 @@ struct BenchArgs {
     /// A small, fast run that checks the suite works; its figures are not to be quoted.
     #[arg(long)]
     quick: bool,
+    /// jobs suite: jobs to enqueue and drain.
+    #[arg(long, default_value_t = 100_000)]
+    jobs: usize,
+    /// jobs suite: jobs run at once.
+    #[arg(long, default_value_t = 24)]
+    workers: usize,
+    /// jobs suite: latency samples (after 50 warm-ups).
+    #[arg(long, default_value_t = 500)]
+    samples: usize,
+    /// jobs suite on SQLite: `normal` (the job store's setting: WAL, survives a process crash)
+    /// or `full` (every commit fsynced, as the ledger's connections run).
+    #[arg(long, default_value = "normal")]
+    sqlite_synchronous: String,
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -150,16 +281,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let text = toml::to_string_pretty(&config).context("printing the configuration")?;
             print!("{text}");
         }
+        Command::Worker(args) => {
+            let mut flags = overrides(&cli, None, Some(&args.db));
+            flags.shutdown_timeout = args.shutdown_timeout;
+            let config = Config::load(cli.config.as_deref(), &flags)?;
+            telemetry::init_logging(&config.log);
+            malaka::jobs::run_worker(&config, malaka::app::shutdown_signal())
+                .await
+                .context("running the job worker")?;
+        }
+        Command::Jobs(args) => jobs_command(&cli, args).await?,
         Command::Bench(args) => {
             telemetry::init_logging(&malaka::config::LogConfig {
                 format: cli.log_format.unwrap_or(LogFormat::Text),
                 filter: "warn".to_owned(),
             });
-            if args.database_url.is_some() || !matches!(args.backend, BenchBackend::Sqlite) {
-                tracing::warn!(
-                    "the runtime suite touches no database; --backend and --database-url are ignored"
-                );
-            }
             let figures = match args.suite {
                 Suite::Runtime => {
                     let size = if args.quick {
@@ -169,7 +305,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     };
                     // On a runtime worker thread, as server code runs (not on the main thread
                     // that `block_on` borrows).
+                    if args.database_url.is_some() || !matches!(args.backend, BenchBackend::Sqlite)
+                    {
+                        tracing::warn!(
+                            "the runtime suite touches no database; --backend and --database-url are ignored"
+                        );
+                    }
                     tokio::spawn(malaka::bench::runtime_suite(size))
+                        .await
+                        .context("benchmark task")??
+                }
+                Suite::Jobs => {
+                    let quick = args.quick;
+                    let spec = malaka::bench_jobs::JobsBench {
+                        backend: match args.backend {
+                            BenchBackend::Sqlite => malaka::bench_jobs::Backend::Sqlite,
+                            BenchBackend::Postgres => malaka::bench_jobs::Backend::Postgres,
+                        },
+                        database_url: args.database_url.clone(),
+                        jobs: if quick { 500 } else { args.jobs },
+                        workers: args.workers,
+                        samples: if quick { 20 } else { args.samples },
+                        sqlite_synchronous_full: match args.sqlite_synchronous.as_str() {
+                            "full" => true,
+                            "normal" => false,
+                            other => anyhow::bail!(
+                                "--sqlite-synchronous must be full or normal, not {other}"
+                            ),
+                        },
+                    };
+                    tokio::spawn(async move { malaka::bench_jobs::jobs_suite(&spec).await })
                         .await
                         .context("benchmark task")??
                 }
@@ -181,5 +346,51 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+async fn jobs_command(cli: &Cli, args: &JobsArgs) -> anyhow::Result<()> {
+    use malaka::jobs::cli;
+    let db = DbArgs {
+        database_url: args.database_url.clone(),
+        data_dir: args.data_dir.clone(),
+    };
+    let config = Config::load(cli.config.as_deref(), &overrides(cli, None, Some(&db)))?;
+    telemetry::init_logging(&malaka::config::LogConfig {
+        format: config.log.format,
+        filter: "warn".to_owned(),
+    });
+    let (database, queue) = cli::open(&config).await.context("opening the database")?;
+    let json = args.json;
+    let result = match &args.command {
+        JobsCommand::List(a) => {
+            let mut filter = malaka_jobs::ListFilter::default();
+            filter.queue = a.queue.clone();
+            filter.kind = a.kind.clone();
+            filter.states = a.state.clone();
+            filter.before_id = a.before;
+            filter.limit = Some(a.limit);
+            cli::list(&queue, &filter, json).await
+        }
+        JobsCommand::Show { id } => cli::show(&queue, *id, json).await,
+        JobsCommand::Stats => cli::stats(&queue, json).await,
+        JobsCommand::Retry { id } => cli::retry(&queue, *id, json).await,
+        JobsCommand::Cancel { id } => cli::cancel(&queue, *id, json).await,
+        JobsCommand::Enqueue(a) => {
+            let mut job = malaka_jobs::NewJob::new(&a.kind, a.payload.clone())
+                .queue(&a.queue)
+                .priority(a.priority)
+                .max_attempts(a.max_attempts);
+            if let Some(d) = a.delay {
+                job = job.delay(d);
+            }
+            if let Some(k) = &a.unique_key {
+                job = job.unique_key(k);
+            }
+            cli::enqueue(&queue, job, json).await
+        }
+    };
+    database.close().await;
+    print!("{}", result?);
     Ok(())
 }

@@ -92,3 +92,25 @@ pub fn export_bus(bus: &malaka_runtime::EventBus) {
         metrics::counter!("malaka_bus_retries_total", &labels).absolute(s.retries);
     }
 }
+
+/// Sets one job queue's gauges: `malaka_jobs{queue,state}` for every state,
+/// `malaka_jobs_available{queue}` (jobs that could run now and have not started; the promoter
+/// moves due scheduled and retryable jobs there every second), `malaka_jobs_running{queue}` and
+/// `malaka_jobs_oldest_available_seconds{queue}` (0 when none waits).
+pub fn export_job_queue(
+    queue: &str,
+    count: impl Fn(malaka_jobs::JobState) -> i64,
+    oldest_available: Option<std::time::Duration>,
+) {
+    use malaka_jobs::JobState;
+    for state in JobState::ALL {
+        metrics::gauge!("malaka_jobs", "queue" => queue.to_owned(), "state" => state.as_str())
+            .set(count(state) as f64);
+    }
+    metrics::gauge!("malaka_jobs_available", "queue" => queue.to_owned())
+        .set(count(JobState::Available) as f64);
+    metrics::gauge!("malaka_jobs_running", "queue" => queue.to_owned())
+        .set(count(JobState::Running) as f64);
+    metrics::gauge!("malaka_jobs_oldest_available_seconds", "queue" => queue.to_owned())
+        .set(oldest_available.map_or(0.0, |d| d.as_secs_f64()));
+}

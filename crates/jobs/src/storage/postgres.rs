@@ -39,15 +39,28 @@ pub async fn migrate(pool: &PgPool) -> Result<(), JobsError> {
 }
 
 /// Jobs in a PostgreSQL database shared by any number of nodes.
+///
+/// Enqueues go through the given pool and are durable when they return. Workers' own state
+/// changes (claims, outcomes, heartbeats) go through a second pool on the same database with
+/// `synchronous_commit = off`: they do not wait for the WAL flush, so a database crash can undo
+/// the last fraction of a second of them, and the affected jobs run again (at least once, never
+/// lost).
 #[derive(Debug, Clone)]
 pub struct PgStorage {
     pool: PgPool,
+    worker_pool: PgPool,
 }
 
 impl PgStorage {
     /// Storage over `pool` (migrated with [`migrate`]).
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        let opts = (*pool.connect_options())
+            .clone()
+            .options([("synchronous_commit", "off")]);
+        let worker_pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(pool.options().get_max_connections().max(2))
+            .connect_lazy_with(opts);
+        Self { pool, worker_pool }
     }
 
     /// The pool.
@@ -98,7 +111,7 @@ pub async fn enqueue_in(conn: &mut PgConnection, job: &NewJob) -> Result<Enqueue
     for _ in 0..3 {
         let inserted: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "INSERT INTO malaka_jobs (queue, kind, payload, priority, state, max_attempts, run_at, \
-             unique_key, tags) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             unique_key, tags) VALUES ($1, $2, $3, $4, $5, $6, coalesce($7, now()), $8, $9) \
              ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN {UNFINISHED} \
              DO NOTHING RETURNING id"
         )))
@@ -108,7 +121,7 @@ pub async fn enqueue_in(conn: &mut PgConnection, job: &NewJob) -> Result<Enqueue
         .bind(job.priority)
         .bind(initial_state(job, now).as_str())
         .bind(job.max_attempts)
-        .bind(job.run_at.unwrap_or(now))
+        .bind(job.run_at)
         .bind(&job.unique_key)
         .bind(&job.tags)
         .fetch_optional(&mut *conn)
@@ -167,7 +180,7 @@ impl Storage for PgStorage {
         for j in jobs {
             j.validate()?;
             state.push(initial_state(&j, now).as_str());
-            run_at.push(j.run_at.unwrap_or(now));
+            run_at.push(j.run_at);
             queue.push(j.queue);
             kind.push(j.kind);
             payload.push(j.payload);
@@ -180,7 +193,8 @@ impl Storage for PgStorage {
         let mut ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "INSERT INTO malaka_jobs (queue, kind, payload, priority, state, max_attempts, run_at, \
                                       unique_key, tags) \
-             SELECT q, k, p, pr, s, m, r, u, ARRAY(SELECT jsonb_array_elements_text(t::jsonb)) \
+             SELECT q, k, p, pr, s, m, coalesce(r, now()), u, \
+                    ARRAY(SELECT jsonb_array_elements_text(t::jsonb)) \
              FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::smallint[], $5::text[], \
                          $6::int[], $7::timestamptz[], $8::text[], $9::text[]) \
                   WITH ORDINALITY AS j(q, k, p, pr, s, m, r, u, t, ord) \
@@ -381,7 +395,7 @@ impl Storage for PgStorage {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(lease_delta(lease))
         .bind(worker)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.worker_pool)
         .await?;
         let mut jobs = rows.iter().map(record).collect::<Result<Vec<_>, _>>()?;
         jobs.sort_by_key(|j| (j.priority, j.run_at, j.id));
@@ -399,7 +413,7 @@ impl Storage for PgStorage {
             .filter(|f| f.outcome == Outcome::Completed)
             .map(|f| (f.id, f.attempt))
             .unzip();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.worker_pool.begin().await?;
         if !ids.is_empty() {
             changed += sqlx::query(
                 "UPDATE malaka_jobs j SET state = 'completed', finished_at = now(), \
@@ -487,7 +501,7 @@ impl Storage for PgStorage {
         .bind(&ids)
         .bind(&attempts)
         .bind(lease_delta(lease))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.worker_pool)
         .await?;
         rows.iter()
             .map(|r| {
@@ -516,7 +530,7 @@ impl Storage for PgStorage {
         .bind(&ids)
         .bind(&attempts)
         .bind(&give_back)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.worker_pool)
         .await?;
         let mut distinct = queues.clone();
         distinct.sort();
@@ -525,7 +539,7 @@ impl Storage for PgStorage {
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(JOBS_CHANNEL)
                 .bind(q)
-                .execute(&self.pool)
+                .execute(&self.worker_pool)
                 .await?;
         }
         Ok(queues.len() as u64)

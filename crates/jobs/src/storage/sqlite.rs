@@ -25,15 +25,20 @@ const COLS: &str = "id, queue, kind, payload, priority, state, attempt, max_atte
 
 const UNFINISHED: &str = "('available', 'scheduled', 'running', 'retryable')";
 
+/// A wake-up and the database file it concerns (`None`: any; every receiver takes it as its own).
+type Scoped = (Option<Arc<str>>, Wakeup);
+
 /// In-process wake-ups shared by every SQLite storage and hooked connection in this process.
-fn wakeups() -> &'static broadcast::Sender<Wakeup> {
-    static TX: OnceLock<broadcast::Sender<Wakeup>> = OnceLock::new();
+/// Storages tag theirs with their database file, so that a cancel for job 7 of one database does
+/// not stop job 7 of another database in the same process.
+fn wakeups() -> &'static broadcast::Sender<Scoped> {
+    static TX: OnceLock<broadcast::Sender<Scoped>> = OnceLock::new();
     TX.get_or_init(|| broadcast::channel(1024).0)
 }
 
-fn wake(w: Wakeup) {
+fn wake(db: Option<&Arc<str>>, w: Wakeup) {
     // No receiver means no worker in this process: nothing to wake.
-    let _no_workers = wakeups().send(w);
+    let _no_workers = wakeups().send((db.cloned(), w));
 }
 
 /// Makes every insert into the jobs table through `conn` wake this process's workers when its
@@ -54,7 +59,7 @@ pub async fn install_hooks(conn: &mut SqliteConnection) -> Result<(), sqlx::Erro
     let on_commit = Arc::clone(&dirty);
     handle.set_commit_hook(move || {
         if on_commit.swap(false, Ordering::Relaxed) {
-            wake(Wakeup::Resync);
+            wake(None, Wakeup::Resync);
         }
         true
     });
@@ -74,15 +79,47 @@ pub async fn migrate(pool: &SqlitePool) -> Result<(), JobsError> {
 }
 
 /// Jobs in an SQLite database.
+///
+/// Give it a pool of its own (on the same file) without [`install_hooks`]: its own writes wake
+/// workers after they commit, and an in-process lock orders its writers, so they never meet in
+/// SQLite's busy handler (which sleeps in whole milliseconds).
 #[derive(Debug, Clone)]
 pub struct SqliteStorage {
     pool: SqlitePool,
+    write: Arc<tokio::sync::Mutex<()>>,
+    /// The database file: it scopes this storage's wake-ups.
+    db: Arc<str>,
 }
+
+type WriteTx = (
+    tokio::sync::OwnedMutexGuard<()>,
+    sqlx::Transaction<'static, sqlx::Sqlite>,
+);
 
 impl SqliteStorage {
     /// Storage over `pool` (migrated with [`migrate`]).
     pub fn new(pool: SqlitePool) -> Self {
-        Self { pool }
+        let opts = pool.connect_options();
+        let file = opts.get_filename();
+        let db = std::fs::canonicalize(file)
+            .or_else(|_| std::path::absolute(file))
+            .unwrap_or_else(|_| file.to_path_buf());
+        Self {
+            pool,
+            write: Arc::new(tokio::sync::Mutex::new(())),
+            db: db.to_string_lossy().into(),
+        }
+    }
+
+    /// A write transaction (`BEGIN IMMEDIATE`) under the storage's write lock.
+    async fn begin_write(&self) -> Result<WriteTx, JobsError> {
+        let guard = Arc::clone(&self.write).lock_owned().await;
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        Ok((guard, tx))
+    }
+
+    async fn write_lock(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        Arc::clone(&self.write).lock_owned().await
     }
 
     /// The pool.
@@ -197,12 +234,6 @@ pub async fn enqueue_in(conn: &mut SqliteConnection, job: &NewJob) -> Result<Enq
     ))
 }
 
-async fn begin_immediate(
-    pool: &SqlitePool,
-) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, JobsError> {
-    Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
-}
-
 fn pairs_json(jobs: impl Iterator<Item = (JobId, i32)>) -> Result<String, JobsError> {
     let v: Vec<[i64; 2]> = jobs.map(|(id, a)| [id, i64::from(a)]).collect();
     Ok(serde_json::to_string(&v)?)
@@ -215,10 +246,11 @@ impl Storage for SqliteStorage {
     }
 
     async fn enqueue(&self, job: NewJob) -> Result<Enqueued, JobsError> {
+        let _write = self.write_lock().await;
         let mut conn = self.pool.acquire().await?;
         let out = enqueue_in(&mut conn, &job).await?;
         if !out.duplicate {
-            wake(Wakeup::Available(job.queue.clone()));
+            wake(Some(&self.db), Wakeup::Available(job.queue.clone()));
         }
         Ok(out)
     }
@@ -246,6 +278,7 @@ impl Storage for SqliteStorage {
             ]));
         }
         let body = serde_json::to_string(&rows)?;
+        let write = self.write_lock().await;
         let mut ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "INSERT INTO malaka_jobs (queue, kind, payload, priority, state, max_attempts, run_at, \
              unique_key, tags, created_at) \
@@ -259,9 +292,10 @@ impl Storage for SqliteStorage {
         .bind(&body)
         .fetch_all(&self.pool)
         .await?;
+        drop(write);
         ids.sort_unstable();
         for q in queues {
-            wake(Wakeup::Available(q));
+            wake(Some(&self.db), Wakeup::Available(q));
         }
         Ok(ids)
     }
@@ -331,7 +365,7 @@ impl Storage for SqliteStorage {
     }
 
     async fn cancel(&self, id: JobId) -> Result<JobRecord, JobsError> {
-        let mut tx = begin_immediate(&self.pool).await?;
+        let (_write, mut tx) = self.begin_write().await?;
         let now = micros(Utc::now());
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLS} FROM malaka_jobs WHERE id = ?"
@@ -368,13 +402,13 @@ impl Storage for SqliteStorage {
         }
         tx.commit().await?;
         if job.state == JobState::Running {
-            wake(Wakeup::Cancel(id));
+            wake(Some(&self.db), Wakeup::Cancel(id));
         }
         self.get(id).await?.ok_or(JobsError::NotFound(id))
     }
 
     async fn retry(&self, id: JobId) -> Result<JobRecord, JobsError> {
-        let mut tx = begin_immediate(&self.pool).await?;
+        let (_write, mut tx) = self.begin_write().await?;
         let now = micros(Utc::now());
         let state: Option<String> =
             sqlx::query_scalar("SELECT state FROM malaka_jobs WHERE id = ?")
@@ -413,7 +447,7 @@ impl Storage for SqliteStorage {
         done?;
         tx.commit().await?;
         let job = self.get(id).await?.ok_or(JobsError::NotFound(id))?;
-        wake(Wakeup::Available(job.queue.clone()));
+        wake(Some(&self.db), Wakeup::Available(job.queue.clone()));
         Ok(job)
     }
 
@@ -425,7 +459,9 @@ impl Storage for SqliteStorage {
         lease: Duration,
     ) -> Result<Vec<JobRecord>, JobsError> {
         let now = Utc::now();
-        let mut tx = begin_immediate(&self.pool).await?;
+        // One autocommit statement: a write statement takes SQLite's write lock before it reads,
+        // so it needs no explicit `BEGIN IMMEDIATE` (and saves two round trips).
+        let _write = self.write_lock().await;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE malaka_jobs SET state = 'running', attempt = attempt + 1, attempted_at = ?1, \
                     lease_expires_at = ?2, locked_by = ?3 \
@@ -440,9 +476,9 @@ impl Storage for SqliteStorage {
         .bind(worker)
         .bind(queue)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await?;
-        tx.commit().await?;
+        drop(_write);
         let mut jobs = rows.iter().map(record).collect::<Result<Vec<_>, _>>()?;
         jobs.sort_by_key(|j| (j.priority, j.run_at, j.id));
         Ok(jobs)
@@ -453,7 +489,7 @@ impl Storage for SqliteStorage {
             return Ok(0);
         }
         let now = Utc::now();
-        let mut tx = begin_immediate(&self.pool).await?;
+        let (_write, mut tx) = self.begin_write().await?;
         let conn = tx.acquire().await?;
         let mut changed = 0;
         let completed: Vec<(JobId, i32)> = batch
@@ -513,7 +549,7 @@ impl Storage for SqliteStorage {
             return Ok(Vec::new());
         }
         let until = Utc::now() + lease_delta(lease);
-        let mut tx = begin_immediate(&self.pool).await?;
+        let (_write, mut tx) = self.begin_write().await?;
         let rows = sqlx::query(
             "UPDATE malaka_jobs SET lease_expires_at = ?1 \
              WHERE state = 'running' AND (id, attempt) IN \
@@ -540,7 +576,7 @@ impl Storage for SqliteStorage {
             return Ok(0);
         }
         let now = micros(Utc::now());
-        let mut tx = begin_immediate(&self.pool).await?;
+        let (_write, mut tx) = self.begin_write().await?;
         let mut n = 0;
         for (id, attempt, started) in jobs {
             n += sqlx::query(
@@ -557,7 +593,7 @@ impl Storage for SqliteStorage {
             .rows_affected();
         }
         tx.commit().await?;
-        wake(Wakeup::Resync);
+        wake(Some(&self.db), Wakeup::Resync);
         Ok(n)
     }
 
@@ -574,7 +610,7 @@ impl Storage for SqliteStorage {
 
     async fn rescue_expired(&self) -> Result<u64, JobsError> {
         let now = Utc::now();
-        let mut tx = begin_immediate(&self.pool).await?;
+        let (_write, mut tx) = self.begin_write().await?;
         let n = sqlx::query(
             "UPDATE malaka_jobs SET \
                 state = CASE WHEN cancel_requested THEN 'cancelled' \
@@ -593,7 +629,7 @@ impl Storage for SqliteStorage {
         .rows_affected();
         tx.commit().await?;
         if n > 0 {
-            wake(Wakeup::Resync);
+            wake(Some(&self.db), Wakeup::Resync);
         }
         Ok(n)
     }
@@ -604,6 +640,7 @@ impl Storage for SqliteStorage {
         failed_before: DateTime<Utc>,
         limit: u32,
     ) -> Result<u64, JobsError> {
+        let _write = self.write_lock().await;
         let n = sqlx::query(
             "DELETE FROM malaka_jobs WHERE id IN (SELECT id FROM malaka_jobs \
                WHERE (state = 'completed' AND finished_at < ?1) \
@@ -619,6 +656,7 @@ impl Storage for SqliteStorage {
     }
 
     async fn promote_due(&self) -> Result<u64, JobsError> {
+        let _write = self.write_lock().await;
         let n = sqlx::query(
             "UPDATE malaka_jobs SET state = 'available' \
              WHERE state IN ('scheduled', 'retryable') AND run_at <= ?",
@@ -636,7 +674,7 @@ impl Storage for SqliteStorage {
         tick: DateTime<Utc>,
         job: NewJob,
     ) -> Result<bool, JobsError> {
-        let mut tx = begin_immediate(&self.pool).await?;
+        let (_write, mut tx) = self.begin_write().await?;
         let won = sqlx::query(
             "INSERT INTO malaka_cron (name, last_tick) VALUES (?1, ?2) \
              ON CONFLICT (name) DO UPDATE SET last_tick = excluded.last_tick \
@@ -653,7 +691,7 @@ impl Storage for SqliteStorage {
         }
         tx.commit().await?;
         if won {
-            wake(Wakeup::Available(job.queue));
+            wake(Some(&self.db), Wakeup::Available(job.queue));
         }
         Ok(won)
     }
@@ -661,10 +699,12 @@ impl Storage for SqliteStorage {
     async fn subscribe(&self) -> Result<mpsc::Receiver<Wakeup>, JobsError> {
         let mut rx = wakeups().subscribe();
         let (tx, out) = mpsc::channel(256);
+        let db = Arc::clone(&self.db);
         tokio::spawn(async move {
             loop {
                 let w = match rx.recv().await {
-                    Ok(w) => w,
+                    Ok((Some(other), _)) if other != db => continue,
+                    Ok((_, w)) => w,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::debug!(missed = n, "job wake-ups lagged; resyncing");
                         Wakeup::Resync

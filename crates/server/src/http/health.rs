@@ -38,9 +38,10 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
     })))
 }
 
-/// Prometheus text exposition of every metric, pools included.
+/// Prometheus text exposition of every metric, pools and job queues included.
 async fn metrics_page(State(state): State<AppState>) -> impl IntoResponse {
     state.export_metrics();
+    state.export_job_metrics().await;
     (
         [(
             header::CONTENT_TYPE,

@@ -54,7 +54,8 @@ pub async fn fresh_postgres() -> Option<(String, String)> {
     Some((format!("{base}/{name}"), name))
 }
 
-async fn drop_postgres(name: &str) {
+/// Drops a database made by [`fresh_postgres`] (connections still open are closed).
+pub async fn drop_postgres(name: &str) {
     use sqlx::Connection;
     if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
         let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
