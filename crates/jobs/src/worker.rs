@@ -216,12 +216,18 @@ impl Worker {
             let notify = Arc::new(Notify::new());
             wakers.insert(q.name.clone(), Arc::clone(&notify));
             pools.push(pool.clone());
-            tasks.push(tokio::spawn(fetcher(
-                Arc::clone(&shared),
-                q.clone(),
-                pool,
-                notify,
-            )));
+            // Two claimers per queue: one claims while the other's batch is being handed out,
+            // so a backlog never waits on a claim's round trip. They share the queue's slots.
+            let slots = Arc::new(Semaphore::new(q.concurrency + q.prefetch));
+            for _ in 0..FETCHERS_PER_QUEUE {
+                tasks.push(tokio::spawn(fetcher(
+                    Arc::clone(&shared),
+                    q.clone(),
+                    pool.clone(),
+                    Arc::clone(&notify),
+                    Arc::clone(&slots),
+                )));
+            }
         }
         let wakeups = storage.subscribe().await?;
         tasks.push(tokio::spawn(dispatch_wakeups(
@@ -306,12 +312,19 @@ impl Worker {
 }
 
 /// Claims jobs for one queue while there is room, and waits for wake-ups when it is empty.
-async fn fetcher(shared: Arc<Shared>, q: QueueConfig, pool: WorkerPool, notify: Arc<Notify>) {
+const FETCHERS_PER_QUEUE: usize = 2;
+
+async fn fetcher(
+    shared: Arc<Shared>,
+    q: QueueConfig,
+    pool: WorkerPool,
+    notify: Arc<Notify>,
+    slots: Arc<Semaphore>,
+) {
     let total = q.concurrency + q.prefetch;
-    let slots = Arc::new(Semaphore::new(total));
-    // Claim in worthwhile batches: while every worker is busy anyway, wait until half the slots
-    // are free instead of claiming a job or two per statement.
-    let low_water = (total / 2).clamp(1, shared.config.claim_batch.max(1));
+    // Claim in worthwhile batches: while every worker is busy anyway, wait until a share of the
+    // slots is free instead of claiming a job or two per statement.
+    let low_water = (total / (2 * FETCHERS_PER_QUEUE)).clamp(1, shared.config.claim_batch.max(1));
     let mut failures = 0u32;
     loop {
         let first = tokio::select! {

@@ -239,7 +239,7 @@ impl Application {
             jobs,
         } = self;
         let runner =
-            JobRunner::start(state.inner.db.job_storage(), &jobs, shutdown_timeout).await?;
+            JobRunner::start(Arc::clone(state.jobs().storage()), &jobs, shutdown_timeout).await?;
         *lock(&state.inner.job_pools) = runner.pools().to_vec();
         let stop = CancellationToken::new();
         let app = crate::http::router(state.clone());

@@ -40,6 +40,8 @@ pub struct JobsBench {
     pub workers: usize,
     /// Latency samples (after 50 warm-ups).
     pub samples: usize,
+    /// Jobs claimed ahead of free workers (default: the queue's default, 4 x workers).
+    pub prefetch: Option<usize>,
     /// SQLite `synchronous=FULL` instead of the job store's `NORMAL`.
     pub sqlite_synchronous_full: bool,
 }
@@ -207,10 +209,7 @@ async fn run(b: &JobsBench, storage: Arc<dyn Storage>) -> Result<Figures, JobsBe
         })
     };
     let mut qc = QueueConfig::new(q, b.workers);
-    if let Some(p) = std::env::var("MALAKA_BENCH_PREFETCH")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(p) = b.prefetch {
         qc = qc.prefetch(p);
     }
     let config = WorkerConfig::default().queues(vec![qc]);

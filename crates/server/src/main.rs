@@ -215,6 +215,9 @@ struct BenchArgs {
     /// jobs suite: latency samples (after 50 warm-ups).
     #[arg(long, default_value_t = 500)]
     samples: usize,
+    /// jobs suite: jobs claimed ahead of free workers (default 4 x --workers, 10 to 1000).
+    #[arg(long)]
+    prefetch: Option<usize>,
     /// jobs suite on SQLite: `normal` (the job store's setting: WAL, survives a process crash)
     /// or `full` (every commit fsynced, as the ledger's connections run).
     #[arg(long, default_value = "normal")]
@@ -326,6 +329,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         jobs: if quick { 500 } else { args.jobs },
                         workers: args.workers,
                         samples: if quick { 20 } else { args.samples },
+                        prefetch: args.prefetch,
                         sqlite_synchronous_full: match args.sqlite_synchronous.as_str() {
                             "full" => true,
                             "normal" => false,

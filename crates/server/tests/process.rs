@@ -221,3 +221,23 @@ fn bench_json_prints_exactly_one_object_with_the_runtime_figures() {
     }
     assert_eq!(text.trim().lines().count(), 1);
 }
+
+#[test]
+fn bench_jobs_json_prints_the_queue_figures() {
+    let out = Command::new(BIN)
+        .args(["bench", "jobs", "--backend", "sqlite", "--json", "--quick"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON value");
+    for key in [
+        "enqueue_per_sec",
+        "jobs_per_sec",
+        "latency_p50_ms",
+        "latency_p99_ms",
+    ] {
+        assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key} in {text}");
+    }
+    assert!(v["latency_p50_ms"].as_f64().unwrap() <= v["latency_p99_ms"].as_f64().unwrap());
+}

@@ -25,11 +25,10 @@ CREATE INDEX malaka_jobs_fetch ON malaka_jobs (queue, priority, run_at, id)
 CREATE UNIQUE INDEX malaka_jobs_unique ON malaka_jobs (unique_key)
     WHERE unique_key IS NOT NULL AND state IN ('available', 'scheduled', 'running', 'retryable');
 CREATE INDEX malaka_jobs_lease ON malaka_jobs (lease_expires_at) WHERE state = 'running';
-CREATE INDEX malaka_jobs_finished ON malaka_jobs (finished_at)
-    WHERE state IN ('completed', 'discarded', 'cancelled');
 
--- Completed rows are short-lived: leave room for HOT updates and vacuum eagerly.
-ALTER TABLE malaka_jobs SET (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.02,
+-- Rows churn (claimed, finished, pruned): vacuum eagerly. No index on finished_at: every index
+-- costs each claim or completion an insert, and the pruner walks the primary key instead.
+ALTER TABLE malaka_jobs SET (autovacuum_vacuum_scale_factor = 0.02,
                              autovacuum_vacuum_insert_scale_factor = 0.05);
 
 -- New runnable jobs wake the workers of their queue (delivered on commit, so a job enqueued in a

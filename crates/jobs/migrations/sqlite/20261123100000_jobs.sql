@@ -28,9 +28,6 @@ CREATE UNIQUE INDEX malaka_jobs_unique ON malaka_jobs (unique_key)
     WHERE unique_key IS NOT NULL AND state IN ('available', 'scheduled', 'running', 'retryable');
 -- The rescuer's scan for expired leases.
 CREATE INDEX malaka_jobs_lease ON malaka_jobs (lease_expires_at) WHERE state = 'running';
--- The pruner's scan for finished jobs.
-CREATE INDEX malaka_jobs_finished ON malaka_jobs (finished_at)
-    WHERE state IN ('completed', 'discarded', 'cancelled');
 
 -- The last tick each cron entry enqueued: claiming a tick is a conditional update, so exactly one
 -- node enqueues it.

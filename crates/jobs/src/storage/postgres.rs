@@ -593,7 +593,7 @@ impl Storage for PgStorage {
             "DELETE FROM malaka_jobs WHERE id IN (SELECT id FROM malaka_jobs \
                WHERE (state = 'completed' AND finished_at < $1) \
                   OR (state IN ('discarded', 'cancelled') AND finished_at < $2) \
-               LIMIT $3 FOR UPDATE SKIP LOCKED)",
+               ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)",
         )
         .bind(completed_before)
         .bind(failed_before)

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnection, SqliteOperation, SqlitePool, SqliteRow};
 use sqlx::{Acquire, Row};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 use super::{Storage, from_micros, lease_delta, micros};
 use crate::error::JobsError;
@@ -25,20 +25,40 @@ const COLS: &str = "id, queue, kind, payload, priority, state, attempt, max_atte
 
 const UNFINISHED: &str = "('available', 'scheduled', 'running', 'retryable')";
 
-/// A wake-up and the database file it concerns (`None`: any; every receiver takes it as its own).
-type Scoped = (Option<Arc<str>>, Wakeup);
+/// Receivers of wake-ups in this process, by database file: a storage's own writes wake only
+/// the workers of its file (a cancel for job 7 of one database must not stop job 7 of another);
+/// commit hooks, which do not know the file, wake everyone (a spurious wake-up costs one claim).
+type Subscribers = std::collections::HashMap<Arc<str>, Vec<mpsc::Sender<Wakeup>>>;
 
-/// In-process wake-ups shared by every SQLite storage and hooked connection in this process.
-/// Storages tag theirs with their database file, so that a cancel for job 7 of one database does
-/// not stop job 7 of another database in the same process.
-fn wakeups() -> &'static broadcast::Sender<Scoped> {
-    static TX: OnceLock<broadcast::Sender<Scoped>> = OnceLock::new();
-    TX.get_or_init(|| broadcast::channel(1024).0)
+fn subscribers() -> &'static std::sync::Mutex<Subscribers> {
+    static SUBS: OnceLock<std::sync::Mutex<Subscribers>> = OnceLock::new();
+    SUBS.get_or_init(Default::default)
 }
 
 fn wake(db: Option<&Arc<str>>, w: Wakeup) {
-    // No receiver means no worker in this process: nothing to wake.
-    let _no_workers = wakeups().send((db.cloned(), w));
+    let mut subs = subscribers()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for (file, senders) in subs.iter_mut() {
+        if db.is_some_and(|d| d != file) {
+            continue;
+        }
+        senders.retain(|tx| match tx.try_send(w.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Full(w)) => {
+                // A full channel already holds wake-ups for every queue, so another
+                // `Available`/`Resync` adds nothing; a cancel must still arrive.
+                if let Wakeup::Cancel(_) = w {
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        let _closed = tx.send(w).await;
+                    });
+                }
+                true
+            }
+        });
+    }
 }
 
 /// Makes every insert into the jobs table through `conn` wake this process's workers when its
@@ -644,7 +664,8 @@ impl Storage for SqliteStorage {
         let n = sqlx::query(
             "DELETE FROM malaka_jobs WHERE id IN (SELECT id FROM malaka_jobs \
                WHERE (state = 'completed' AND finished_at < ?1) \
-                  OR (state IN ('discarded', 'cancelled') AND finished_at < ?2) LIMIT ?3)",
+                  OR (state IN ('discarded', 'cancelled') AND finished_at < ?2) \
+               ORDER BY id LIMIT ?3)",
         )
         .bind(micros(completed_before))
         .bind(micros(failed_before))
@@ -697,25 +718,13 @@ impl Storage for SqliteStorage {
     }
 
     async fn subscribe(&self) -> Result<mpsc::Receiver<Wakeup>, JobsError> {
-        let mut rx = wakeups().subscribe();
-        let (tx, out) = mpsc::channel(256);
-        let db = Arc::clone(&self.db);
-        tokio::spawn(async move {
-            loop {
-                let w = match rx.recv().await {
-                    Ok((Some(other), _)) if other != db => continue,
-                    Ok((_, w)) => w,
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::debug!(missed = n, "job wake-ups lagged; resyncing");
-                        Wakeup::Resync
-                    }
-                    Err(broadcast::error::RecvError::Closed) => break,
-                };
-                if tx.send(w).await.is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(out)
+        let (tx, rx) = mpsc::channel(256);
+        subscribers()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(Arc::clone(&self.db))
+            .or_default()
+            .push(tx);
+        Ok(rx)
     }
 }
