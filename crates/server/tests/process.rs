@@ -228,7 +228,11 @@ fn bench_jobs_json_prints_the_queue_figures() {
         .args(["bench", "jobs", "--backend", "sqlite", "--json", "--quick"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let v: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON value");
     for key in [
