@@ -171,6 +171,7 @@ pub struct Worker {
     pools: Vec<WorkerPool>,
     tasks: Vec<JoinHandle<()>>,
     completer: JoinHandle<()>,
+    flush: CancellationToken,
 }
 
 impl std::fmt::Debug for Worker {
@@ -201,7 +202,8 @@ impl Worker {
             stopping: CancellationToken::new(),
             unstarted: Mutex::new(Vec::new()),
         });
-        let completer = tokio::spawn(completer(Arc::clone(&storage), rx));
+        let flush = CancellationToken::new();
+        let completer = tokio::spawn(completer(Arc::clone(&storage), rx, flush.clone()));
         let mut wakers = HashMap::new();
         let mut pools = Vec::new();
         let mut tasks = Vec::new();
@@ -242,6 +244,7 @@ impl Worker {
             pools,
             tasks,
             completer,
+            flush,
         })
     }
 
@@ -263,10 +266,24 @@ impl Worker {
         let timeout = budget.map_or(s.config.shutdown_timeout, |b| {
             b.min(s.config.shutdown_timeout)
         });
+        let deadline = Instant::now() + timeout;
         s.stopping.cancel();
+        // Shortly before the deadline, tell the jobs still running to stop (`ctx.cancelled()`),
+        // so a cooperative job can end cleanly before its task is aborted.
+        let grace = (timeout / 5).min(Duration::from_secs(1));
+        let warn = {
+            let shared = Arc::clone(&self.shared);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(deadline - grace).await;
+                for h in shared.held().values() {
+                    h.cancel.cancel();
+                }
+            })
+        };
         // Jobs still queued in a pool see `stopping` and hand themselves back without running.
         let drains = self.pools.iter().map(|p| p.shutdown_within(timeout));
         futures::future::join_all(drains).await;
+        warn.abort();
         // Whatever is still held did not finish: give it back.
         let mut back: Vec<(JobId, i32, bool)> = s
             .held()
@@ -289,11 +306,21 @@ impl Worker {
         // Record every outcome that was reported before giving leases back.
         drop(self.tasks);
         let Self {
-            shared, completer, ..
+            shared,
+            completer,
+            flush,
+            ..
         } = self;
         let storage = Arc::clone(&shared.storage);
         drop(shared);
-        let _ = tokio::time::timeout(Duration::from_secs(10), completer).await;
+        flush.cancel();
+        // Writing the last outcomes gets what is left of the budget (at least a second).
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
+        if tokio::time::timeout(left, completer).await.is_err() {
+            tracing::warn!("last job outcomes not recorded in time; those jobs will run again");
+        }
         let released = match storage.release(&back).await {
             Ok(n) => n,
             Err(e) => {
@@ -456,6 +483,16 @@ async fn run_job(
                     handler.options.timeout
                 ))),
             };
+            if result.is_err()
+                && shared.stopping.is_cancelled()
+                && held.cancel.is_cancelled()
+                && !held.cancel_requested.load(Ordering::Acquire)
+            {
+                // Told to stop because the worker is shutting down: not a failure. The job stays
+                // held, and shutdown gives it back to the queue at once, attempt counted.
+                tracing::info!(job = job.id, "job stopped for shutdown; giving it back");
+                return;
+            }
             match result {
                 // A job that stops early because it was cancelled returns `Ok` as often as not:
                 // once a cancel was asked for, the job ends `cancelled` however its run returns.
@@ -513,9 +550,30 @@ async fn run_job(
 }
 
 /// Writes outcomes in batches: whatever has arrived while the previous batch was written.
-async fn completer(storage: Arc<dyn Storage>, mut rx: mpsc::Receiver<Finish>) {
+async fn completer(
+    storage: Arc<dyn Storage>,
+    mut rx: mpsc::Receiver<Finish>,
+    flush_and_stop: CancellationToken,
+) {
     let mut batch = Vec::with_capacity(1024);
-    while rx.recv_many(&mut batch, 4096).await > 0 {
+    loop {
+        let got = tokio::select! {
+            biased;
+            n = rx.recv_many(&mut batch, 4096) => n,
+            () = flush_and_stop.cancelled() => {
+                // Shutdown: take what has been reported, write it, and stop.
+                while let Ok(f) = rx.try_recv() {
+                    batch.push(f);
+                }
+                if batch.is_empty() {
+                    return;
+                }
+                batch.len()
+            }
+        };
+        if got == 0 {
+            return;
+        }
         let mut failures = 0u32;
         loop {
             match storage.finish(&batch).await {
@@ -530,6 +588,9 @@ async fn completer(storage: Arc<dyn Storage>, mut rx: mpsc::Receiver<Finish>) {
             }
         }
         batch.clear();
+        if flush_and_stop.is_cancelled() && rx.is_empty() {
+            return;
+        }
     }
 }
 
