@@ -31,20 +31,22 @@ pub struct QueueConfig {
     pub min_workers: usize,
     /// Jobs run at once (the pool's maximum).
     pub concurrency: usize,
-    /// Jobs claimed ahead of free workers, so a backlog drains without a claim per job.
+    /// Most jobs claimed ahead of free workers (the real number adapts to the jobs' run time),
+    /// so a backlog drains without a claim per job.
     pub prefetch: usize,
 }
 
 impl QueueConfig {
-    /// `concurrency` jobs at once, claiming up to four times as many ahead (10 to 1000), so a
-    /// backlog drains in large claims while other nodes still get their share.
+    /// `concurrency` jobs at once, claiming up to 1000 ahead. How many are really claimed ahead
+    /// adapts to the jobs' mean run time (about 250 ms of work, at least one per worker), so a
+    /// backlog of quick jobs drains in large claims while slow jobs stay free for other nodes.
     pub fn new(name: impl Into<String>, concurrency: usize) -> Self {
         let concurrency = concurrency.max(1);
         Self {
             name: name.into(),
             min_workers: 1,
             concurrency,
-            prefetch: (concurrency * 4).clamp(10, 1000),
+            prefetch: 1000,
         }
     }
     /// Sets the pool's idle minimum.
@@ -53,7 +55,7 @@ impl QueueConfig {
         self.min_workers = n.min(self.concurrency);
         self
     }
-    /// Sets how many jobs are claimed ahead.
+    /// Sets the most jobs claimed ahead (0: claim only for free workers).
     #[must_use]
     pub fn prefetch(mut self, n: usize) -> Self {
         self.prefetch = n;
@@ -341,6 +343,21 @@ impl Worker {
 /// Claims jobs for one queue while there is room, and waits for wake-ups when it is empty.
 const FETCHERS_PER_QUEUE: usize = 2;
 
+/// How far ahead a node claims: about this much work beyond what its workers are running.
+const PREFETCH_HORIZON: Duration = Duration::from_millis(250);
+
+/// Jobs to claim ahead of free workers: enough for [`PREFETCH_HORIZON`] at the jobs' mean run
+/// time, at most the configured prefetch and at least one job per worker (or the configured
+/// prefetch, if smaller). Before any job has run, the configured prefetch.
+fn adaptive_prefetch(q: &QueueConfig, mean_run: Duration) -> usize {
+    if mean_run.is_zero() {
+        return q.prefetch;
+    }
+    let per_worker = PREFETCH_HORIZON.as_secs_f64() / mean_run.as_secs_f64();
+    let want = (q.concurrency as f64 * per_worker).min(q.prefetch as f64) as usize;
+    want.clamp(q.concurrency.min(q.prefetch), q.prefetch)
+}
+
 async fn fetcher(
     shared: Arc<Shared>,
     q: QueueConfig,
@@ -349,15 +366,19 @@ async fn fetcher(
     slots: Arc<Semaphore>,
 ) {
     let total = q.concurrency + q.prefetch;
-    // Claim in worthwhile batches: while every worker is busy anyway, wait until a share of the
-    // slots is free instead of claiming a job or two per statement.
-    let low_water = (total / (2 * FETCHERS_PER_QUEUE)).clamp(1, shared.config.claim_batch.max(1));
     let mut failures = 0u32;
     loop {
         let first = tokio::select! {
             () = shared.stopping.cancelled() => return,
             p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
         };
+        // Hold no more than this node will get through soon, so other nodes get their share of
+        // slow jobs while a backlog of quick ones still drains in large claims.
+        let limit = q.concurrency + adaptive_prefetch(&q, pool.mean_run_time());
+        // Claim in worthwhile batches: while every worker is busy anyway, wait until a share of
+        // the slots is free instead of claiming a job or two per statement.
+        let low_water =
+            (limit / (2 * FETCHERS_PER_QUEUE)).clamp(1, shared.config.claim_batch.max(1));
         let mut permits = vec![first];
         loop {
             while permits.len() < shared.config.claim_batch {
@@ -367,6 +388,7 @@ async fn fetcher(
                 }
             }
             let in_flight = total - slots.available_permits() - permits.len();
+            permits.truncate(limit.saturating_sub(in_flight).max(1));
             if permits.len() >= low_water || in_flight < q.concurrency {
                 break;
             }
@@ -550,6 +572,13 @@ async fn run_job(
 }
 
 /// Writes outcomes in batches: whatever has arrived while the previous batch was written.
+/// A batch of outcomes at least this big means the queue is busy: wait a moment for more.
+const COALESCE_ABOVE: usize = 32;
+/// Stop waiting for more outcomes at this many.
+const COALESCE_UP_TO: usize = 2000;
+/// How long a busy completer waits for more outcomes before writing.
+const COALESCE_FOR: Duration = Duration::from_millis(2);
+
 async fn completer(
     storage: Arc<dyn Storage>,
     mut rx: mpsc::Receiver<Finish>,
@@ -573,6 +602,18 @@ async fn completer(
         };
         if got == 0 {
             return;
+        }
+        if (COALESCE_ABOVE..COALESCE_UP_TO).contains(&batch.len()) && !flush_and_stop.is_cancelled()
+        {
+            // Busy: outcomes are arriving faster than single writes. Let a few more arrive so
+            // each statement records hundreds (a job's outcome is at most this much later).
+            tokio::time::sleep(COALESCE_FOR).await;
+            while batch.len() < COALESCE_UP_TO {
+                match rx.try_recv() {
+                    Ok(f) => batch.push(f),
+                    Err(_) => break,
+                }
+            }
         }
         let mut failures = 0u32;
         loop {
@@ -668,5 +709,28 @@ async fn heartbeat(shared: Arc<Shared>) {
                 metrics::counter!("malaka_jobs_heartbeat_errors_total").increment(1);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefetch_adapts_to_run_time() {
+        let q = QueueConfig::new("q", 24);
+        // Nothing has run yet: the configured cap.
+        assert_eq!(adaptive_prefetch(&q, Duration::ZERO), 1000);
+        // Quick jobs: the cap.
+        assert_eq!(adaptive_prefetch(&q, Duration::from_micros(10)), 1000);
+        // 10 ms jobs: 250 ms of work for 24 workers = 600.
+        assert_eq!(adaptive_prefetch(&q, Duration::from_millis(10)), 600);
+        // Slow jobs: one per worker.
+        assert_eq!(adaptive_prefetch(&q, Duration::from_secs(5)), 24);
+        // A smaller cap always wins.
+        let small = QueueConfig::new("q", 24).prefetch(5);
+        assert_eq!(adaptive_prefetch(&small, Duration::from_secs(5)), 5);
+        let none = QueueConfig::new("q", 24).prefetch(0);
+        assert_eq!(adaptive_prefetch(&none, Duration::from_millis(1)), 0);
     }
 }

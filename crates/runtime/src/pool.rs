@@ -424,6 +424,11 @@ impl WorkerPool {
         }
     }
 
+    /// Mean task run time so far (cheap: two atomic loads), zero before the first task.
+    pub fn mean_run_time(&self) -> Duration {
+        self.shared.run_time.mean()
+    }
+
     /// A snapshot of the pool's counters and gauges.
     pub fn metrics(&self) -> PoolMetrics {
         let s = &self.shared;
