@@ -132,6 +132,46 @@ impl WorkerConfig {
     }
 }
 
+/// Claimed jobs waiting for a worker on this node, most urgent first; a worker task takes the
+/// best one when it starts, so the order of claims (two claimers, prefetch) does not decide the
+/// order of runs, and an urgent job claimed later overtakes prefetched ones.
+struct Local {
+    ready: Mutex<std::collections::BinaryHeap<Pending>>,
+    /// The last claim filled every slot it asked for: the second claimer joins in.
+    backlog: AtomicBool,
+    backlog_started: Notify,
+}
+
+struct Pending {
+    job: JobRecord,
+    held: Arc<Held>,
+    permit: OwnedSemaphorePermit,
+}
+
+impl Pending {
+    fn key(&self) -> (i16, chrono::DateTime<Utc>, JobId) {
+        (self.job.priority, self.job.run_at, self.job.id)
+    }
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Pending {
+    /// Reversed: `BinaryHeap` pops the greatest, and the most urgent job has the smallest key.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.key().cmp(&self.key())
+    }
+}
+
 /// A job this worker holds.
 struct Held {
     attempt: i32,
@@ -223,13 +263,20 @@ impl Worker {
             // Two claimers per queue: one claims while the other's batch is being handed out,
             // so a backlog never waits on a claim's round trip. They share the queue's slots.
             let slots = Arc::new(Semaphore::new(q.concurrency + q.prefetch));
-            for _ in 0..FETCHERS_PER_QUEUE {
+            let local = Arc::new(Local {
+                ready: Mutex::new(std::collections::BinaryHeap::new()),
+                backlog: AtomicBool::new(false),
+                backlog_started: Notify::new(),
+            });
+            for index in 0..FETCHERS_PER_QUEUE {
                 tasks.push(tokio::spawn(fetcher(
                     Arc::clone(&shared),
                     q.clone(),
                     pool.clone(),
                     Arc::clone(&notify),
                     Arc::clone(&slots),
+                    Arc::clone(&local),
+                    index,
                 )));
             }
         }
@@ -364,10 +411,22 @@ async fn fetcher(
     pool: WorkerPool,
     notify: Arc<Notify>,
     slots: Arc<Semaphore>,
+    local: Arc<Local>,
+    index: usize,
 ) {
     let total = q.concurrency + q.prefetch;
     let mut failures = 0u32;
     loop {
+        if index > 0 && !local.backlog.load(Ordering::Acquire) {
+            // Only while a backlog drains does a second claimer help (two claims in flight);
+            // otherwise one claimer keeps claims whole and in order.
+            tokio::select! {
+                () = shared.stopping.cancelled() => return,
+                () = local.backlog_started.notified() => {}
+                () = tokio::time::sleep(shared.config.poll_interval) => {}
+            }
+            continue;
+        }
         let first = tokio::select! {
             () = shared.stopping.cancelled() => return,
             p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
@@ -421,27 +480,48 @@ async fn fetcher(
             }
         };
         let got = jobs.len();
+        if got == wanted {
+            if !local.backlog.swap(true, Ordering::AcqRel) {
+                local.backlog_started.notify_waiters();
+            }
+        } else {
+            local.backlog.store(false, Ordering::Release);
+        }
         let mut permits = permits.into_iter();
-        for job in jobs {
-            let Some(permit) = permits.next() else { break };
-            let held = Arc::new(Held {
-                attempt: job.attempt,
-                queue: job.queue.clone(),
-                cancel: CancellationToken::new(),
-                cancel_requested: AtomicBool::new(false),
-                started: AtomicBool::new(false),
-            });
-            shared.held().insert(job.id, Arc::clone(&held));
-            let wait = (Utc::now() - job.run_at).to_std().unwrap_or_default();
-            metrics::histogram!("malaka_jobs_wait_seconds", "queue" => q.name.clone())
-                .record(wait.as_secs_f64());
-            let task = run_job(Arc::clone(&shared), job, held, permit);
-            if pool.submit(task).await.is_err() {
+        let mut claimed = 0;
+        {
+            let mut ready = local
+                .ready
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for job in jobs {
+                let Some(permit) = permits.next() else { break };
+                let held = Arc::new(Held {
+                    attempt: job.attempt,
+                    queue: job.queue.clone(),
+                    cancel: CancellationToken::new(),
+                    cancel_requested: AtomicBool::new(false),
+                    started: AtomicBool::new(false),
+                });
+                shared.held().insert(job.id, Arc::clone(&held));
+                let wait = (Utc::now() - job.run_at).to_std().unwrap_or_default();
+                metrics::histogram!("malaka_jobs_wait_seconds", "queue" => q.name.clone())
+                    .record(wait.as_secs_f64());
+                ready.push(Pending { job, held, permit });
+                claimed += 1;
+            }
+        }
+        drop(permits);
+        for _ in 0..claimed {
+            if pool
+                .submit(run_next(Arc::clone(&shared), Arc::clone(&local)))
+                .await
+                .is_err()
+            {
                 // The pool closed: shutdown is under way and will give held jobs back.
                 return;
             }
         }
-        drop(permits);
         if got < wanted {
             // The queue is empty (for now): sleep until a wake-up, the next scheduled job, or
             // the fallback poll.
@@ -456,6 +536,18 @@ async fn fetcher(
                 () = tokio::time::sleep_until(until) => {}
             }
         }
+    }
+}
+
+/// Runs the most urgent job waiting on this node (one task is submitted per claimed job).
+async fn run_next(shared: Arc<Shared>, local: Arc<Local>) {
+    let next = local
+        .ready
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .pop();
+    if let Some(Pending { job, held, permit }) = next {
+        run_job(shared, job, held, permit).await;
     }
 }
 
