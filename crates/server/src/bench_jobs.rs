@@ -101,6 +101,7 @@ async fn fresh(b: &JobsBench) -> Result<Fresh, JobsBenchError> {
             // workers themselves, after commit).
             let pool = SqlitePoolOptions::new()
                 .max_connections(8)
+                .test_before_acquire(false)
                 .connect_with(opts)
                 .await?;
             malaka_jobs::sqlite::migrate(&pool).await?;

@@ -96,6 +96,8 @@ impl Database {
             let pool = SqlitePoolOptions::new()
                 .max_connections(config.max_connections.max(1))
                 .acquire_timeout(Duration::from_secs(10))
+                // A local file does not hang up: skip the ping before every query.
+                .test_before_acquire(false)
                 // Every insert into the jobs table, whoever commits it, wakes this process's job
                 // workers at once.
                 .after_connect(|conn, _meta| {
@@ -162,7 +164,9 @@ impl Database {
                     .clone()
                     .synchronous(SqliteSynchronous::Normal);
                 let jobs_pool = SqlitePoolOptions::new()
-                    .max_connections(4)
+                    .max_connections(8)
+                    // A local file does not hang up: skip the ping before every query.
+                    .test_before_acquire(false)
                     .acquire_timeout(Duration::from_secs(10))
                     .connect_lazy_with(opts);
                 Arc::new(malaka_jobs::SqliteStorage::new(jobs_pool))

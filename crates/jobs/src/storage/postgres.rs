@@ -59,6 +59,9 @@ impl PgStorage {
             .options([("synchronous_commit", "off")]);
         let worker_pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(pool.options().get_max_connections().max(2))
+            // No ping before each claim or outcome: a broken connection fails that statement,
+            // which the worker retries, instead of costing every statement a round trip.
+            .test_before_acquire(false)
             .connect_lazy_with(opts);
         Self { pool, worker_pool }
     }
