@@ -153,6 +153,21 @@ pub async fn enqueue_in(conn: &mut PgConnection, job: &NewJob) -> Result<Enqueue
     ))
 }
 
+/// Wakes the workers of each distinct queue in `queues` (one `NOTIFY` for all of them).
+async fn notify_queues(pool: &PgPool, queues: &[String]) -> Result<(), JobsError> {
+    let mut distinct = queues.to_vec();
+    distinct.sort();
+    distinct.dedup();
+    if !distinct.is_empty() {
+        sqlx::query("SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q")
+            .bind(JOBS_CHANNEL)
+            .bind(&distinct)
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Storage for PgStorage {
     fn backend(&self) -> &'static str {
@@ -535,16 +550,7 @@ impl Storage for PgStorage {
         .bind(&give_back)
         .fetch_all(&self.worker_pool)
         .await?;
-        let mut distinct = queues.clone();
-        distinct.sort();
-        distinct.dedup();
-        for q in &distinct {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(JOBS_CHANNEL)
-                .bind(q)
-                .execute(&self.worker_pool)
-                .await?;
-        }
+        notify_queues(&self.worker_pool, &queues).await?;
         Ok(queues.len() as u64)
     }
 
@@ -573,16 +579,7 @@ impl Storage for PgStorage {
         )
         .fetch_all(&self.pool)
         .await?;
-        let mut distinct = queues.clone();
-        distinct.sort();
-        distinct.dedup();
-        for q in &distinct {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(JOBS_CHANNEL)
-                .bind(q)
-                .execute(&self.pool)
-                .await?;
-        }
+        notify_queues(&self.pool, &queues).await?;
         Ok(queues.len() as u64)
     }
 
