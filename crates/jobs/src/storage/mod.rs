@@ -12,8 +12,48 @@ use tokio::sync::mpsc;
 
 use crate::error::JobsError;
 use crate::types::{
-    Enqueued, Finish, JobId, JobRecord, LeaseStatus, ListFilter, NewJob, QueueStats, Wakeup,
+    Enqueued, Finish, JobId, JobRecord, JobState, LeaseStatus, ListFilter, NewJob, QueueStats,
+    Wakeup,
 };
+
+/// Every column of `malaka_jobs`, in `JobRecord` order.
+pub(crate) const COLS: &str = "id, queue, kind, payload, priority, state, attempt, max_attempts, \
+    run_at, lease_expires_at, locked_by, unique_key, tags, errors, cancel_requested, created_at, \
+    attempted_at, finished_at";
+
+/// The states a unique key is held in.
+pub(crate) const UNFINISHED: &str = "('available', 'scheduled', 'running', 'retryable')";
+
+/// A new job's state: scheduled when it may not run yet.
+pub(crate) fn initial_state(job: &NewJob, now: DateTime<Utc>) -> JobState {
+    match job.run_at {
+        Some(t) if t > now => JobState::Scheduled,
+        _ => JobState::Available,
+    }
+}
+
+/// Folds `(queue, state, count, age of the oldest runnable job)` rows, ordered by queue, into one
+/// `QueueStats` per queue.
+pub(crate) fn fold_stats(
+    rows: impl IntoIterator<Item = (String, JobState, i64, Option<Duration>)>,
+) -> Vec<QueueStats> {
+    let mut out: Vec<QueueStats> = Vec::new();
+    for (queue, state, n, age) in rows {
+        if out.last().is_none_or(|s| s.queue != queue) {
+            out.push(QueueStats {
+                queue,
+                ..QueueStats::default()
+            });
+        }
+        if let Some(s) = out.last_mut() {
+            s.counts.insert(state, n);
+            if let Some(age) = age {
+                s.oldest_available_age = Some(s.oldest_available_age.map_or(age, |a| a.max(age)));
+            }
+        }
+    }
+    out
+}
 
 /// Everything the queue, workers and maintenance need from a database.
 ///

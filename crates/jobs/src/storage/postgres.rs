@@ -9,18 +9,12 @@ use sqlx::Row;
 use sqlx::postgres::{PgConnection, PgListener, PgPool, PgRow};
 use tokio::sync::mpsc;
 
-use super::{Storage, lease_delta};
+use super::{COLS, Storage, UNFINISHED, initial_state, lease_delta};
 use crate::error::JobsError;
 use crate::types::{
     AttemptError, Enqueued, Finish, JobId, JobRecord, JobState, LeaseStatus, ListFilter, NewJob,
     Outcome, QueueStats, Wakeup,
 };
-
-const COLS: &str = "id, queue, kind, payload, priority, state, attempt, max_attempts, run_at, \
-    lease_expires_at, locked_by, unique_key, tags, errors, cancel_requested, created_at, \
-    attempted_at, finished_at";
-
-const UNFINISHED: &str = "('available', 'scheduled', 'running', 'retryable')";
 
 /// The channel new jobs are announced on (payload: the queue name).
 pub const JOBS_CHANNEL: &str = "malaka_jobs";
@@ -94,13 +88,6 @@ fn record(row: &PgRow) -> Result<JobRecord, JobsError> {
         attempted_at: row.try_get("attempted_at")?,
         finished_at: row.try_get("finished_at")?,
     })
-}
-
-fn initial_state(job: &NewJob, now: DateTime<Utc>) -> JobState {
-    match job.run_at {
-        Some(t) if t > now => JobState::Scheduled,
-        _ => JobState::Available,
-    }
 }
 
 /// Inserts `job` through `conn`, which may be inside the caller's transaction: the job then
@@ -275,26 +262,19 @@ impl Storage for PgStorage {
         )
         .fetch_all(&self.pool)
         .await?;
-        let mut out: Vec<QueueStats> = Vec::new();
-        for row in rows {
-            let queue: String = row.try_get("queue")?;
-            if out.last().is_none_or(|s| s.queue != queue) {
-                out.push(QueueStats {
-                    queue: queue.clone(),
-                    ..QueueStats::default()
-                });
-            }
-            if let Some(s) = out.last_mut() {
-                s.counts
-                    .insert(row.try_get::<&str, _>("state")?.parse()?, row.try_get("n")?);
-                if let Some(age) = row.try_get::<Option<f64>, _>("age")? {
-                    let age = Duration::try_from_secs_f64(age.max(0.0)).unwrap_or_default();
-                    s.oldest_available_age =
-                        Some(s.oldest_available_age.map_or(age, |a| a.max(age)));
-                }
-            }
-        }
-        Ok(out)
+        let rows = rows
+            .iter()
+            .map(|row| {
+                let age: Option<f64> = row.try_get("age")?;
+                Ok((
+                    row.try_get("queue")?,
+                    row.try_get::<&str, _>("state")?.parse()?,
+                    row.try_get("n")?,
+                    age.map(|a| Duration::try_from_secs_f64(a.max(0.0)).unwrap_or_default()),
+                ))
+            })
+            .collect::<Result<Vec<_>, JobsError>>()?;
+        Ok(super::fold_stats(rows))
     }
 
     async fn cancel(&self, id: JobId) -> Result<JobRecord, JobsError> {

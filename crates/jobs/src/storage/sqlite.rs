@@ -12,18 +12,12 @@ use sqlx::sqlite::{SqliteConnection, SqliteOperation, SqlitePool, SqliteRow};
 use sqlx::{Acquire, Row};
 use tokio::sync::mpsc;
 
-use super::{Storage, from_micros, lease_delta, micros};
+use super::{COLS, Storage, UNFINISHED, from_micros, initial_state, lease_delta, micros};
 use crate::error::JobsError;
 use crate::types::{
     AttemptError, Enqueued, Finish, JobId, JobRecord, JobState, LeaseStatus, ListFilter, NewJob,
     Outcome, QueueStats, Wakeup,
 };
-
-const COLS: &str = "id, queue, kind, payload, priority, state, attempt, max_attempts, run_at, \
-    lease_expires_at, locked_by, unique_key, tags, errors, cancel_requested, created_at, \
-    attempted_at, finished_at";
-
-const UNFINISHED: &str = "('available', 'scheduled', 'running', 'retryable')";
 
 /// Receivers of wake-ups in this process, by database file: a storage's own writes wake only
 /// the workers of its file (a cancel for job 7 of one database must not stop job 7 of another);
@@ -191,13 +185,6 @@ fn error_json(attempt: i32, at: DateTime<Utc>, error: &str) -> Result<String, Jo
     })?)
 }
 
-fn initial_state(job: &NewJob, now: DateTime<Utc>) -> JobState {
-    match job.run_at {
-        Some(t) if t > now => JobState::Scheduled,
-        _ => JobState::Available,
-    }
-}
-
 /// Inserts `job` through `conn`, which may be inside the caller's transaction: the job then
 /// exists if and only if that transaction commits. With [`install_hooks`] on the connection, the
 /// commit wakes the workers.
@@ -362,26 +349,19 @@ impl Storage for SqliteStorage {
         .bind(now)
         .fetch_all(&self.pool)
         .await?;
-        let mut out: Vec<QueueStats> = Vec::new();
-        for row in rows {
-            let queue: String = row.try_get("queue")?;
-            if out.last().is_none_or(|s| s.queue != queue) {
-                out.push(QueueStats {
-                    queue: queue.clone(),
-                    ..QueueStats::default()
-                });
-            }
-            if let Some(s) = out.last_mut() {
-                s.counts
-                    .insert(state_of(row.try_get("state")?)?, row.try_get("n")?);
-                if let Some(oldest) = row.try_get::<Option<i64>, _>("oldest")? {
-                    let age = Duration::from_micros(u64::try_from(now - oldest).unwrap_or(0));
-                    s.oldest_available_age =
-                        Some(s.oldest_available_age.map_or(age, |a| a.max(age)));
-                }
-            }
-        }
-        Ok(out)
+        let rows = rows
+            .iter()
+            .map(|row| {
+                let oldest: Option<i64> = row.try_get("oldest")?;
+                Ok((
+                    row.try_get("queue")?,
+                    state_of(row.try_get("state")?)?,
+                    row.try_get("n")?,
+                    oldest.map(|o| Duration::from_micros(u64::try_from(now - o).unwrap_or(0))),
+                ))
+            })
+            .collect::<Result<Vec<_>, JobsError>>()?;
+        Ok(super::fold_stats(rows))
     }
 
     async fn cancel(&self, id: JobId) -> Result<JobRecord, JobsError> {
