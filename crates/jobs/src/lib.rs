@@ -54,4 +54,4 @@ pub use types::{
     AttemptError, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, Enqueued, Finish, JobId, JobRecord,
     JobState, LeaseStatus, ListFilter, NewJob, Outcome, QueueStats, Wakeup,
 };
-pub use worker::{QueueConfig, Worker, WorkerConfig, WorkerReport};
+pub use worker::{QueueConfig, Slot, Taker, Worker, WorkerConfig, WorkerReport};

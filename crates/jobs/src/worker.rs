@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -140,12 +140,36 @@ struct Local {
     /// The last claim filled every slot it asked for: the second claimer joins in.
     backlog: AtomicBool,
     backlog_started: Notify,
+    /// Jobs of the queue this node holds (waiting here or running): [`JobSlot`]s alive.
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// A worker slot with one claimed job in it; counted in [`Local::in_flight`] while it lives.
+struct JobSlot {
+    _permit: OwnedSemaphorePermit,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl JobSlot {
+    fn new(permit: OwnedSemaphorePermit, local: &Local) -> Self {
+        local.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self {
+            _permit: permit,
+            in_flight: Arc::clone(&local.in_flight),
+        }
+    }
+}
+
+impl Drop for JobSlot {
+    fn drop(&mut self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 struct Pending {
     job: JobRecord,
     held: Arc<Held>,
-    permit: OwnedSemaphorePermit,
+    slot: JobSlot,
 }
 
 impl Pending {
@@ -181,6 +205,118 @@ struct Held {
     started: AtomicBool,
 }
 
+/// A worker's offer to take jobs of one queue the moment they are enqueued in this process.
+///
+/// A storage that supports it ([`Storage::attach`]) inserts a new job already claimed for an
+/// idle worker and hands it over, instead of inserting it available and waking a claimer that
+/// claims it with a second statement. Only while one of the queue's workers is idle; the job is
+/// claimed by the same rules (attempt 1, a lease, fenced by the attempt), so a crash before it
+/// runs leaves it to the rescuer as any claimed job.
+pub struct Taker {
+    queue: String,
+    worker: String,
+    lease: Duration,
+    concurrency: usize,
+    slots: Arc<Semaphore>,
+    pool: WorkerPool,
+    local: Arc<Local>,
+    shared: std::sync::Weak<Shared>,
+}
+
+impl std::fmt::Debug for Taker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Taker")
+            .field("queue", &self.queue)
+            .field("worker", &self.worker)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A worker slot reserved by [`Taker::reserve`]; dropping it gives the slot back.
+#[derive(Debug)]
+pub struct Slot(OwnedSemaphorePermit);
+
+impl Taker {
+    /// The queue it takes jobs of.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// The worker id to claim the job for.
+    pub fn worker(&self) -> &str {
+        &self.worker
+    }
+
+    /// The lease to claim the job under.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// A slot for one job, if one of the queue's workers is idle (not merely room to claim
+    /// ahead) and the worker is not stopping.
+    pub fn reserve(&self) -> Option<Slot> {
+        let shared = self.shared.upgrade()?;
+        if shared.stopping.is_cancelled() {
+            return None;
+        }
+        // Jobs, not slots: the room a claimer holds for a claim under way (which may find the
+        // queue empty) must not hide an idle worker from the job enqueued meanwhile.
+        if self.local.in_flight.load(Ordering::Acquire) >= self.concurrency {
+            return None;
+        }
+        Arc::clone(&self.slots).try_acquire_owned().ok().map(Slot)
+    }
+
+    /// Runs `job`, which the storage claimed for [`Self::worker`] (attempt and lease set), in
+    /// `slot`. Gives the job back if the worker has stopped: the caller then releases it.
+    ///
+    /// # Errors
+    /// The worker stopped; the job is returned.
+    pub fn take(&self, job: JobRecord, slot: Slot) -> Result<(), Box<JobRecord>> {
+        let Some(shared) = self.shared.upgrade() else {
+            return Err(Box::new(job));
+        };
+        if shared.stopping.is_cancelled() {
+            return Err(Box::new(job));
+        }
+        let held = hold(&shared, &job);
+        self.local
+            .ready
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Pending {
+                job,
+                held,
+                slot: JobSlot::new(slot.0, &self.local),
+            });
+        // The slot guarantees room in the pool's queue; a closed pool means shutdown, which
+        // gives every held job back.
+        if let Err(e) = self
+            .pool
+            .try_submit(run_next(Arc::clone(&shared), Arc::clone(&self.local)))
+        {
+            tracing::debug!(queue = %self.queue, error = %e, "handed-over job left to shutdown");
+        }
+        Ok(())
+    }
+}
+
+/// Registers a claimed job as held by this worker and records how long it waited.
+fn hold(shared: &Shared, job: &JobRecord) -> Arc<Held> {
+    let held = Arc::new(Held {
+        attempt: job.attempt,
+        queue: job.queue.clone(),
+        cancel: CancellationToken::new(),
+        cancel_requested: AtomicBool::new(false),
+        started: AtomicBool::new(false),
+    });
+    shared.held().insert(job.id, Arc::clone(&held));
+    let wait = (Utc::now() - job.run_at).to_std().unwrap_or_default();
+    metrics::histogram!("malaka_jobs_wait_seconds", "queue" => job.queue.clone())
+        .record(wait.as_secs_f64());
+    held
+}
+
 struct Shared {
     storage: Arc<dyn Storage>,
     registry: Registry,
@@ -214,6 +350,8 @@ pub struct Worker {
     tasks: Vec<JoinHandle<()>>,
     completer: JoinHandle<()>,
     flush: CancellationToken,
+    /// Offered to the storage for jobs enqueued in this process (it keeps weak references).
+    _takers: Vec<Arc<Taker>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -249,6 +387,7 @@ impl Worker {
         let mut wakers = HashMap::new();
         let mut pools = Vec::new();
         let mut tasks = Vec::new();
+        let mut takers = Vec::new();
         for q in &config.queues {
             let pool = WorkerPool::new(
                 PoolConfig::new(format!("jobs:{}", q.name))
@@ -267,7 +406,20 @@ impl Worker {
                 ready: Mutex::new(std::collections::BinaryHeap::new()),
                 backlog: AtomicBool::new(false),
                 backlog_started: Notify::new(),
+                in_flight: Arc::new(AtomicUsize::new(0)),
             });
+            let taker = Arc::new(Taker {
+                queue: q.name.clone(),
+                worker: config.id.clone(),
+                lease: config.lease,
+                concurrency: q.concurrency,
+                slots: Arc::clone(&slots),
+                pool: pool.clone(),
+                local: Arc::clone(&local),
+                shared: Arc::downgrade(&shared),
+            });
+            storage.attach(Arc::clone(&taker));
+            takers.push(taker);
             for index in 0..FETCHERS_PER_QUEUE {
                 tasks.push(tokio::spawn(fetcher(
                     Arc::clone(&shared),
@@ -294,6 +446,7 @@ impl Worker {
             tasks,
             completer,
             flush,
+            _takers: takers,
         })
     }
 
@@ -457,11 +610,11 @@ async fn fetcher(
             }
         }
         let wanted = permits.len();
-        let jobs = match shared
+        let claimed_jobs = shared
             .storage
             .claim(&q.name, wanted, &shared.config.id, shared.config.lease)
-            .await
-        {
+            .await;
+        let jobs = match claimed_jobs {
             Ok(jobs) => {
                 failures = 0;
                 jobs
@@ -496,18 +649,9 @@ async fn fetcher(
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             for job in jobs {
                 let Some(permit) = permits.next() else { break };
-                let held = Arc::new(Held {
-                    attempt: job.attempt,
-                    queue: job.queue.clone(),
-                    cancel: CancellationToken::new(),
-                    cancel_requested: AtomicBool::new(false),
-                    started: AtomicBool::new(false),
-                });
-                shared.held().insert(job.id, Arc::clone(&held));
-                let wait = (Utc::now() - job.run_at).to_std().unwrap_or_default();
-                metrics::histogram!("malaka_jobs_wait_seconds", "queue" => q.name.clone())
-                    .record(wait.as_secs_f64());
-                ready.push(Pending { job, held, permit });
+                let held = hold(&shared, &job);
+                let slot = JobSlot::new(permit, &local);
+                ready.push(Pending { job, held, slot });
                 claimed += 1;
             }
         }
@@ -546,18 +690,13 @@ async fn run_next(shared: Arc<Shared>, local: Arc<Local>) {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .pop();
-    if let Some(Pending { job, held, permit }) = next {
-        run_job(shared, job, held, permit).await;
+    if let Some(Pending { job, held, slot }) = next {
+        run_job(shared, job, held, slot).await;
     }
 }
 
-async fn run_job(
-    shared: Arc<Shared>,
-    job: JobRecord,
-    held: Arc<Held>,
-    permit: OwnedSemaphorePermit,
-) {
-    let _permit = permit;
+async fn run_job(shared: Arc<Shared>, job: JobRecord, held: Arc<Held>, slot: JobSlot) {
+    let _slot = slot;
     if shared.stopping.is_cancelled() {
         // Claimed ahead but never started: give it back at shutdown.
         shared.held().remove(&job.id);

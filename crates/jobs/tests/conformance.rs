@@ -38,6 +38,7 @@ conformance! {
     case_cron_exactly_once => sqlite_cron_exactly_once, postgres_cron_exactly_once;
     case_two_workers_drain => sqlite_two_workers_drain, postgres_two_workers_drain;
     case_cancel_stays_in_its_database => sqlite_cancel_stays_in_its_database, postgres_cancel_stays_in_its_database;
+    case_idle_worker_takes_new_jobs => sqlite_idle_worker_takes_new_jobs, postgres_idle_worker_takes_new_jobs;
 }
 
 /// The queue the workers in these tests work.
@@ -1557,4 +1558,89 @@ async fn case_cancel_stays_in_its_database(b: &Backend) {
     wa.shutdown_within(Some(ms(100))).await;
     wb.shutdown_within(Some(ms(100))).await;
     other.close().await;
+}
+
+// 15. ------------------------------------------------------------------------------------------
+
+/// Jobs enqueued while a worker of the process is idle start at once (on SQLite they are inserted
+/// already claimed for it); a busy worker, a delayed job, a held unique key and a stopped worker
+/// all leave the job to the ordinary path, and every job runs exactly once.
+async fn case_idle_worker_takes_new_jobs(b: &Backend) {
+    let runs: Runs = Arc::default();
+    let (gate_tx, gate_rx) = tokio::sync::watch::channel(false);
+    let r = Arc::clone(&runs);
+    let registry = Registry::new().register_fn("gated", JobOptions::default(), move |_, ctx| {
+        let r = Arc::clone(&r);
+        let mut gate = gate_rx.clone();
+        async move {
+            bump(&r, ctx.id);
+            let _open = gate.wait_for(|open| *open).await;
+            Ok(())
+        }
+    });
+    let worker = start(b, registry, worker_config(1).id("taker")).await;
+
+    // Idle worker: the job is claimed for it straight away.
+    let first = b.queue.enqueue(new_job("gated")).await.unwrap();
+    assert!(!first.duplicate);
+    if b.kind == support::Kind::Sqlite {
+        let j = b.job(first.id).await;
+        assert_eq!(j.state, JobState::Running, "taken at insert: {j:?}");
+        assert_eq!(j.locked_by.as_deref(), Some("taker"));
+        assert_eq!(j.attempt, 1);
+        assert!(
+            j.lease_expires_at.is_some() && j.attempted_at.is_some(),
+            "{j:?}"
+        );
+    }
+    let rr = &runs;
+    wait_for(
+        "the first job to start",
+        Duration::from_secs(5),
+        || async move { count(rr, first.id) == 1 },
+    )
+    .await;
+
+    // The only slot is busy: the next job waits as available, then runs after the first.
+    let second = b.queue.enqueue(new_job("gated")).await.unwrap();
+    tokio::time::sleep(ms(100)).await;
+    let j = b.job(second.id).await;
+    assert!(
+        matches!(j.state, JobState::Available | JobState::Running) && count(&runs, second.id) == 0,
+        "a busy worker does not start a second job: {j:?}"
+    );
+    // A held unique key returns the holder and runs nothing new.
+    let keyed = b
+        .queue
+        .enqueue(new_job("gated").unique_key("k"))
+        .await
+        .unwrap();
+    let again = b
+        .queue
+        .enqueue(new_job("gated").unique_key("k"))
+        .await
+        .unwrap();
+    assert!(again.duplicate && again.id == keyed.id);
+    // A delayed job is not taken early, even by an idle worker.
+    let later = b
+        .queue
+        .enqueue(new_job("gated").run_at(Utc::now() + chrono_ms(60_000)))
+        .await
+        .unwrap();
+    gate_tx.send(true).unwrap();
+    for id in [first.id, second.id, keyed.id] {
+        let j = wait_state(b, id, JobState::Completed, Duration::from_secs(5)).await;
+        assert_eq!(j.attempt, 1, "{j:?}");
+        assert_eq!(count(&runs, id), 1, "job {id} ran once");
+    }
+    let j = b.job(later.id).await;
+    assert_eq!(j.state, JobState::Scheduled, "{j:?}");
+    assert_eq!(count(&runs, later.id), 0);
+
+    // A stopped worker takes nothing: the job stays available for the next one.
+    worker.shutdown().await;
+    let orphan = b.queue.enqueue(new_job("gated")).await.unwrap();
+    let j = b.job(orphan.id).await;
+    assert_eq!(j.state, JobState::Available, "{j:?}");
+    assert_eq!((j.attempt, j.locked_by), (0, None));
 }

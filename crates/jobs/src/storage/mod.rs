@@ -4,6 +4,7 @@
 pub mod postgres;
 pub mod sqlite;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,6 +16,7 @@ use crate::types::{
     Enqueued, Finish, JobId, JobRecord, JobState, LeaseStatus, ListFilter, NewJob, QueueStats,
     Wakeup,
 };
+use crate::worker::Taker;
 
 /// Every column of `malaka_jobs`, in `JobRecord` order.
 pub(crate) const COLS: &str = "id, queue, kind, payload, priority, state, attempt, max_attempts, \
@@ -142,6 +144,13 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Wake-ups for workers: new jobs, cancel requests. The receiver ends when storage closes.
     async fn subscribe(&self) -> Result<mpsc::Receiver<Wakeup>, JobsError>;
+
+    /// Offers a worker of this process to take jobs as they are enqueued (see [`Taker`]); held
+    /// weakly, so it lapses when the worker stops. Storages that cannot insert a job already
+    /// claimed ignore it (the default), and their workers claim as usual.
+    fn attach(&self, taker: Arc<Taker>) {
+        let _ignored = taker;
+    }
 }
 
 /// The retry delay's upper bound for a row built from stored parts.

@@ -1,15 +1,15 @@
 //! SQLite storage: one writer, claims and completions as single `UPDATE ... RETURNING` statements
 //! in `BEGIN IMMEDIATE` transactions; wake-ups in process (commit hooks see every insert).
 
-use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnection, SqliteOperation, SqlitePool, SqliteRow};
-use sqlx::{Acquire, Row};
+use sqlx::{Acquire, ConnectOptions, Connection, Row};
 use tokio::sync::mpsc;
 
 use super::{COLS, Storage, UNFINISHED, from_micros, initial_state, lease_delta, micros};
@@ -18,6 +18,7 @@ use crate::types::{
     AttemptError, Enqueued, Finish, JobId, JobRecord, JobState, LeaseStatus, ListFilter, NewJob,
     Outcome, QueueStats, Wakeup,
 };
+use crate::worker::{Slot, Taker};
 
 /// Receivers of wake-ups in this process, by database file: a storage's own writes wake only
 /// the workers of its file (a cancel for job 7 of one database must not stop job 7 of another);
@@ -100,18 +101,19 @@ pub async fn migrate(pool: &SqlitePool) -> Result<(), JobsError> {
 #[derive(Debug, Clone)]
 pub struct SqliteStorage {
     pool: SqlitePool,
-    write: Arc<tokio::sync::Mutex<()>>,
+    /// The one connection every write of this storage goes through, in turn: no pool hand-off
+    /// or release ping per statement, and writers queue here instead of in SQLite's busy handler.
+    writer: Arc<tokio::sync::Mutex<Option<SqliteConnection>>>,
     /// The database file: it scopes this storage's wake-ups.
     db: Arc<str>,
 }
 
-type WriteTx = (
-    tokio::sync::OwnedMutexGuard<()>,
-    sqlx::Transaction<'static, sqlx::Sqlite>,
-);
+/// The writer connection, held.
+type Writer = tokio::sync::OwnedMappedMutexGuard<Option<SqliteConnection>, SqliteConnection>;
 
 impl SqliteStorage {
-    /// Storage over `pool` (migrated with [`migrate`]).
+    /// Storage over `pool` (migrated with [`migrate`]); writes use one more connection made
+    /// with the pool's options.
     pub fn new(pool: SqlitePool) -> Self {
         let opts = pool.connect_options();
         let file = opts.get_filename();
@@ -120,20 +122,19 @@ impl SqliteStorage {
             .unwrap_or_else(|_| file.to_path_buf());
         Self {
             pool,
-            write: Arc::new(tokio::sync::Mutex::new(())),
+            writer: Arc::new(tokio::sync::Mutex::new(None)),
             db: db.to_string_lossy().into(),
         }
     }
 
-    /// A write transaction (`BEGIN IMMEDIATE`) under the storage's write lock.
-    async fn begin_write(&self) -> Result<WriteTx, JobsError> {
-        let guard = Arc::clone(&self.write).lock_owned().await;
-        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        Ok((guard, tx))
-    }
-
-    async fn write_lock(&self) -> tokio::sync::OwnedMutexGuard<()> {
-        Arc::clone(&self.write).lock_owned().await
+    /// The writer connection, connected on first use (and again after it failed).
+    async fn writer(&self) -> Result<Writer, JobsError> {
+        let mut slot = Arc::clone(&self.writer).lock_owned().await;
+        if slot.is_none() {
+            *slot = Some(self.pool.connect_options().connect().await?);
+        }
+        tokio::sync::OwnedMutexGuard::try_map(slot, Option::as_mut)
+            .map_err(|_| JobsError::Database(sqlx::Error::PoolClosed))
     }
 
     /// The pool.
@@ -192,35 +193,69 @@ fn error_json(attempt: i32, at: DateTime<Utc>, error: &str) -> Result<String, Jo
 /// # Errors
 /// An invalid job or a database error.
 pub async fn enqueue_in(conn: &mut SqliteConnection, job: &NewJob) -> Result<Enqueued, JobsError> {
+    Ok(insert(conn, job, None).await?.0)
+}
+
+/// Inserts `job`, already claimed for `taker`'s worker when one is given (the job must be
+/// runnable now); returns the claimed row with it.
+async fn insert(
+    conn: &mut SqliteConnection,
+    job: &NewJob,
+    taker: Option<&Taker>,
+) -> Result<(Enqueued, Option<JobRecord>), JobsError> {
     job.validate()?;
     let now = Utc::now();
     let run_at = job.run_at.unwrap_or(now);
     let tags = serde_json::to_string(&job.tags)?;
     let payload = serde_json::to_string(&job.payload)?;
+    let (state, attempt, lease, worker) = match taker {
+        Some(t) => (
+            JobState::Running,
+            1,
+            Some(micros(now + lease_delta(t.lease()))),
+            Some(t.worker()),
+        ),
+        None => (initial_state(job, now), 0, None, None),
+    };
     for _ in 0..3 {
-        let inserted: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO malaka_jobs (queue, kind, payload, priority, state, max_attempts, run_at, \
-             unique_key, tags, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             unique_key, tags, created_at, attempt, attempted_at, lease_expires_at, locked_by) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN {UNFINISHED} \
-             DO NOTHING RETURNING id"
+             DO NOTHING RETURNING {}",
+            if taker.is_some() { COLS } else { "id" }
         )))
         .bind(&job.queue)
         .bind(&job.kind)
         .bind(&payload)
         .bind(i64::from(job.priority))
-        .bind(initial_state(job, now).as_str())
+        .bind(state.as_str())
         .bind(job.max_attempts)
         .bind(micros(run_at))
         .bind(&job.unique_key)
         .bind(&tags)
         .bind(micros(now))
+        .bind(attempt)
+        .bind(taker.map(|_| micros(now)))
+        .bind(lease)
+        .bind(worker)
         .fetch_optional(&mut *conn)
         .await?;
-        if let Some(id) = inserted {
-            return Ok(Enqueued {
-                id,
-                duplicate: false,
-            });
+        if let Some(row) = inserted {
+            let id: i64 = row.try_get("id")?;
+            let claimed = if taker.is_some() {
+                Some(record(&row)?)
+            } else {
+                None
+            };
+            return Ok((
+                Enqueued {
+                    id,
+                    duplicate: false,
+                },
+                claimed,
+            ));
         }
         let existing: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT id FROM malaka_jobs WHERE unique_key = ? AND state IN {UNFINISHED}"
@@ -229,16 +264,49 @@ pub async fn enqueue_in(conn: &mut SqliteConnection, job: &NewJob) -> Result<Enq
         .fetch_optional(&mut *conn)
         .await?;
         if let Some(id) = existing {
-            return Ok(Enqueued {
-                id,
-                duplicate: true,
-            });
+            return Ok((
+                Enqueued {
+                    id,
+                    duplicate: true,
+                },
+                None,
+            ));
         }
         // The holder finished between the two statements: try again.
     }
     Err(JobsError::Invalid(
         "unique_key: contention did not settle after 3 tries".into(),
     ))
+}
+
+/// Workers of this process that take jobs as they are enqueued, by database file.
+type Takers = std::collections::HashMap<Arc<str>, Vec<Weak<Taker>>>;
+
+fn takers() -> &'static std::sync::Mutex<Takers> {
+    static TAKERS: OnceLock<std::sync::Mutex<Takers>> = OnceLock::new();
+    TAKERS.get_or_init(Default::default)
+}
+
+/// An idle worker of this process for `queue` on database `db`, with a slot reserved.
+fn idle_taker(db: &Arc<str>, queue: &str) -> Option<(Arc<Taker>, Slot)> {
+    let mut all = takers()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let list = all.get_mut(db)?;
+    let mut found = None;
+    list.retain(|w| {
+        let Some(t) = w.upgrade() else {
+            return false;
+        };
+        if found.is_none()
+            && t.queue() == queue
+            && let Some(slot) = t.reserve()
+        {
+            found = Some((t, slot));
+        }
+        true
+    });
+    found
 }
 
 fn pairs_json(jobs: impl Iterator<Item = (JobId, i32)>) -> Result<String, JobsError> {
@@ -253,11 +321,26 @@ impl Storage for SqliteStorage {
     }
 
     async fn enqueue(&self, job: NewJob) -> Result<Enqueued, JobsError> {
-        let _write = self.write_lock().await;
-        let mut conn = self.pool.acquire().await?;
-        let out = enqueue_in(&mut conn, &job).await?;
-        if !out.duplicate {
-            wake(Some(&self.db), Wakeup::Available(job.queue.clone()));
+        // An idle worker of this process takes a job that may run now straight from the insert:
+        // no wake-up, no claim statement.
+        let runnable = job.run_at.is_none_or(|t| t <= Utc::now());
+        let taker = if runnable {
+            idle_taker(&self.db, &job.queue)
+        } else {
+            None
+        };
+        let mut w = self.writer().await?;
+        let (out, claimed) = insert(&mut w, &job, taker.as_ref().map(|(t, _)| &**t)).await?;
+        drop(w);
+        match (claimed, taker) {
+            (Some(record), Some((taker, slot))) => {
+                if let Err(record) = taker.take(record, slot) {
+                    // The worker stopped in between: the job goes back to the queue.
+                    self.release(&[(record.id, record.attempt, false)]).await?;
+                }
+            }
+            _ if !out.duplicate => wake(Some(&self.db), Wakeup::Available(job.queue.clone())),
+            _ => {}
         }
         Ok(out)
     }
@@ -285,7 +368,7 @@ impl Storage for SqliteStorage {
             ]));
         }
         let body = serde_json::to_string(&rows)?;
-        let write = self.write_lock().await;
+        let mut w = self.writer().await?;
         let mut ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "INSERT INTO malaka_jobs (queue, kind, payload, priority, state, max_attempts, run_at, \
              unique_key, tags, created_at) \
@@ -297,9 +380,9 @@ impl Storage for SqliteStorage {
         )))
         .bind(micros(now))
         .bind(&body)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *w)
         .await?;
-        drop(write);
+        drop(w);
         ids.sort_unstable();
         for q in queues {
             wake(Some(&self.db), Wakeup::Available(q));
@@ -365,7 +448,8 @@ impl Storage for SqliteStorage {
     }
 
     async fn cancel(&self, id: JobId) -> Result<JobRecord, JobsError> {
-        let (_write, mut tx) = self.begin_write().await?;
+        let mut w = self.writer().await?;
+        let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
         let now = micros(Utc::now());
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLS} FROM malaka_jobs WHERE id = ?"
@@ -408,7 +492,8 @@ impl Storage for SqliteStorage {
     }
 
     async fn retry(&self, id: JobId) -> Result<JobRecord, JobsError> {
-        let (_write, mut tx) = self.begin_write().await?;
+        let mut w = self.writer().await?;
+        let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
         let now = micros(Utc::now());
         let state: Option<String> =
             sqlx::query_scalar("SELECT state FROM malaka_jobs WHERE id = ?")
@@ -461,7 +546,7 @@ impl Storage for SqliteStorage {
         let now = Utc::now();
         // One autocommit statement: a write statement takes SQLite's write lock before it reads,
         // so it needs no explicit `BEGIN IMMEDIATE` (and saves two round trips).
-        let _write = self.write_lock().await;
+        let mut w = self.writer().await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE malaka_jobs SET state = 'running', attempt = attempt + 1, attempted_at = ?1, \
                     lease_expires_at = ?2, locked_by = ?3 \
@@ -476,9 +561,9 @@ impl Storage for SqliteStorage {
         .bind(worker)
         .bind(queue)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *w)
         .await?;
-        drop(_write);
+        drop(w);
         let mut jobs = rows.iter().map(record).collect::<Result<Vec<_>, _>>()?;
         jobs.sort_by_key(|j| (j.priority, j.run_at, j.id));
         Ok(jobs)
@@ -489,7 +574,8 @@ impl Storage for SqliteStorage {
             return Ok(0);
         }
         let now = Utc::now();
-        let (_write, mut tx) = self.begin_write().await?;
+        let mut w = self.writer().await?;
+        let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
         let conn = tx.acquire().await?;
         let mut changed = 0;
         let completed: Vec<(JobId, i32)> = batch
@@ -549,7 +635,8 @@ impl Storage for SqliteStorage {
             return Ok(Vec::new());
         }
         let until = Utc::now() + lease_delta(lease);
-        let (_write, mut tx) = self.begin_write().await?;
+        let mut w = self.writer().await?;
+        let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
         let rows = sqlx::query(
             "UPDATE malaka_jobs SET lease_expires_at = ?1 \
              WHERE state = 'running' AND (id, attempt) IN \
@@ -576,7 +663,8 @@ impl Storage for SqliteStorage {
             return Ok(0);
         }
         let now = micros(Utc::now());
-        let (_write, mut tx) = self.begin_write().await?;
+        let mut w = self.writer().await?;
+        let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
         let mut n = 0;
         for (id, attempt, started) in jobs {
             n += sqlx::query(
@@ -610,7 +698,8 @@ impl Storage for SqliteStorage {
 
     async fn rescue_expired(&self) -> Result<u64, JobsError> {
         let now = Utc::now();
-        let (_write, mut tx) = self.begin_write().await?;
+        let mut w = self.writer().await?;
+        let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
         let n = sqlx::query(
             "UPDATE malaka_jobs SET \
                 state = CASE WHEN cancel_requested THEN 'cancelled' \
@@ -640,7 +729,7 @@ impl Storage for SqliteStorage {
         failed_before: DateTime<Utc>,
         limit: u32,
     ) -> Result<u64, JobsError> {
-        let _write = self.write_lock().await;
+        let mut w = self.writer().await?;
         let n = sqlx::query(
             "DELETE FROM malaka_jobs WHERE id IN (SELECT id FROM malaka_jobs \
                WHERE (state = 'completed' AND finished_at < ?1) \
@@ -650,20 +739,20 @@ impl Storage for SqliteStorage {
         .bind(micros(completed_before))
         .bind(micros(failed_before))
         .bind(i64::from(limit))
-        .execute(&self.pool)
+        .execute(&mut *w)
         .await?
         .rows_affected();
         Ok(n)
     }
 
     async fn promote_due(&self) -> Result<u64, JobsError> {
-        let _write = self.write_lock().await;
+        let mut w = self.writer().await?;
         let n = sqlx::query(
             "UPDATE malaka_jobs SET state = 'available' \
              WHERE state IN ('scheduled', 'retryable') AND run_at <= ?",
         )
         .bind(micros(Utc::now()))
-        .execute(&self.pool)
+        .execute(&mut *w)
         .await?
         .rows_affected();
         Ok(n)
@@ -675,7 +764,8 @@ impl Storage for SqliteStorage {
         tick: DateTime<Utc>,
         job: NewJob,
     ) -> Result<bool, JobsError> {
-        let (_write, mut tx) = self.begin_write().await?;
+        let mut w = self.writer().await?;
+        let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
         let won = sqlx::query(
             "INSERT INTO malaka_cron (name, last_tick) VALUES (?1, ?2) \
              ON CONFLICT (name) DO UPDATE SET last_tick = excluded.last_tick \
@@ -695,6 +785,15 @@ impl Storage for SqliteStorage {
             wake(Some(&self.db), Wakeup::Available(job.queue));
         }
         Ok(won)
+    }
+
+    fn attach(&self, taker: Arc<Taker>) {
+        takers()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(Arc::clone(&self.db))
+            .or_default()
+            .push(Arc::downgrade(&taker));
     }
 
     async fn subscribe(&self) -> Result<mpsc::Receiver<Wakeup>, JobsError> {
