@@ -1,4 +1,41 @@
-//! Inventory domain (placeholder: the ledger arrives with the inventory issue).
+//! Malaka's inventory domain: articles, warehouses, stock movements, the append-only ledger,
+//! per-warehouse balances, moving-average and FIFO valuation, alert levels, and the outbox the
+//! events of every posting are written to. It knows nothing about HTTP.
 //!
-//! It will hold articles, warehouses, movements, the append-only ledger, balances, valuation
-//! (moving average and FIFO) and alert levels, with their SQLite and PostgreSQL store. No HTTP.
+//! Inputs are parsed into domain types first (`NewArticle`, `NewMovement`, `Sku`, `Quantity`,
+//! `Money`), so the store only ever sees valid values. `Inventory` posts a movement in one
+//! transaction: its ledger rows, the balances they leave, and its events (`movement.posted`,
+//! and `stock.level_changed` when a level crosses) in `malaka_outbox`.
+//!
+//! ```no_run
+//! use malaka_inventory::{Inventory, NewArticle, NewMovement, WarehouseCode};
+//! use rust_decimal::dec;
+//!
+//! # async fn demo(pool: sqlx::SqlitePool) -> Result<(), malaka_inventory::InventoryError> {
+//! let inv = Inventory::sqlite(pool);
+//! inv.migrate().await?;
+//! inv.create_warehouse(&WarehouseCode::parse("MAIN")?, "Main store").await?;
+//! inv.create_article(&NewArticle::parse("BOLT-M8", "M8 bolt", None, Some("fifo"), Some(dec!(50)), None, None)?).await?;
+//! let receipt = NewMovement::parse("receipt", "BOLT-M8", "MAIN", None, dec!(100), Some(dec!(0.12)), Some("PO-1"), None)?;
+//! let posted = inv.post(&receipt, "clerk").await?;
+//! assert_eq!(posted.rows[0].qty_after, dec!(100));
+//! # Ok(()) }
+//! ```
+
+mod error;
+mod group;
+mod store;
+mod types;
+mod valuation;
+
+pub use error::InventoryError;
+pub use store::{
+    Discrepancy, Inventory, LedgerPage, MAX_BATCH, OutboxEvent, TOPIC_LEVEL_CHANGED,
+    TOPIC_MOVEMENT_POSTED, VerifyReport,
+};
+pub use types::{
+    AlertLevel, Article, ArticlePatch, Balance, BalanceFilter, Layer, LedgerFilter, LedgerRow,
+    MONEY_SCALE, Money, Movement, MovementKind, NewArticle, NewMovement, QTY_SCALE, Quantity, Sku,
+    ValuationMethod, Warehouse, WarehouseCode, round_money,
+};
+pub use valuation::{Change, Insufficient, Stock};

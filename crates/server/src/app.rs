@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use malaka_inventory::{Balance, BalanceFilter, Inventory};
 use malaka_jobs::{JobState, Queue};
 use malaka_runtime::{EventBus, WorkerPool};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -15,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Auth;
 use crate::config::{Config, JobsConfig};
 use crate::db::{Database, DbError};
 use crate::jobs::JobRunner;
@@ -51,6 +53,11 @@ struct Inner {
     pools: Vec<WorkerPool>,
     bus: EventBus,
     jobs: Queue,
+    inventory: Inventory,
+    /// Balance reads, by (generation, filter); see `AppState::balance_cache`.
+    balances: moka::future::Cache<(u64, BalanceFilter), Arc<Vec<Balance>>>,
+    /// Bumped after every committed change of balances or articles on this node.
+    balance_generation: std::sync::atomic::AtomicU64,
     /// The job worker's pools, once `run_until` has started it.
     job_pools: Mutex<Vec<WorkerPool>>,
     /// Queues whose gauges /metrics keeps up to date (configured, or seen in the table).
@@ -58,6 +65,7 @@ struct Inner {
     metrics: PrometheusHandle,
     installation_id: String,
     shutting_down: AtomicBool,
+    auth: Auth,
 }
 
 /// What every request handler can reach. Cheap to clone.
@@ -91,6 +99,27 @@ impl AppState {
     pub fn jobs(&self) -> &Queue {
         &self.inner.jobs
     }
+    /// The inventory.
+    pub fn inventory(&self) -> &Inventory {
+        &self.inner.inventory
+    }
+    /// The balance read cache, keyed by (generation, filter). A read takes the generation
+    /// before it queries; every committed posting or article change bumps it
+    /// ([`Self::balances_changed`]), so a read that raced a posting can only store its answer
+    /// under the old generation, which no later read asks for. On PostgreSQL, where other nodes
+    /// post too, entries also expire after a second.
+    pub fn balance_cache(&self) -> &moka::future::Cache<(u64, BalanceFilter), Arc<Vec<Balance>>> {
+        &self.inner.balances
+    }
+    /// The current balance generation.
+    pub fn balance_generation(&self) -> u64 {
+        self.inner.balance_generation.load(Ordering::Acquire)
+    }
+    /// Balances or articles changed (after commit): later reads go to the database.
+    pub fn balances_changed(&self) {
+        self.inner.balance_generation.fetch_add(1, Ordering::AcqRel);
+        self.inner.balances.invalidate_all();
+    }
     /// The job worker's pools, one per queue (`jobs:<queue>`); empty until the server runs.
     pub fn job_pools(&self) -> Vec<WorkerPool> {
         lock(&self.inner.job_pools).clone()
@@ -102,6 +131,10 @@ impl AppState {
     /// This installation's id.
     pub fn installation_id(&self) -> &str {
         &self.inner.installation_id
+    }
+    /// API tokens and the per-token rate limit.
+    pub fn auth(&self) -> &Auth {
+        &self.inner.auth
     }
     /// Whether shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
@@ -181,6 +214,15 @@ impl Application {
         )?;
         let bus = EventBus::new(events.clone());
         let jobs = Queue::new(db.job_storage());
+        let inventory = db.inventory();
+        let ttl = match &db {
+            Database::Sqlite(_) => Duration::from_secs(300),
+            Database::Postgres(_) => Duration::from_secs(1),
+        };
+        let balances = moka::future::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(ttl)
+            .build();
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -188,12 +230,17 @@ impl Application {
                     addr: config.listen,
                     source,
                 })?;
+        let auth = Auth::new(db.clone(), &config.api);
         let state = AppState {
             inner: Arc::new(Inner {
+                auth,
                 db,
                 pools: vec![events],
                 bus,
                 jobs,
+                inventory,
+                balances,
+                balance_generation: std::sync::atomic::AtomicU64::new(0),
                 job_pools: Mutex::new(Vec::new()),
                 job_queues: Mutex::new(config.jobs.queues.keys().cloned().collect()),
                 metrics: telemetry::metrics_handle(),

@@ -28,6 +28,8 @@ pub struct Config {
     pub pools: PoolsConfig,
     /// The durable job queue's workers and maintenance.
     pub jobs: JobsConfig,
+    /// The HTTP API (`/api/v1`): per-token rate limits.
+    pub api: ApiConfig,
 }
 
 impl Default for Config {
@@ -40,6 +42,26 @@ impl Default for Config {
             log: LogConfig::default(),
             pools: PoolsConfig::default(),
             jobs: JobsConfig::default(),
+            api: ApiConfig::default(),
+        }
+    }
+}
+
+/// The HTTP API's limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Requests each token may make per second, sustained; 0 disables the limit.
+    pub rate_limit_per_second: u32,
+    /// Requests each token may make at once above the sustained rate (0: the rate).
+    pub rate_limit_burst: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            rate_limit_per_second: 50,
+            rate_limit_burst: 100,
         }
     }
 }
@@ -280,6 +302,9 @@ pub enum ConfigError {
 /// Environment variables under this prefix that are not configuration (test harness settings).
 const NOT_CONFIG: &str = "test_";
 
+/// `MALAKA_*` variables that are read directly, not configuration keys.
+const NOT_CONFIG_VARS: &[&str] = &["bootstrap_token"];
+
 impl Config {
     /// Loads the layers: defaults, the TOML file (`path`, or `malaka.toml` in the working folder
     /// when it exists), `MALAKA_*` variables (nested keys joined by `__`, e.g.
@@ -307,7 +332,10 @@ impl Config {
             }
         }
         let env = env
-            .filter(|k| !k.as_str().to_ascii_lowercase().starts_with(NOT_CONFIG))
+            .filter(|k| {
+                let k = k.as_str().to_ascii_lowercase();
+                !k.starts_with(NOT_CONFIG) && !NOT_CONFIG_VARS.contains(&k.as_str())
+            })
             .split("__");
         fig = fig.merge(env).merge(Serialized::defaults(overrides));
         let config: Self = fig
@@ -481,6 +509,31 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("rescue_every"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn api_section_has_defaults_and_layers() {
+        figment::Jail::expect_with(|jail| {
+            let c = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(c.api.rate_limit_per_second, 50);
+            assert_eq!(c.api.rate_limit_burst, 100);
+            jail.create_file("malaka.toml", "[api]\nrate_limit_burst = 7\n")?;
+            jail.set_env("MALAKA_API__RATE_LIMIT_PER_SECOND", "0");
+            // Read by `serve` itself, not a configuration key.
+            jail.set_env(
+                "MALAKA_BOOTSTRAP_TOKEN",
+                "mlk_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+            );
+            let c = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(c.api.rate_limit_per_second, 0);
+            assert_eq!(c.api.rate_limit_burst, 7);
+            jail.set_env("MALAKA_API__RATE_LIMIT", "3");
+            let e = Config::load(None, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("rate_limit"), "{e}");
             Ok(())
         });
     }

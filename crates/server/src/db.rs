@@ -64,6 +64,9 @@ pub enum DbError {
     /// The job queue's migrations failed.
     #[error("job queue: {0}")]
     Jobs(#[from] malaka_jobs::JobsError),
+    /// The inventory's migrations failed.
+    #[error("inventory: {0}")]
+    Inventory(#[from] malaka_inventory::InventoryError),
 }
 
 impl Database {
@@ -139,15 +142,29 @@ impl Database {
                 m.set_ignore_missing(true);
                 m.run(pool).await?;
                 malaka_jobs::sqlite::migrate(pool).await?;
+                malaka_inventory::Inventory::sqlite(pool.clone())
+                    .migrate()
+                    .await?;
             }
             Self::Postgres(pool) => {
                 let mut m = sqlx::migrate!("./migrations/postgres");
                 m.set_ignore_missing(true);
                 m.run(pool).await?;
                 malaka_jobs::postgres::migrate(pool).await?;
+                malaka_inventory::Inventory::postgres(pool.clone())
+                    .migrate()
+                    .await?;
             }
         }
         Ok(())
+    }
+
+    /// The inventory over this database's pool (migrated by [`Self::migrate`]).
+    pub fn inventory(&self) -> malaka_inventory::Inventory {
+        match self {
+            Self::Sqlite(pool) => malaka_inventory::Inventory::sqlite(pool.clone()),
+            Self::Postgres(pool) => malaka_inventory::Inventory::postgres(pool.clone()),
+        }
     }
 
     /// The job queue's storage over this database's pool (migrated by [`Self::migrate`]).

@@ -3,8 +3,10 @@
 //! HTTP.
 
 pub mod app;
+pub mod auth;
 pub mod bench;
 pub mod bench_jobs;
+pub mod bench_movements;
 pub mod config;
 pub mod db;
 pub mod http;

@@ -32,6 +32,8 @@ enum Command {
     Serve(ServeArgs),
     /// Create the database if needed, apply pending migrations, and exit.
     Migrate(DbArgs),
+    /// Recompute every balance from the ledger and report differences (exit status 1 if any).
+    Verify(DbArgs),
     /// Print the effective configuration (all layers applied) as TOML.
     Config(ServeArgs),
     /// Run a benchmark suite and print its figures (a table, or one JSON object with --json).
@@ -41,6 +43,42 @@ enum Command {
     Worker(WorkerArgs),
     /// Inspect and manage the durable job queue: list, show, stats, enqueue, cancel, retry.
     Jobs(JobsArgs),
+    /// Manage API tokens: create (prints only the new token), list, revoke.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TokenArgs {
+    #[command(subcommand)]
+    command: TokenCommand,
+    #[command(flatten)]
+    db: DbArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it (only it) on stdout; it is not shown again.
+    Create {
+        /// A name saying who or what uses the token (1 to 100 characters).
+        #[arg(long)]
+        name: String,
+        /// admin (everything), manager (read, movements, catalog), clerk (read, movements) or
+        /// viewer (read).
+        #[arg(long, value_parser = role)]
+        role: malaka::auth::Role,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token by id: it stops working at once.
+    Revoke {
+        /// The token's id.
+        id: i64,
+    },
+}
+
+fn role(s: &str) -> Result<malaka::auth::Role, String> {
+    s.parse()
+        .map_err(|e: malaka::auth::UnknownRole| e.to_string())
 }
 
 #[derive(Debug, clap::Args)]
@@ -181,6 +219,8 @@ enum Suite {
     Runtime,
     /// Job queue: batched enqueue rate, end-to-end drain rate, idle pickup latency.
     Jobs,
+    /// POST /api/v1/movements over loopback (rate, p50/p99) against direct postings.
+    Movements,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -222,6 +262,12 @@ struct BenchArgs {
     /// or `full` (every commit fsynced, as the ledger's connections run).
     #[arg(long, default_value = "normal")]
     sqlite_synchronous: String,
+    /// movements suite: concurrent HTTP clients (and direct posting tasks).
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// movements suite: timed seconds of each path (after a 1 s warm-up of each).
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -263,6 +309,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let app = Application::build(&config)
                 .await
                 .context("starting the server")?;
+            bootstrap_token(&app).await?;
             let addr = app.local_addr().context("reading the bound address")?;
             tracing::info!(%addr, database = app.state().db().backend().as_str(), "malaka is listening");
             app.run_until(malaka::app::shutdown_signal())
@@ -279,6 +326,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             database.close().await;
             tracing::info!("migrations applied");
         }
+        Command::Verify(db) => {
+            let config = Config::load(cli.config.as_deref(), &overrides(&cli, None, Some(db)))?;
+            telemetry::init_logging(&config.log);
+            let database = malaka::db::Database::connect(&config.database_url(), &config.database)
+                .await
+                .context("connecting to the database")?;
+            database.migrate().await.context("migrating")?;
+            let report = database
+                .inventory()
+                .verify()
+                .await
+                .context("verifying the ledger")?;
+            database.close().await;
+            println!(
+                "{} balances, {} ledger rows checked: {}",
+                report.balances,
+                report.ledger_rows,
+                if report.discrepancies.is_empty() {
+                    "the ledger and the balances agree".to_owned()
+                } else {
+                    format!("{} differences", report.discrepancies.len())
+                }
+            );
+            for d in &report.discrepancies {
+                println!(
+                    "{} in {}: ledger qty {} value {}, balance qty {} value {}",
+                    d.sku, d.warehouse, d.ledger.0, d.ledger.1, d.balance.0, d.balance.1
+                );
+            }
+            if !report.discrepancies.is_empty() {
+                std::process::exit(1);
+            }
+        }
         Command::Config(args) => {
             let config = Config::load(cli.config.as_deref(), &overrides(&cli, Some(args), None))?;
             let text = toml::to_string_pretty(&config).context("printing the configuration")?;
@@ -294,6 +374,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("running the job worker")?;
         }
         Command::Jobs(args) => jobs_command(&cli, args).await?,
+        Command::Token(args) => token_command(&cli, args).await?,
         Command::Bench(args) => {
             telemetry::init_logging(&malaka::config::LogConfig {
                 format: cli.log_format.unwrap_or(LogFormat::Text),
@@ -342,6 +423,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .await
                         .context("benchmark task")??
                 }
+                Suite::Movements => {
+                    let spec = malaka::bench_movements::MovementsBench {
+                        backend: match args.backend {
+                            BenchBackend::Sqlite => malaka::bench_jobs::Backend::Sqlite,
+                            BenchBackend::Postgres => malaka::bench_jobs::Backend::Postgres,
+                        },
+                        database_url: args.database_url.clone(),
+                        clients: args.clients,
+                        seconds: if args.quick { 1.0 } else { args.seconds },
+                    };
+                    tokio::spawn(
+                        async move { malaka::bench_movements::movements_suite(&spec).await },
+                    )
+                    .await
+                    .context("benchmark task")??
+                }
             };
             if args.json {
                 println!("{}", figures.to_json());
@@ -350,6 +447,68 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// On an empty token table, stores `MALAKA_BOOTSTRAP_TOKEN` as the admin token, or creates one
+/// and prints it once on stdout.
+async fn bootstrap_token(app: &Application) -> anyhow::Result<()> {
+    use malaka::auth::{BOOTSTRAP_ENV, Bootstrap};
+    let given = std::env::var(BOOTSTRAP_ENV).ok().filter(|t| !t.is_empty());
+    match malaka::auth::bootstrap(&app.state().auth().tokens, given.as_deref())
+        .await
+        .context("creating the bootstrap admin token")?
+    {
+        Bootstrap::NotNeeded => {}
+        Bootstrap::FromEnvironment => {
+            tracing::info!(
+                "no API token existed: stored {BOOTSTRAP_ENV} as admin token `bootstrap`"
+            );
+        }
+        Bootstrap::Created(token) => {
+            tracing::warn!(
+                "no API token existed: created admin token `bootstrap`, printed once on stdout"
+            );
+            println!("admin token (shown once): {token}");
+        }
+    }
+    Ok(())
+}
+
+async fn token_command(cli: &Cli, args: &TokenArgs) -> anyhow::Result<()> {
+    let config = Config::load(cli.config.as_deref(), &overrides(cli, None, Some(&args.db)))?;
+    telemetry::init_logging(&malaka::config::LogConfig {
+        format: config.log.format,
+        filter: "warn".to_owned(),
+    });
+    let database = malaka::db::Database::connect(&config.database_url(), &config.database)
+        .await
+        .context("connecting to the database")?;
+    database.migrate().await.context("migrating")?;
+    let tokens = malaka::auth::TokenStore::new(database.clone());
+    let result = match &args.command {
+        TokenCommand::Create { name, role } => {
+            let name = malaka::auth::check_name(name).map_err(|m| anyhow::anyhow!("--name {m}"))?;
+            tokens
+                .create(name, *role)
+                .await
+                .map(|t| format!("{}\n", t.token))
+        }
+        TokenCommand::List => tokens
+            .list()
+            .await
+            .map(|list| malaka::auth::render_table(&list)),
+        TokenCommand::Revoke { id } => match tokens.revoke(*id).await {
+            Ok(true) => Ok(format!("token {id} revoked\n")),
+            Ok(false) => {
+                database.close().await;
+                anyhow::bail!("no token {id}");
+            }
+            Err(e) => Err(e),
+        },
+    };
+    database.close().await;
+    print!("{}", result.context("token command")?);
     Ok(())
 }
 

@@ -245,3 +245,57 @@ fn bench_jobs_json_prints_the_queue_figures() {
     }
     assert!(v["latency_p50_ms"].as_f64().unwrap() <= v["latency_p99_ms"].as_f64().unwrap());
 }
+
+#[tokio::test]
+async fn verify_reports_a_balance_the_ledger_does_not_explain() {
+    use malaka_inventory::{Inventory, NewArticle, NewMovement, WarehouseCode};
+    use rust_decimal::Decimal;
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["migrate", "--data-dir", "d"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("d/malaka.db").display()
+    ))
+    .await
+    .unwrap();
+    let inv = Inventory::sqlite(pool.clone());
+    inv.create_warehouse(&WarehouseCode::parse("W").unwrap(), "W")
+        .await
+        .unwrap();
+    inv.create_article(&NewArticle::parse("A", "A", None, None, None, None, None).unwrap())
+        .await
+        .unwrap();
+    for (kind, qty, cost) in [("receipt", 10, Some(Decimal::TEN)), ("issue", 4, None)] {
+        let m =
+            NewMovement::parse(kind, "A", "W", None, Decimal::from(qty), cost, None, None).unwrap();
+        inv.post(&m, "test").await.unwrap();
+    }
+    let verify = || {
+        Command::new(BIN)
+            .current_dir(dir.path())
+            .args(["verify", "--data-dir", "d"])
+            .output()
+            .unwrap()
+    };
+    let out = verify();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("1 balances, 2 ledger rows checked: the ledger and the balances agree"),
+        "{text}"
+    );
+
+    sqlx::query("UPDATE inv_balances SET qty = '7'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let out = verify();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("A in W: ledger qty 6"), "{text}");
+}

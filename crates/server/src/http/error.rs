@@ -2,7 +2,7 @@
 //! the field at fault. Server-side failures are logged in full and answered with a generic message.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -15,6 +15,8 @@ pub struct ApiError {
     field: Option<String>,
     /// For 5xx: what went wrong, logged and never sent.
     internal: Option<String>,
+    /// Headers sent with the answer (`WWW-Authenticate`, `Retry-After`).
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 #[derive(Serialize)]
@@ -39,7 +41,64 @@ impl ApiError {
             message: message.into(),
             field: None,
             internal: None,
+            headers: Vec::new(),
         }
+    }
+
+    /// The same error with another machine-readable code.
+    #[must_use]
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = code;
+        self
+    }
+
+    /// Adds a header to the answer.
+    #[must_use]
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// 422: a field's value is well-formed JSON but not acceptable (`field` is the JSON path, or
+    /// a header's name).
+    pub fn unprocessable(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: Some(field.into()),
+            ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+        }
+    }
+
+    /// 400: the body could not be parsed.
+    pub fn malformed(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "malformed", message)
+    }
+
+    /// 401 with `WWW-Authenticate: Bearer`: no valid token.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+            .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
+    }
+
+    /// 403: the token is valid but not allowed to do this.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 409: the request conflicts with the current state.
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+
+    /// 429 with `Retry-After` (whole seconds, at least 1).
+    pub fn rate_limited(retry_after: std::time::Duration) -> Self {
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        let secs = secs.max(1);
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many requests for this token; retry in {secs} s"),
+        )
+        .with_header(header::RETRY_AFTER, HeaderValue::from(secs))
     }
 
     /// 400: a field's value is invalid.
@@ -81,6 +140,30 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         self.code
     }
+
+    /// The same error naming `field` as the one at fault.
+    #[must_use]
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    /// The same error with its field placed under `prefix` (`movements[3]` + `qty` ->
+    /// `movements[3].qty`), for items of a list.
+    #[must_use]
+    pub fn in_field(mut self, prefix: &str) -> Self {
+        self.field = Some(match self.field.take() {
+            Some(f) => format!("{prefix}.{f}"),
+            None => prefix.to_owned(),
+        });
+        self.message = format!("{prefix}: {}", self.message);
+        self
+    }
+
+    /// The field at fault, if any.
+    pub fn field(&self) -> Option<&str> {
+        self.field.as_deref()
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -95,7 +178,11 @@ impl IntoResponse for ApiError {
                 field: self.field.as_deref(),
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        for (name, value) in self.headers {
+            response.headers_mut().append(name, value);
+        }
+        response
     }
 }
 
@@ -122,6 +209,29 @@ mod tests {
         assert_eq!(
             body(r).await,
             serde_json::json!({"error": {"code": "invalid_input", "message": "must be greater than 0", "field": "qty"}})
+        );
+    }
+
+    #[tokio::test]
+    async fn auth_errors_carry_their_headers() {
+        let r = ApiError::unauthorized("no token").into_response();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(r.headers()["www-authenticate"], "Bearer");
+        let r = ApiError::rate_limited(std::time::Duration::from_millis(1200)).into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()["retry-after"], "2");
+        let r = ApiError::rate_limited(std::time::Duration::from_millis(10)).into_response();
+        assert_eq!(r.headers()["retry-after"], "1");
+        assert_eq!(body(r).await["error"]["code"], "rate_limited");
+    }
+
+    #[tokio::test]
+    async fn unprocessable_names_the_field() {
+        let r = ApiError::unprocessable("name", "must not be empty").into_response();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            body(r).await,
+            serde_json::json!({"error": {"code": "invalid", "message": "must not be empty", "field": "name"}})
         );
     }
 

@@ -1,8 +1,14 @@
 //! The HTTP surface: routes, middleware (request ids, tracing, panics, time and size limits,
 //! request metrics) and the conversion of everything into JSON answers.
 
+pub mod auth;
 mod error;
 mod health;
+pub mod idempotency;
+mod inventory;
+pub mod json;
+pub mod openapi;
+mod tokens;
 
 use std::time::{Duration, Instant};
 
@@ -34,6 +40,13 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::routes())
+        .nest(
+            "/api/v1",
+            api_routes().route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                idempotency::layer,
+            )),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(record_metrics))
@@ -61,6 +74,16 @@ pub fn router(state: AppState) -> Router {
                 .layer(RequestBodyLimitLayer::new(BODY_LIMIT)),
         )
         .with_state(state)
+}
+
+/// Every `/api/v1` route (paths relative to `/api/v1`). Each handler authenticates with the
+/// [`auth::Principal`] extractor; [`router`] adds the `Idempotency-Key` middleware. Add a
+/// module's routes here with `.merge(module::routes())`.
+pub fn api_routes() -> Router<AppState> {
+    Router::new()
+        .merge(tokens::routes())
+        .merge(inventory::routes())
+        .merge(openapi::routes())
 }
 
 async fn not_found(req: Request) -> ApiError {

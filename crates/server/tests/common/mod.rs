@@ -91,6 +91,58 @@ impl TestApp {
             .expect("request")
     }
 
+    /// A new token with `role`, created directly in this server's database.
+    pub async fn token(&self, role: malaka::auth::Role) -> String {
+        self.state
+            .auth()
+            .tokens
+            .create(&format!("test {role}"), role)
+            .await
+            .expect("create token")
+            .token
+    }
+
+    /// A new admin token, created directly in this server's database.
+    pub async fn admin_token(&self) -> String {
+        self.token(malaka::auth::Role::Admin).await
+    }
+
+    /// GET `path` with `token` as bearer.
+    pub async fn get_as(&self, token: &str, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// POST `body` as JSON to `path` with `token` as bearer.
+    pub async fn post_json(
+        &self,
+        token: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// DELETE `path` with `token` as bearer.
+    pub async fn delete_as(&self, token: &str, path: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
     /// Stops the server as SIGTERM would and waits for it; drops a PostgreSQL test database.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {

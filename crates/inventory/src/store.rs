@@ -1,0 +1,1420 @@
+//! `Inventory`: the store of articles, warehouses, the ledger, balances and the outbox, on SQLite
+//! or PostgreSQL. One body of SQL serves both (written once in `backend!` and expanded per
+//! database); postings serialize per (article, warehouse) and commit ledger rows, balances and
+//! outbox events together.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde_json::json;
+use sqlx::postgres::PgPool;
+use sqlx::sqlite::SqlitePool;
+
+use crate::error::InventoryError;
+use crate::types::{
+    AlertLevel, Article, ArticlePatch, Balance, BalanceFilter, LedgerFilter, LedgerRow, Movement,
+    MovementKind, NewArticle, NewMovement, Sku, ValuationMethod, Warehouse, WarehouseCode,
+    parse_text,
+};
+use crate::valuation::{Change, Stock};
+
+/// Most movements in one batch.
+pub const MAX_BATCH: usize = 1000;
+
+/// Topic of the event every posting writes.
+pub const TOPIC_MOVEMENT_POSTED: &str = "movement.posted";
+/// Topic of the event a change of alert level writes.
+pub const TOPIC_LEVEL_CHANGED: &str = "stock.level_changed";
+
+/// A difference `verify` found between the ledger and a balance.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Discrepancy {
+    /// Article.
+    pub sku: String,
+    /// Warehouse.
+    pub warehouse: String,
+    /// What the ledger says (quantity, value).
+    pub ledger: (Decimal, Decimal),
+    /// What the balance says (quantity, value).
+    pub balance: (Decimal, Decimal),
+}
+
+/// What `verify` checked.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct VerifyReport {
+    /// Balances checked.
+    pub balances: u64,
+    /// Ledger rows read.
+    pub ledger_rows: u64,
+    /// Differences (empty when the ledger and the balances agree).
+    pub discrepancies: Vec<Discrepancy>,
+}
+
+/// A page of ledger rows.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LedgerPage {
+    /// Rows, oldest first.
+    pub rows: Vec<LedgerRow>,
+    /// Cursor for the next page, if there may be one.
+    pub next: Option<i64>,
+}
+
+/// An outbox event as stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OutboxEvent {
+    /// Sequence number.
+    pub id: i64,
+    /// Topic (`movement.posted`, `stock.level_changed`).
+    pub topic: String,
+    /// JSON payload.
+    pub payload: serde_json::Value,
+    /// Written.
+    pub created_at: DateTime<Utc>,
+    /// Published by the relay, if it has been.
+    pub published_at: Option<DateTime<Utc>>,
+}
+
+/// The inventory on one database. Cheap to clone (clones share the SQLite committer).
+#[derive(Debug, Clone)]
+pub struct Inventory {
+    db: Db,
+    /// SQLite postings go through one group committer (see [`crate::group`]).
+    committer: Option<crate::group::Committer>,
+}
+
+#[derive(Debug, Clone)]
+enum Db {
+    /// SQLite: writers serialize on the database's write lock (`BEGIN IMMEDIATE`).
+    Sqlite(SqlitePool),
+    /// PostgreSQL: postings lock their balance rows (`FOR UPDATE`) in a fixed order.
+    Postgres(PgPool),
+}
+
+macro_rules! dispatch {
+    ($self:ident . $f:ident ( $($arg:expr),* )) => {
+        match &$self.db {
+            Db::Sqlite(p) => sqlite::$f(p, $($arg),*).await,
+            Db::Postgres(p) => postgres::$f(p, $($arg),*).await,
+        }
+    };
+}
+
+impl Inventory {
+    /// The inventory in an SQLite database. Postings are committed in groups by one task
+    /// (started on first use): one write transaction, one disk flush, for all the postings that
+    /// arrived meanwhile, each in a savepoint of its own.
+    pub fn sqlite(pool: SqlitePool) -> Self {
+        Self {
+            committer: Some(crate::group::Committer::new(pool.clone())),
+            db: Db::Sqlite(pool),
+        }
+    }
+
+    /// The inventory in a PostgreSQL database; concurrent postings lock only the balances they
+    /// touch.
+    pub fn postgres(pool: PgPool) -> Self {
+        Self {
+            db: Db::Postgres(pool),
+            committer: None,
+        }
+    }
+
+    /// Applies this crate's migrations.
+    ///
+    /// # Errors
+    /// A migration failed.
+    pub async fn migrate(&self) -> Result<(), InventoryError> {
+        match &self.db {
+            Db::Sqlite(p) => {
+                let mut m = sqlx::migrate!("./migrations/sqlite");
+                m.set_ignore_missing(true);
+                m.run(p).await?;
+            }
+            Db::Postgres(p) => {
+                let mut m = sqlx::migrate!("./migrations/postgres");
+                m.set_ignore_missing(true);
+                m.run(p).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates an article.
+    ///
+    /// # Errors
+    /// `Conflict` (`duplicate_sku`) or a database error.
+    pub async fn create_article(&self, a: &NewArticle) -> Result<Article, InventoryError> {
+        dispatch!(self.create_article(a))
+    }
+
+    /// One article.
+    ///
+    /// # Errors
+    /// `NotFound` or a database error.
+    pub async fn article(&self, sku: &Sku) -> Result<Article, InventoryError> {
+        dispatch!(self.article(sku))
+    }
+
+    /// Articles in SKU order, after `after`, at most `limit`; archived ones only if asked.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn articles(
+        &self,
+        after: Option<&Sku>,
+        limit: u32,
+        include_archived: bool,
+    ) -> Result<Vec<Article>, InventoryError> {
+        dispatch!(self.articles(after, limit, include_archived))
+    }
+
+    /// Changes an article; a new `min_qty` re-evaluates its levels (and writes their events).
+    ///
+    /// # Errors
+    /// `NotFound`, `Conflict` (`valuation_locked`) or a database error.
+    pub async fn update_article(
+        &self,
+        sku: &Sku,
+        patch: &ArticlePatch,
+        by: &str,
+    ) -> Result<Article, InventoryError> {
+        dispatch!(self.update_article(sku, patch, by))
+    }
+
+    /// Deletes an article without ledger rows; archives one with ledger rows. Returns the
+    /// archived article, or `None` when it was deleted.
+    ///
+    /// # Errors
+    /// `NotFound` or a database error.
+    pub async fn delete_article(&self, sku: &Sku) -> Result<Option<Article>, InventoryError> {
+        dispatch!(self.delete_article(sku))
+    }
+
+    /// Creates a warehouse.
+    ///
+    /// # Errors
+    /// `Conflict` (`duplicate_warehouse`) or a database error.
+    pub async fn create_warehouse(
+        &self,
+        code: &WarehouseCode,
+        name: &str,
+    ) -> Result<Warehouse, InventoryError> {
+        let name = parse_text("name", name, 200, true)?;
+        dispatch!(self.create_warehouse(code, &name))
+    }
+
+    /// One warehouse.
+    ///
+    /// # Errors
+    /// `NotFound` or a database error.
+    pub async fn warehouse(&self, code: &WarehouseCode) -> Result<Warehouse, InventoryError> {
+        dispatch!(self.warehouse(code))
+    }
+
+    /// Every warehouse, by code.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn warehouses(
+        &self,
+        include_archived: bool,
+    ) -> Result<Vec<Warehouse>, InventoryError> {
+        dispatch!(self.warehouses(include_archived))
+    }
+
+    /// Renames, archives or restores a warehouse.
+    ///
+    /// # Errors
+    /// `NotFound` or a database error.
+    pub async fn update_warehouse(
+        &self,
+        code: &WarehouseCode,
+        name: Option<&str>,
+        archived: Option<bool>,
+    ) -> Result<Warehouse, InventoryError> {
+        let name = name.map(|n| parse_text("name", n, 200, true)).transpose()?;
+        dispatch!(self.update_warehouse(code, name.as_deref(), archived))
+    }
+
+    /// Posts one movement.
+    ///
+    /// # Errors
+    /// `NotFound`, `InsufficientStock`, `Conflict` (archived) or a database error; nothing is
+    /// written then.
+    pub async fn post(&self, m: &NewMovement, by: &str) -> Result<Movement, InventoryError> {
+        let mut out = self.post_batch(std::slice::from_ref(m), by).await?;
+        out.pop()
+            .ok_or_else(|| InventoryError::Corrupt("a posting returned no movement".into()))
+    }
+
+    /// Posts one movement in a transaction of its own, bypassing SQLite's group committer: the
+    /// bare database work of one posting (what `malaka bench movements` compares against).
+    ///
+    /// # Errors
+    /// As [`Self::post`].
+    pub async fn post_alone(&self, m: &NewMovement, by: &str) -> Result<Movement, InventoryError> {
+        let ms = std::slice::from_ref(m);
+        let mut out = dispatch!(self.post_batch(ms, by))?;
+        out.pop()
+            .ok_or_else(|| InventoryError::Corrupt("a posting returned no movement".into()))
+    }
+
+    /// Posts up to [`MAX_BATCH`] movements in one transaction: all or nothing.
+    ///
+    /// # Errors
+    /// As [`Self::post`]; an `Invalid` error's field is prefixed with the movement's index.
+    pub async fn post_batch(
+        &self,
+        ms: &[NewMovement],
+        by: &str,
+    ) -> Result<Vec<Movement>, InventoryError> {
+        if ms.is_empty() || ms.len() > MAX_BATCH {
+            return Err(InventoryError::invalid(
+                "movements",
+                format!("a batch holds 1 to {MAX_BATCH} movements"),
+            ));
+        }
+        match &self.committer {
+            Some(c) => c.post(ms.to_vec(), by.to_owned()).await,
+            None => dispatch!(self.post_batch(ms, by)),
+        }
+    }
+
+    /// Balances matching `filter`, by article and warehouse.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn balances(&self, filter: &BalanceFilter) -> Result<Vec<Balance>, InventoryError> {
+        dispatch!(self.balances(filter))
+    }
+
+    /// Ledger rows matching `filter`, oldest first, one page.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn ledger(&self, filter: &LedgerFilter) -> Result<LedgerPage, InventoryError> {
+        dispatch!(self.ledger(filter))
+    }
+
+    /// Outbox events after `after`, at most `limit`, oldest first.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn outbox(&self, after: i64, limit: u32) -> Result<Vec<OutboxEvent>, InventoryError> {
+        dispatch!(self.outbox(after, limit))
+    }
+
+    /// Recomputes every balance from the ledger and reports differences.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn verify(&self) -> Result<VerifyReport, InventoryError> {
+        dispatch!(self.verify())
+    }
+}
+
+fn dec(field: &str, s: &str) -> Result<Decimal, InventoryError> {
+    Decimal::from_str(s).map_err(|e| InventoryError::Corrupt(format!("{field} {s:?}: {e}")))
+}
+
+fn text(d: Decimal) -> String {
+    d.normalize().to_string()
+}
+
+fn stored<T: FromStr<Err = InventoryError>>(s: &str) -> Result<T, InventoryError> {
+    s.parse()
+        .map_err(|e: InventoryError| InventoryError::Corrupt(e.to_string()))
+}
+
+/// A balance being changed inside a posting transaction.
+#[derive(Debug, Clone)]
+struct Working {
+    stock: Stock,
+    level: AlertLevel,
+    min_qty: Decimal,
+    changed: bool,
+}
+
+/// An article's facts a posting needs.
+#[derive(Debug, Clone)]
+struct ArticleFacts {
+    valuation: ValuationMethod,
+    min_qty: Decimal,
+    allow_negative: bool,
+}
+
+/// One ledger row about to be written.
+#[derive(Debug, Clone)]
+struct PendingRow {
+    warehouse: WarehouseCode,
+    change: Change,
+    after: Stock,
+}
+
+/// What a write transaction has loaded and computed so far: article facts, checked warehouses and
+/// the balances as postings left them. A group of SQLite postings shares one.
+#[derive(Debug, Default)]
+pub(crate) struct Session {
+    facts: BTreeMap<Sku, ArticleFacts>,
+    warehouses: std::collections::BTreeSet<WarehouseCode>,
+    work: BTreeMap<(Sku, WarehouseCode), Working>,
+}
+
+/// A movement computed but not written: its id, ledger rows to write and level events.
+type Planned<'a> = (
+    &'a NewMovement,
+    String,
+    Vec<PendingRow>,
+    Vec<(&'static str, serde_json::Value)>,
+);
+
+/// Computes every movement of one request against `session`; a refusal puts `session` back as
+/// it was.
+fn plan_all<'a>(
+    ms: &'a [NewMovement],
+    by: &str,
+    now: DateTime<Utc>,
+    session: &mut Session,
+    keys: &[(Sku, WarehouseCode)],
+) -> Result<Vec<Planned<'a>>, InventoryError> {
+    let snapshot: Vec<((Sku, WarehouseCode), Working)> = keys
+        .iter()
+        .filter_map(|k| session.work.get(k).map(|w| (k.clone(), w.clone())))
+        .collect();
+    let mut planned = Vec::with_capacity(ms.len());
+    for m in ms {
+        let step = (|| {
+            let f = session
+                .facts
+                .get(&m.sku)
+                .ok_or_else(|| InventoryError::Corrupt("article facts missing".into()))?;
+            let before: Vec<(WarehouseCode, AlertLevel)> = std::iter::once(&m.warehouse)
+                .chain(m.to_warehouse.as_ref())
+                .filter_map(|w| {
+                    session
+                        .work
+                        .get(&(m.sku.clone(), w.clone()))
+                        .map(|x| (w.clone(), x.level))
+                })
+                .collect();
+            let pending = plan_movement(m, f, &mut session.work)?;
+            let id = uuid::Uuid::now_v7().to_string();
+            let mut levels = Vec::new();
+            for (wh, from) in before {
+                let Some(w) = session.work.get_mut(&(m.sku.clone(), wh.clone())) else {
+                    continue;
+                };
+                let to = AlertLevel::of(w.stock.qty, w.min_qty);
+                w.level = to;
+                if to != from {
+                    levels.push((
+                        TOPIC_LEVEL_CHANGED,
+                        json!({
+                            "sku": m.sku, "warehouse": wh, "from": from, "to": to,
+                            "qty": text(w.stock.qty), "min_qty": text(w.min_qty),
+                            "movement_id": id, "cause": "movement", "by": by, "at": now,
+                        }),
+                    ));
+                }
+            }
+            Ok::<_, InventoryError>((m, id, pending, levels))
+        })();
+        match step {
+            Ok(p) => planned.push(p),
+            Err(e) => {
+                for (k, w) in snapshot {
+                    session.work.insert(k, w);
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(planned)
+}
+
+/// Largest quantity a balance may hold (either sign).
+const MAX_BALANCE_QTY: i64 = 1_000_000_000_000_000;
+/// Largest value a balance may hold (either sign): far inside `Decimal`'s range, so no sum of
+/// postings can overflow it.
+const MAX_BALANCE_VALUE: i128 = 1_000_000_000_000_000_000_000_000;
+
+/// Refuses a movement that would take a balance beyond [`MAX_BALANCE_QTY`] or
+/// [`MAX_BALANCE_VALUE`] (each term is below 10^24, so checking cannot overflow either).
+fn within_limits(m: &NewMovement, s: &Stock, qty: Decimal) -> Result<(), InventoryError> {
+    let rate = m
+        .unit_cost
+        .map_or(s.rate.abs(), |c| c.get().max(s.rate.abs()));
+    if s.qty.abs() + qty > Decimal::from(MAX_BALANCE_QTY)
+        || s.value.abs() + qty * rate > Decimal::from_i128_with_scale(MAX_BALANCE_VALUE, 0)
+    {
+        return Err(InventoryError::invalid(
+            "qty",
+            format!(
+                "the balance of {} in {} would exceed 10^18 units or 10^24 in value",
+                m.sku, m.warehouse
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn plan_movement(
+    m: &NewMovement,
+    facts: &ArticleFacts,
+    work: &mut BTreeMap<(Sku, WarehouseCode), Working>,
+) -> Result<Vec<PendingRow>, InventoryError> {
+    let method = facts.valuation;
+    let key = (m.sku.clone(), m.warehouse.clone());
+    let w = work
+        .get_mut(&key)
+        .ok_or_else(|| InventoryError::Corrupt("balance not locked".into()))?;
+    let mut rows = Vec::with_capacity(2);
+    let qty = m.qty.get();
+    within_limits(m, &w.stock, qty)?;
+    if let Some(to) = &m.to_warehouse
+        && let Some(dest) = work.get(&(m.sku.clone(), to.clone()))
+    {
+        within_limits(m, &dest.stock, qty)?;
+    }
+    let w = work
+        .get_mut(&key)
+        .ok_or_else(|| InventoryError::Corrupt("balance not locked".into()))?;
+    let change = match m.kind {
+        MovementKind::Receipt => {
+            let cost = m
+                .unit_cost
+                .map(crate::types::Money::get)
+                .unwrap_or_default();
+            w.stock.receive(method, qty, cost)
+        }
+        MovementKind::Issue | MovementKind::Transfer => w
+            .stock
+            .issue(method, qty, facts.allow_negative)
+            .map_err(|e| InventoryError::InsufficientStock {
+                sku: m.sku.to_string(),
+                warehouse: m.warehouse.to_string(),
+                available: e.available,
+                requested: qty,
+            })?,
+        MovementKind::Count => {
+            w.stock
+                .count(method, qty, m.unit_cost.map(crate::types::Money::get))
+        }
+    };
+    w.changed = true;
+    rows.push(PendingRow {
+        warehouse: m.warehouse.clone(),
+        change: change.clone(),
+        after: w.stock.clone(),
+    });
+    if let (MovementKind::Transfer, Some(to)) = (m.kind, &m.to_warehouse) {
+        let dest = work
+            .get_mut(&(m.sku.clone(), to.clone()))
+            .ok_or_else(|| InventoryError::Corrupt("balance not locked".into()))?;
+        // Exactly the value the source gave up: rounding must not make or lose value.
+        let inn = dest
+            .stock
+            .receive_transfer(method, &change.consumed, -change.value);
+        dest.changed = true;
+        rows.push(PendingRow {
+            warehouse: to.clone(),
+            change: inn,
+            after: dest.stock.clone(),
+        });
+    }
+    Ok(rows)
+}
+
+macro_rules! backend {
+    ($module:ident, $pool:ty, $conn:ty, begin = $begin:literal, lock = $lock:literal, share = $share:literal, create_first = $create_first:literal) => {
+        pub(crate) mod $module {
+            use super::*;
+            use sqlx::Row;
+
+            fn article_of<R: Row>(r: &R) -> Result<Article, InventoryError>
+            where
+                for<'a> &'a str: sqlx::ColumnIndex<R>,
+                for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+                for<'a> bool: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+                for<'a> DateTime<Utc>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+            {
+                let sku: String = r.try_get("sku")?;
+                Ok(Article {
+                    sku: Sku::parse(&sku).map_err(|e| InventoryError::Corrupt(e.to_string()))?,
+                    name: r.try_get("name")?,
+                    unit: r.try_get("unit")?,
+                    valuation: stored(&r.try_get::<String, _>("valuation")?)?,
+                    min_qty: dec("min_qty", &r.try_get::<String, _>("min_qty")?)?,
+                    reorder_qty: dec("reorder_qty", &r.try_get::<String, _>("reorder_qty")?)?,
+                    allow_negative: r.try_get("allow_negative")?,
+                    archived: r.try_get("archived")?,
+                    created_at: r.try_get("created_at")?,
+                    updated_at: r.try_get("updated_at")?,
+                })
+            }
+
+            fn warehouse_of<R: Row>(r: &R) -> Result<Warehouse, InventoryError>
+            where
+                for<'a> &'a str: sqlx::ColumnIndex<R>,
+                for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+                for<'a> bool: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+                for<'a> DateTime<Utc>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+            {
+                let code: String = r.try_get("code")?;
+                Ok(Warehouse {
+                    code: WarehouseCode::parse(&code)
+                        .map_err(|e| InventoryError::Corrupt(e.to_string()))?,
+                    name: r.try_get("name")?,
+                    archived: r.try_get("archived")?,
+                    created_at: r.try_get("created_at")?,
+                    updated_at: r.try_get("updated_at")?,
+                })
+            }
+
+            fn ledger_of<R: Row>(r: &R) -> Result<LedgerRow, InventoryError>
+            where
+                for<'a> &'a str: sqlx::ColumnIndex<R>,
+                for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+                for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+                for<'a> DateTime<Utc>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+            {
+                let s = |c: &str| -> Result<String, InventoryError> { Ok(r.try_get(c)?) };
+                Ok(LedgerRow {
+                    id: r.try_get("id")?,
+                    movement_id: s("movement_id")?,
+                    kind: stored(&s("kind")?)?,
+                    sku: Sku::parse(&s("sku")?).map_err(|e| InventoryError::Corrupt(e.to_string()))?,
+                    warehouse: WarehouseCode::parse(&s("warehouse")?)
+                        .map_err(|e| InventoryError::Corrupt(e.to_string()))?,
+                    qty_change: dec("qty_change", &s("qty_change")?)?,
+                    unit_cost: dec("unit_cost", &s("unit_cost")?)?,
+                    value_change: dec("value_change", &s("value_change")?)?,
+                    qty_after: dec("qty_after", &s("qty_after")?)?,
+                    value_after: dec("value_after", &s("value_after")?)?,
+                    rate_after: dec("rate_after", &s("rate_after")?)?,
+                    reference: r.try_get("reference")?,
+                    posted_by: s("posted_by")?,
+                    posted_at: r.try_get("posted_at")?,
+                })
+            }
+
+            const ARTICLE_COLS: &str = "sku, name, unit, valuation, min_qty, reorder_qty, \
+                allow_negative, archived, created_at, updated_at";
+
+            pub(crate) async fn create_article(
+                pool: &$pool,
+                a: &NewArticle,
+            ) -> Result<Article, InventoryError> {
+                let now = Utc::now();
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO inv_articles ({ARTICLE_COLS}) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, FALSE, $8, $8) \
+                     ON CONFLICT (sku) DO NOTHING RETURNING {ARTICLE_COLS}"
+                )))
+                .bind(a.sku.as_str())
+                .bind(&a.name)
+                .bind(&a.unit)
+                .bind(a.valuation.as_str())
+                .bind(text(a.min_qty.get()))
+                .bind(text(a.reorder_qty.get()))
+                .bind(a.allow_negative)
+                .bind(now)
+                .fetch_optional(pool)
+                .await?;
+                match row {
+                    Some(r) => article_of(&r),
+                    None => Err(InventoryError::Conflict {
+                        code: "duplicate_sku",
+                        message: format!("an article with sku {:?} already exists", a.sku.as_str()),
+                    }),
+                }
+            }
+
+            pub(crate) async fn article(pool: &$pool, sku: &Sku) -> Result<Article, InventoryError> {
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {ARTICLE_COLS} FROM inv_articles WHERE sku = $1"
+                )))
+                .bind(sku.as_str())
+                .fetch_optional(pool)
+                .await?;
+                match row {
+                    Some(r) => article_of(&r),
+                    None => Err(InventoryError::NotFound {
+                        what: "article",
+                        key: sku.to_string(),
+                    }),
+                }
+            }
+
+            pub(crate) async fn articles(
+                pool: &$pool,
+                after: Option<&Sku>,
+                limit: u32,
+                include_archived: bool,
+            ) -> Result<Vec<Article>, InventoryError> {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {ARTICLE_COLS} FROM inv_articles \
+                     WHERE ($1 IS NULL OR sku > $1) AND ($2 OR NOT archived) \
+                     ORDER BY sku LIMIT $3"
+                )))
+                .bind(after.map(Sku::as_str))
+                .bind(include_archived)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?;
+                rows.iter().map(article_of).collect()
+            }
+
+            pub(crate) async fn update_article(
+                pool: &$pool,
+                sku: &Sku,
+                p: &ArticlePatch,
+                by: &str,
+            ) -> Result<Article, InventoryError> {
+                let mut tx = pool.begin_with($begin).await?;
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {ARTICLE_COLS} FROM inv_articles WHERE sku = $1{}",
+                    $lock
+                )))
+                .bind(sku.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(row) = row else {
+                    return Err(InventoryError::NotFound {
+                        what: "article",
+                        key: sku.to_string(),
+                    });
+                };
+                let old = article_of(&row)?;
+                if let Some(v) = p.valuation
+                    && v != old.valuation
+                {
+                    let used: Option<i64> =
+                        sqlx::query_scalar("SELECT CAST(1 AS BIGINT) FROM inv_ledger WHERE sku = $1 LIMIT 1")
+                            .bind(sku.as_str())
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    if used.is_some() {
+                        return Err(InventoryError::Conflict {
+                            code: "valuation_locked",
+                            message: format!(
+                                "article {sku} has ledger rows; its valuation method stays {}",
+                                old.valuation.as_str()
+                            ),
+                        });
+                    }
+                }
+                let now = Utc::now();
+                let min_qty = p.min_qty.map_or(old.min_qty, |q| q.get());
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE inv_articles SET name = $2, unit = $3, valuation = $4, min_qty = $5, \
+                            reorder_qty = $6, allow_negative = $7, archived = $8, updated_at = $9 \
+                     WHERE sku = $1 RETURNING {ARTICLE_COLS}"
+                )))
+                .bind(sku.as_str())
+                .bind(p.name.as_deref().unwrap_or(&old.name))
+                .bind(p.unit.as_deref().unwrap_or(&old.unit))
+                .bind(p.valuation.unwrap_or(old.valuation).as_str())
+                .bind(text(min_qty))
+                .bind(text(p.reorder_qty.map_or(old.reorder_qty, |q| q.get())))
+                .bind(p.allow_negative.unwrap_or(old.allow_negative))
+                .bind(p.archived.unwrap_or(old.archived))
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                let new = article_of(&row)?;
+                if min_qty != old.min_qty {
+                    // The thresholds moved: levels may change without a posting.
+                    let rows = sqlx::query(
+                        "SELECT warehouse, qty, level FROM inv_balances WHERE sku = $1 ORDER BY warehouse",
+                    )
+                    .bind(sku.as_str())
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    for r in rows {
+                        let warehouse: String = r.try_get("warehouse")?;
+                        let qty = dec("qty", &r.try_get::<String, _>("qty")?)?;
+                        let from: AlertLevel = stored(&r.try_get::<String, _>("level")?)?;
+                        let to = AlertLevel::of(qty, min_qty);
+                        if from == to {
+                            continue;
+                        }
+                        sqlx::query("UPDATE inv_balances SET level = $3 WHERE sku = $1 AND warehouse = $2")
+                            .bind(sku.as_str())
+                            .bind(&warehouse)
+                            .bind(to.as_str())
+                            .execute(&mut *tx)
+                            .await?;
+                        let payload = json!({
+                            "sku": sku.as_str(), "warehouse": warehouse, "from": from, "to": to,
+                            "qty": text(qty), "min_qty": text(min_qty), "movement_id": null,
+                            "cause": "min_qty_changed", "by": by, "at": now,
+                        });
+                        sqlx::query("INSERT INTO malaka_outbox (topic, payload, created_at) VALUES ($1, $2, $3)")
+                            .bind(TOPIC_LEVEL_CHANGED)
+                            .bind(payload.to_string())
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                tx.commit().await?;
+                Ok(new)
+            }
+
+            pub(crate) async fn delete_article(
+                pool: &$pool,
+                sku: &Sku,
+            ) -> Result<Option<Article>, InventoryError> {
+                let mut tx = pool.begin_with($begin).await?;
+                let used: Option<i64> =
+                    sqlx::query_scalar("SELECT CAST(1 AS BIGINT) FROM inv_ledger WHERE sku = $1 LIMIT 1")
+                        .bind(sku.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let out = if used.is_some() {
+                    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "UPDATE inv_articles SET archived = TRUE, updated_at = $2 WHERE sku = $1 \
+                         RETURNING {ARTICLE_COLS}"
+                    )))
+                    .bind(sku.as_str())
+                    .bind(Utc::now())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    match row {
+                        Some(r) => Some(article_of(&r)?),
+                        None => {
+                            return Err(InventoryError::NotFound {
+                                what: "article",
+                                key: sku.to_string(),
+                            });
+                        }
+                    }
+                } else {
+                    sqlx::query("DELETE FROM inv_balances WHERE sku = $1")
+                        .bind(sku.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                    let n = sqlx::query("DELETE FROM inv_articles WHERE sku = $1")
+                        .bind(sku.as_str())
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    if n == 0 {
+                        return Err(InventoryError::NotFound {
+                            what: "article",
+                            key: sku.to_string(),
+                        });
+                    }
+                    None
+                };
+                tx.commit().await?;
+                Ok(out)
+            }
+
+            pub(crate) async fn create_warehouse(
+                pool: &$pool,
+                code: &WarehouseCode,
+                name: &str,
+            ) -> Result<Warehouse, InventoryError> {
+                let row = sqlx::query(
+                    "INSERT INTO inv_warehouses (code, name, archived, created_at, updated_at) \
+                     VALUES ($1, $2, FALSE, $3, $3) ON CONFLICT (code) DO NOTHING \
+                     RETURNING code, name, archived, created_at, updated_at",
+                )
+                .bind(code.as_str())
+                .bind(name)
+                .bind(Utc::now())
+                .fetch_optional(pool)
+                .await?;
+                match row {
+                    Some(r) => warehouse_of(&r),
+                    None => Err(InventoryError::Conflict {
+                        code: "duplicate_warehouse",
+                        message: format!("a warehouse with code {:?} already exists", code.as_str()),
+                    }),
+                }
+            }
+
+            pub(crate) async fn warehouse(
+                pool: &$pool,
+                code: &WarehouseCode,
+            ) -> Result<Warehouse, InventoryError> {
+                let row = sqlx::query(
+                    "SELECT code, name, archived, created_at, updated_at FROM inv_warehouses WHERE code = $1",
+                )
+                .bind(code.as_str())
+                .fetch_optional(pool)
+                .await?;
+                match row {
+                    Some(r) => warehouse_of(&r),
+                    None => Err(InventoryError::NotFound {
+                        what: "warehouse",
+                        key: code.to_string(),
+                    }),
+                }
+            }
+
+            pub(crate) async fn warehouses(
+                pool: &$pool,
+                include_archived: bool,
+            ) -> Result<Vec<Warehouse>, InventoryError> {
+                let rows = sqlx::query(
+                    "SELECT code, name, archived, created_at, updated_at FROM inv_warehouses \
+                     WHERE $1 OR NOT archived ORDER BY code",
+                )
+                .bind(include_archived)
+                .fetch_all(pool)
+                .await?;
+                rows.iter().map(warehouse_of).collect()
+            }
+
+            pub(crate) async fn update_warehouse(
+                pool: &$pool,
+                code: &WarehouseCode,
+                name: Option<&str>,
+                archived: Option<bool>,
+            ) -> Result<Warehouse, InventoryError> {
+                let row = sqlx::query(
+                    "UPDATE inv_warehouses SET name = COALESCE($2, name), \
+                            archived = COALESCE($3, archived), updated_at = $4 \
+                     WHERE code = $1 RETURNING code, name, archived, created_at, updated_at",
+                )
+                .bind(code.as_str())
+                .bind(name)
+                .bind(archived)
+                .bind(Utc::now())
+                .fetch_optional(pool)
+                .await?;
+                match row {
+                    Some(r) => warehouse_of(&r),
+                    None => Err(InventoryError::NotFound {
+                        what: "warehouse",
+                        key: code.to_string(),
+                    }),
+                }
+            }
+
+            pub(crate) async fn post_batch(
+                pool: &$pool,
+                ms: &[NewMovement],
+                by: &str,
+            ) -> Result<Vec<Movement>, InventoryError> {
+                let mut tx = pool.begin_with($begin).await?;
+                let mut session = Session::default();
+                let out = post_in(&mut tx, ms, by, &mut session, false).await?;
+                tx.commit().await?;
+                Ok(out)
+            }
+
+            /// Posts `ms` through `conn`, which is inside a write transaction, in two phases:
+            /// load and compute (a refusal returns here, having written nothing and left
+            /// `session` as it was), then write the movements, ledger rows and events. Balances
+            /// are written now, or, with `defer_balances`, left changed in `session` for
+            /// [`write_balances`].
+            pub(crate) async fn post_in(
+                conn: &mut $conn,
+                ms: &[NewMovement],
+                by: &str,
+                session: &mut Session,
+                defer_balances: bool,
+            ) -> Result<Vec<Movement>, InventoryError> {
+                let now = Utc::now();
+                // Articles and warehouses: they exist and take movements.
+                let mut keys: Vec<(Sku, WarehouseCode)> = Vec::new();
+                let mut codes: Vec<WarehouseCode> = Vec::new();
+                for m in ms {
+                    keys.push((m.sku.clone(), m.warehouse.clone()));
+                    codes.push(m.warehouse.clone());
+                    if let Some(to) = &m.to_warehouse {
+                        keys.push((m.sku.clone(), to.clone()));
+                        codes.push(to.clone());
+                    }
+                    if session.facts.contains_key(&m.sku) {
+                        continue;
+                    }
+                    // Shared lock on PostgreSQL: an article change (valuation, min_qty) waits
+                    // for the postings under way, and they for it.
+                    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT valuation, min_qty, allow_negative, archived FROM inv_articles \
+                         WHERE sku = $1{}",
+                        $share
+                    )))
+                    .bind(m.sku.as_str())
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                    let Some(row) = row else {
+                        return Err(InventoryError::NotFound {
+                            what: "article",
+                            key: m.sku.to_string(),
+                        });
+                    };
+                    if row.try_get::<bool, _>("archived")? {
+                        return Err(InventoryError::Conflict {
+                            code: "article_archived",
+                            message: format!("article {} is archived and takes no movements", m.sku),
+                        });
+                    }
+                    session.facts.insert(
+                        m.sku.clone(),
+                        ArticleFacts {
+                            valuation: stored(&row.try_get::<String, _>("valuation")?)?,
+                            min_qty: dec("min_qty", &row.try_get::<String, _>("min_qty")?)?,
+                            allow_negative: row.try_get("allow_negative")?,
+                        },
+                    );
+                }
+                codes.sort();
+                codes.dedup();
+                for code in &codes {
+                    if session.warehouses.contains(code) {
+                        continue;
+                    }
+                    let archived: Option<bool> =
+                        sqlx::query_scalar("SELECT archived FROM inv_warehouses WHERE code = $1")
+                            .bind(code.as_str())
+                            .fetch_optional(&mut *conn)
+                            .await?;
+                    match archived {
+                        None => {
+                            return Err(InventoryError::NotFound {
+                                what: "warehouse",
+                                key: code.to_string(),
+                            });
+                        }
+                        Some(true) => {
+                            return Err(InventoryError::Conflict {
+                                code: "warehouse_archived",
+                                message: format!("warehouse {code} is archived and takes no movements"),
+                            });
+                        }
+                        Some(false) => {
+                            session.warehouses.insert(code.clone());
+                        }
+                    }
+                }
+                // Lock every balance the batch touches, in one order: no deadlock.
+                keys.sort();
+                keys.dedup();
+                for key in &keys {
+                    if session.work.contains_key(key) {
+                        continue;
+                    }
+                    let (sku, wh) = key;
+                    let f = session
+                        .facts
+                        .get(sku)
+                        .ok_or_else(|| InventoryError::Corrupt("article facts missing".into()))?;
+                    if $create_first {
+                        // A row to lock, even for a first posting (rolled back with a refusal).
+                        sqlx::query(
+                            "INSERT INTO inv_balances (sku, warehouse, qty, value, rate, layers, level, updated_at) \
+                             VALUES ($1, $2, '0', '0', '0', '[]', $3, $4) ON CONFLICT (sku, warehouse) DO NOTHING",
+                        )
+                        .bind(sku.as_str())
+                        .bind(wh.as_str())
+                        .bind(AlertLevel::OutOfStock.as_str())
+                        .bind(now)
+                        .execute(&mut *conn)
+                        .await?;
+                    }
+                    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT qty, value, rate, layers, level FROM inv_balances \
+                         WHERE sku = $1 AND warehouse = $2{}",
+                        $lock
+                    )))
+                    .bind(sku.as_str())
+                    .bind(wh.as_str())
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                    let (stock, level) = match row {
+                        Some(row) => {
+                            let layers: VecDeque<crate::types::Layer> =
+                                serde_json::from_str(&row.try_get::<String, _>("layers")?)?;
+                            (
+                                Stock {
+                                    qty: dec("qty", &row.try_get::<String, _>("qty")?)?,
+                                    value: dec("value", &row.try_get::<String, _>("value")?)?,
+                                    rate: dec("rate", &row.try_get::<String, _>("rate")?)?,
+                                    layers,
+                                },
+                                stored(&row.try_get::<String, _>("level")?)?,
+                            )
+                        }
+                        None => (Stock::default(), AlertLevel::OutOfStock),
+                    };
+                    session.work.insert(
+                        key.clone(),
+                        Working {
+                            stock,
+                            level,
+                            min_qty: f.min_qty,
+                            changed: false,
+                        },
+                    );
+                }
+                let planned = match plan_all(ms, by, now, session, &keys) {
+                    Ok(p) => p,
+                    Err(e) => return Err(e),
+                };
+                let mut out = Vec::with_capacity(planned.len());
+                let mut events: Vec<(&str, serde_json::Value)> = Vec::new();
+                for (m, id, pending, levels) in planned {
+                    sqlx::query(
+                        "INSERT INTO inv_movements (id, kind, sku, warehouse, to_warehouse, qty, \
+                         unit_cost, reference, note, posted_by, posted_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                    )
+                    .bind(&id)
+                    .bind(m.kind.as_str())
+                    .bind(m.sku.as_str())
+                    .bind(m.warehouse.as_str())
+                    .bind(m.to_warehouse.as_ref().map(WarehouseCode::as_str))
+                    .bind(text(m.qty.get()))
+                    .bind(m.unit_cost.map(|c| text(c.get())))
+                    .bind(m.reference.as_deref())
+                    .bind(m.note.as_deref())
+                    .bind(by)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?;
+                    let mut rows = Vec::with_capacity(pending.len());
+                    for p in pending {
+                        let ledger_id: i64 = sqlx::query_scalar(
+                            "INSERT INTO inv_ledger (movement_id, kind, sku, warehouse, qty_change, \
+                             unit_cost, value_change, qty_after, value_after, rate_after, reference, \
+                             posted_by, posted_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
+                        )
+                        .bind(&id)
+                        .bind(m.kind.as_str())
+                        .bind(m.sku.as_str())
+                        .bind(p.warehouse.as_str())
+                        .bind(text(p.change.qty))
+                        .bind(text(p.change.unit_cost))
+                        .bind(text(p.change.value))
+                        .bind(text(p.after.qty))
+                        .bind(text(p.after.value))
+                        .bind(text(p.after.rate))
+                        .bind(m.reference.as_deref())
+                        .bind(by)
+                        .bind(now)
+                        .fetch_one(&mut *conn)
+                        .await?;
+                        rows.push(LedgerRow {
+                            id: ledger_id,
+                            movement_id: id.clone(),
+                            kind: m.kind,
+                            sku: m.sku.clone(),
+                            warehouse: p.warehouse,
+                            qty_change: p.change.qty.normalize(),
+                            unit_cost: p.change.unit_cost.normalize(),
+                            value_change: p.change.value.normalize(),
+                            qty_after: p.after.qty.normalize(),
+                            value_after: p.after.value.normalize(),
+                            rate_after: p.after.rate.normalize(),
+                            reference: m.reference.clone(),
+                            posted_by: by.to_owned(),
+                            posted_at: now,
+                        });
+                    }
+                    let movement = Movement {
+                        id,
+                        kind: m.kind,
+                        sku: m.sku.clone(),
+                        warehouse: m.warehouse.clone(),
+                        to_warehouse: m.to_warehouse.clone(),
+                        qty: m.qty.get(),
+                        unit_cost: m.unit_cost.map(crate::types::Money::get),
+                        reference: m.reference.clone(),
+                        note: m.note.clone(),
+                        posted_by: by.to_owned(),
+                        posted_at: now,
+                        rows,
+                    };
+                    // Level changes follow the posting that caused them.
+                    events.push((TOPIC_MOVEMENT_POSTED, movement_event(&movement)));
+                    events.extend(levels);
+                    out.push(movement);
+                }
+                if !defer_balances {
+                    write_balances(&mut *conn, session, now).await?;
+                }
+                for (topic, payload) in events {
+                    sqlx::query("INSERT INTO malaka_outbox (topic, payload, created_at) VALUES ($1, $2, $3)")
+                        .bind(topic)
+                        .bind(payload.to_string())
+                        .bind(now)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                Ok(out)
+            }
+
+            /// Writes the balances `session` changed (and marks them written).
+            pub(crate) async fn write_balances(
+                conn: &mut $conn,
+                session: &mut Session,
+                now: DateTime<Utc>,
+            ) -> Result<(), InventoryError> {
+                for ((sku, wh), w) in &mut session.work {
+                    if !w.changed {
+                        continue;
+                    }
+                    sqlx::query(
+                        "INSERT INTO inv_balances (sku, warehouse, qty, value, rate, layers, level, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                         ON CONFLICT (sku, warehouse) DO UPDATE SET qty = excluded.qty, \
+                            value = excluded.value, rate = excluded.rate, layers = excluded.layers, \
+                            level = excluded.level, updated_at = excluded.updated_at",
+                    )
+                    .bind(sku.as_str())
+                    .bind(wh.as_str())
+                    .bind(text(w.stock.qty))
+                    .bind(text(w.stock.value))
+                    .bind(text(w.stock.rate))
+                    .bind(serde_json::to_string(&w.stock.layers)?)
+                    .bind(w.level.as_str())
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?;
+                    w.changed = false;
+                }
+                Ok(())
+            }
+
+            pub(crate) async fn balances(
+                pool: &$pool,
+                f: &BalanceFilter,
+            ) -> Result<Vec<Balance>, InventoryError> {
+                let rows = sqlx::query(
+                    "SELECT b.sku, b.warehouse, b.qty, b.value, b.rate, b.layers, b.level, \
+                            b.updated_at, a.min_qty \
+                     FROM inv_balances b JOIN inv_articles a ON a.sku = b.sku \
+                     WHERE ($1 IS NULL OR b.sku = $1) AND ($2 IS NULL OR b.warehouse = $2) \
+                       AND ($3 IS NULL OR b.level = $3) \
+                     ORDER BY b.sku, b.warehouse",
+                )
+                .bind(f.sku.as_ref().map(Sku::as_str))
+                .bind(f.warehouse.as_ref().map(WarehouseCode::as_str))
+                .bind(f.level.map(AlertLevel::as_str))
+                .fetch_all(pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(Balance {
+                            sku: Sku::parse(&r.try_get::<String, _>("sku")?)
+                                .map_err(|e| InventoryError::Corrupt(e.to_string()))?,
+                            warehouse: WarehouseCode::parse(&r.try_get::<String, _>("warehouse")?)
+                                .map_err(|e| InventoryError::Corrupt(e.to_string()))?,
+                            qty: dec("qty", &r.try_get::<String, _>("qty")?)?,
+                            value: dec("value", &r.try_get::<String, _>("value")?)?,
+                            rate: dec("rate", &r.try_get::<String, _>("rate")?)?,
+                            min_qty: dec("min_qty", &r.try_get::<String, _>("min_qty")?)?,
+                            level: stored(&r.try_get::<String, _>("level")?)?,
+                            layers: serde_json::from_str(&r.try_get::<String, _>("layers")?)?,
+                            updated_at: r.try_get("updated_at")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            pub(crate) async fn ledger(
+                pool: &$pool,
+                f: &LedgerFilter,
+            ) -> Result<LedgerPage, InventoryError> {
+                let limit = f.limit.unwrap_or(100).clamp(1, 1000);
+                let rows = sqlx::query(
+                    "SELECT id, movement_id, kind, sku, warehouse, qty_change, unit_cost, value_change, \
+                            qty_after, value_after, rate_after, reference, posted_by, posted_at \
+                     FROM inv_ledger \
+                     WHERE ($1 IS NULL OR sku = $1) AND ($2 IS NULL OR warehouse = $2) \
+                       AND ($3 IS NULL OR posted_at >= $3) AND ($4 IS NULL OR posted_at < $4) \
+                       AND id > $5 \
+                     ORDER BY id LIMIT $6",
+                )
+                .bind(f.sku.as_ref().map(Sku::as_str))
+                .bind(f.warehouse.as_ref().map(WarehouseCode::as_str))
+                .bind(f.from)
+                .bind(f.to)
+                .bind(f.after.unwrap_or(0))
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?;
+                let rows = rows.iter().map(ledger_of).collect::<Result<Vec<_>, _>>()?;
+                let next = if rows.len() == limit as usize {
+                    rows.last().map(|r| r.id)
+                } else {
+                    None
+                };
+                Ok(LedgerPage { rows, next })
+            }
+
+            pub(crate) async fn outbox(
+                pool: &$pool,
+                after: i64,
+                limit: u32,
+            ) -> Result<Vec<OutboxEvent>, InventoryError> {
+                let rows = sqlx::query(
+                    "SELECT id, topic, payload, created_at, published_at FROM malaka_outbox \
+                     WHERE id > $1 ORDER BY id LIMIT $2",
+                )
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(OutboxEvent {
+                            id: r.try_get("id")?,
+                            topic: r.try_get("topic")?,
+                            payload: serde_json::from_str(&r.try_get::<String, _>("payload")?)?,
+                            created_at: r.try_get("created_at")?,
+                            published_at: r.try_get("published_at")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            pub(crate) async fn verify(pool: &$pool) -> Result<VerifyReport, InventoryError> {
+                let mut report = VerifyReport::default();
+                let mut sums: BTreeMap<(String, String), (Decimal, Decimal, Decimal, Decimal)> =
+                    BTreeMap::new();
+                let mut after = 0i64;
+                loop {
+                    let rows = sqlx::query(
+                        "SELECT id, sku, warehouse, qty_change, value_change, qty_after, value_after \
+                         FROM inv_ledger WHERE id > $1 ORDER BY id LIMIT 10000",
+                    )
+                    .bind(after)
+                    .fetch_all(pool)
+                    .await?;
+                    if rows.is_empty() {
+                        break;
+                    }
+                    for r in &rows {
+                        after = r.try_get("id")?;
+                        report.ledger_rows += 1;
+                        let key = (r.try_get::<String, _>("sku")?, r.try_get::<String, _>("warehouse")?);
+                        let e = sums.entry(key).or_default();
+                        e.0 += dec("qty_change", &r.try_get::<String, _>("qty_change")?)?;
+                        e.1 += dec("value_change", &r.try_get::<String, _>("value_change")?)?;
+                        e.2 = dec("qty_after", &r.try_get::<String, _>("qty_after")?)?;
+                        e.3 = dec("value_after", &r.try_get::<String, _>("value_after")?)?;
+                    }
+                }
+                let balances = sqlx::query("SELECT sku, warehouse, qty, value FROM inv_balances ORDER BY sku, warehouse")
+                    .fetch_all(pool)
+                    .await?;
+                for b in &balances {
+                    report.balances += 1;
+                    let key = (b.try_get::<String, _>("sku")?, b.try_get::<String, _>("warehouse")?);
+                    let bal = (
+                        dec("qty", &b.try_get::<String, _>("qty")?)?,
+                        dec("value", &b.try_get::<String, _>("value")?)?,
+                    );
+                    let (q, v, qa, va) = sums.remove(&key).unwrap_or_default();
+                    if (q, v) != bal || (qa, va) != bal {
+                        report.discrepancies.push(Discrepancy {
+                            sku: key.0,
+                            warehouse: key.1,
+                            ledger: (q, v),
+                            balance: bal,
+                        });
+                    }
+                }
+                for ((sku, warehouse), (q, v, _, _)) in sums {
+                    report.discrepancies.push(Discrepancy {
+                        sku,
+                        warehouse,
+                        ledger: (q, v),
+                        balance: (Decimal::ZERO, Decimal::ZERO),
+                    });
+                }
+                Ok(report)
+            }
+        }
+    };
+}
+
+backend!(
+    sqlite,
+    SqlitePool,
+    sqlx::SqliteConnection,
+    begin = "BEGIN IMMEDIATE",
+    lock = "",
+    share = "",
+    create_first = false
+);
+backend!(
+    postgres,
+    PgPool,
+    sqlx::PgConnection,
+    begin = "BEGIN",
+    lock = " FOR UPDATE",
+    share = " FOR SHARE",
+    create_first = true
+);
+
+/// The `movement.posted` payload.
+fn movement_event(m: &Movement) -> serde_json::Value {
+    json!({
+        "movement_id": m.id,
+        "type": m.kind,
+        "sku": m.sku,
+        "warehouse": m.warehouse,
+        "to_warehouse": m.to_warehouse,
+        "qty": text(m.qty),
+        "reference": m.reference,
+        "by": m.posted_by,
+        "at": m.posted_at,
+        "rows": m.rows.iter().map(|r| json!({
+            "ledger_id": r.id,
+            "warehouse": r.warehouse,
+            "qty_change": text(r.qty_change),
+            "value_change": text(r.value_change),
+            "qty_after": text(r.qty_after),
+            "value_after": text(r.value_after),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal::dec;
+
+    #[test]
+    fn balances_stay_far_inside_decimal_range() {
+        let big = dec!(999999999999);
+        let m = NewMovement::parse("receipt", "A", "W", None, big, Some(big), None, None).unwrap();
+        let key = (m.sku.clone(), m.warehouse.clone());
+        let facts = ArticleFacts {
+            valuation: ValuationMethod::MovingAverage,
+            min_qty: Decimal::ZERO,
+            allow_negative: false,
+        };
+        let mut work = BTreeMap::from([(
+            key.clone(),
+            Working {
+                stock: Stock::default(),
+                level: AlertLevel::OutOfStock,
+                min_qty: Decimal::ZERO,
+                changed: false,
+            },
+        )]);
+        // Each receipt adds ~10^24 of value: the first fits, the second is refused, cleanly.
+        assert!(plan_movement(&m, &facts, &mut work).is_ok());
+        let err = plan_movement(&m, &facts, &mut work).unwrap_err();
+        assert!(
+            matches!(err, InventoryError::Invalid { ref field, .. } if field == "qty"),
+            "{err}"
+        );
+        assert_eq!(
+            work[&key].stock.qty, big,
+            "a refused movement changes nothing"
+        );
+    }
+}

@@ -1,0 +1,879 @@
+//! Domain values parsed once at the edge (`Sku`, `WarehouseCode`, `Quantity`, `Money`) and the
+//! records the ledger is made of.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde::{Deserialize, Serialize};
+
+use crate::error::InventoryError;
+
+/// Decimal places kept for quantities.
+pub const QTY_SCALE: u32 = 6;
+/// Decimal places kept for money (values and rates).
+pub const MONEY_SCALE: u32 = 6;
+/// Largest quantity or amount accepted (keeps every product within `Decimal`'s range).
+const LIMIT: i64 = 1_000_000_000_000;
+
+fn invalid(field: &str, message: impl Into<String>) -> InventoryError {
+    InventoryError::Invalid {
+        field: field.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// Rounds an amount of money to [`MONEY_SCALE`] places, halves away from zero.
+pub fn round_money(d: Decimal) -> Decimal {
+    d.round_dp_with_strategy(MONEY_SCALE, RoundingStrategy::MidpointAwayFromZero)
+        .normalize()
+}
+
+fn parse_code(field: &str, s: &str, max: usize) -> Result<String, InventoryError> {
+    if s.is_empty() || s.len() > max {
+        return Err(invalid(
+            field,
+            format!("{field} must be 1 to {max} characters"),
+        ));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(invalid(
+            field,
+            format!("{field} may hold only letters, digits, '-', '_' and '.', not {c:?}"),
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+/// An article's stock-keeping unit: 1 to 64 ASCII letters, digits, `-`, `_` or `.`;
+/// case-sensitive.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Sku(String);
+
+impl Sku {
+    /// Parses a SKU; the error names the field `sku`.
+    ///
+    /// # Errors
+    /// Empty, longer than 64, or a character outside the set.
+    pub fn parse(s: &str) -> Result<Self, InventoryError> {
+        parse_code("sku", s, 64).map(Self)
+    }
+
+    /// The SKU.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Sku {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A warehouse code: 1 to 32 ASCII letters, digits, `-`, `_` or `.`; case-sensitive.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct WarehouseCode(String);
+
+impl WarehouseCode {
+    /// Parses a code; the error names `field` (`warehouse`, `to_warehouse` or `code`).
+    ///
+    /// # Errors
+    /// Empty, longer than 32, or a character outside the set.
+    pub fn parse_field(field: &str, s: &str) -> Result<Self, InventoryError> {
+        parse_code(field, s, 32).map(Self)
+    }
+
+    /// Parses a code; the error names the field `code`.
+    ///
+    /// # Errors
+    /// See [`Self::parse_field`].
+    pub fn parse(s: &str) -> Result<Self, InventoryError> {
+        Self::parse_field("code", s)
+    }
+
+    /// The code.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for WarehouseCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A non-negative quantity with at most [`QTY_SCALE`] decimal places, below 10^12.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Default)]
+#[serde(transparent)]
+pub struct Quantity(Decimal);
+
+impl Quantity {
+    /// Parses a quantity given as a decimal string or number text; `positive` refuses zero.
+    ///
+    /// # Errors
+    /// Not a number, negative (or zero when `positive`), too many decimals, or too large.
+    pub fn parse(field: &str, d: Decimal, positive: bool) -> Result<Self, InventoryError> {
+        if d.is_sign_negative() && !d.is_zero() {
+            return Err(invalid(field, format!("{field} must not be negative")));
+        }
+        if positive && d.is_zero() {
+            return Err(invalid(field, format!("{field} must be greater than 0")));
+        }
+        if d.normalize().scale() > QTY_SCALE {
+            return Err(invalid(
+                field,
+                format!("{field} has more than {QTY_SCALE} decimal places"),
+            ));
+        }
+        if d >= Decimal::from(LIMIT) {
+            return Err(invalid(field, format!("{field} must be below 10^12")));
+        }
+        Ok(Self(d.normalize()))
+    }
+
+    /// The value.
+    pub fn get(self) -> Decimal {
+        self.0
+    }
+}
+
+/// A non-negative amount of money (a unit cost) with at most [`MONEY_SCALE`] decimal places,
+/// below 10^12.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Money(Decimal);
+
+impl Money {
+    /// Parses an amount; the error names `field`.
+    ///
+    /// # Errors
+    /// Negative, too many decimals, or too large.
+    pub fn parse(field: &str, d: Decimal) -> Result<Self, InventoryError> {
+        if d.is_sign_negative() && !d.is_zero() {
+            return Err(invalid(field, format!("{field} must not be negative")));
+        }
+        if d.normalize().scale() > MONEY_SCALE {
+            return Err(invalid(
+                field,
+                format!("{field} has more than {MONEY_SCALE} decimal places"),
+            ));
+        }
+        if d >= Decimal::from(LIMIT) {
+            return Err(invalid(field, format!("{field} must be below 10^12")));
+        }
+        Ok(Self(d.normalize()))
+    }
+
+    /// The value.
+    pub fn get(self) -> Decimal {
+        self.0
+    }
+}
+
+/// Free text with a length limit (name, unit, reference, note).
+pub(crate) fn parse_text(
+    field: &str,
+    s: &str,
+    max: usize,
+    required: bool,
+) -> Result<String, InventoryError> {
+    let t = s.trim();
+    if required && t.is_empty() {
+        return Err(invalid(field, format!("{field} must not be empty")));
+    }
+    if t.chars().count() > max {
+        return Err(invalid(
+            field,
+            format!("{field} must be at most {max} characters"),
+        ));
+    }
+    if t.chars().any(char::is_control) {
+        return Err(invalid(
+            field,
+            format!("{field} must not contain control characters"),
+        ));
+    }
+    Ok(t.to_owned())
+}
+
+/// How an article's stock is valued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ValuationMethod {
+    /// Weighted moving average: a receipt re-averages the rate; an issue leaves it.
+    #[default]
+    MovingAverage,
+    /// First in, first out: an issue consumes the oldest receipt layers.
+    Fifo,
+}
+
+impl ValuationMethod {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MovingAverage => "moving_average",
+            Self::Fifo => "fifo",
+        }
+    }
+}
+
+impl FromStr for ValuationMethod {
+    type Err = InventoryError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "moving_average" => Ok(Self::MovingAverage),
+            "fifo" => Ok(Self::Fifo),
+            other => Err(invalid(
+                "valuation",
+                format!("valuation must be moving_average or fifo, not {other:?}"),
+            )),
+        }
+    }
+}
+
+/// Stock alert level of one article in one warehouse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AlertLevel {
+    /// Quantity at or below zero.
+    OutOfStock,
+    /// At or below half the minimum.
+    Critical,
+    /// At or below the minimum.
+    Low,
+    /// Above the minimum.
+    Normal,
+}
+
+impl AlertLevel {
+    /// The level of `qty` against `min_qty` (an article with `min_qty` 0 is `Normal` while it has
+    /// stock).
+    pub fn of(qty: Decimal, min_qty: Decimal) -> Self {
+        if qty <= Decimal::ZERO {
+            Self::OutOfStock
+        } else if qty <= min_qty / Decimal::TWO {
+            Self::Critical
+        } else if qty <= min_qty {
+            Self::Low
+        } else {
+            Self::Normal
+        }
+    }
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OutOfStock => "OUT_OF_STOCK",
+            Self::Critical => "CRITICAL",
+            Self::Low => "LOW",
+            Self::Normal => "NORMAL",
+        }
+    }
+
+    /// Whether this level calls for attention (anything but `Normal`).
+    pub fn is_alert(self) -> bool {
+        self != Self::Normal
+    }
+}
+
+impl FromStr for AlertLevel {
+    type Err = InventoryError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "OUT_OF_STOCK" => Ok(Self::OutOfStock),
+            "CRITICAL" => Ok(Self::Critical),
+            "LOW" => Ok(Self::Low),
+            "NORMAL" => Ok(Self::Normal),
+            other => Err(invalid(
+                "level",
+                format!("level must be OUT_OF_STOCK, CRITICAL, LOW or NORMAL, not {other:?}"),
+            )),
+        }
+    }
+}
+
+/// The kinds of stock movement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum MovementKind {
+    /// Goods in, at a unit cost.
+    Receipt,
+    /// Goods out, valued by the article's method.
+    Issue,
+    /// Goods (and their value) from one warehouse to another.
+    Transfer,
+    /// A stock count: the counted quantity becomes the balance.
+    Count,
+}
+
+impl MovementKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Receipt => "receipt",
+            Self::Issue => "issue",
+            Self::Transfer => "transfer",
+            Self::Count => "count",
+        }
+    }
+}
+
+impl FromStr for MovementKind {
+    type Err = InventoryError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "receipt" => Ok(Self::Receipt),
+            "issue" => Ok(Self::Issue),
+            "transfer" => Ok(Self::Transfer),
+            "count" => Ok(Self::Count),
+            other => Err(invalid(
+                "type",
+                format!("type must be receipt, issue, transfer or count, not {other:?}"),
+            )),
+        }
+    }
+}
+
+/// An article.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Article {
+    /// Stock-keeping unit.
+    pub sku: Sku,
+    /// Name.
+    pub name: String,
+    /// Unit of measure (`pcs`, `kg`, ...).
+    pub unit: String,
+    /// Valuation method (fixed once the article has ledger rows).
+    pub valuation: ValuationMethod,
+    /// Minimum quantity per warehouse: at or below it the level is `LOW`.
+    pub min_qty: Decimal,
+    /// Suggested reorder quantity.
+    pub reorder_qty: Decimal,
+    /// Whether stock may go below zero.
+    pub allow_negative: bool,
+    /// Archived articles take no new movements.
+    pub archived: bool,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A new article, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewArticle {
+    /// SKU.
+    pub sku: Sku,
+    /// Name (1 to 200 characters).
+    pub name: String,
+    /// Unit (1 to 20 characters), default `pcs`.
+    pub unit: String,
+    /// Valuation method.
+    pub valuation: ValuationMethod,
+    /// Minimum quantity.
+    pub min_qty: Quantity,
+    /// Reorder quantity.
+    pub reorder_qty: Quantity,
+    /// Negative stock allowed.
+    pub allow_negative: bool,
+}
+
+impl NewArticle {
+    /// Parses the parts of a new article.
+    ///
+    /// # Errors
+    /// The first invalid field.
+    pub fn parse(
+        sku: &str,
+        name: &str,
+        unit: Option<&str>,
+        valuation: Option<&str>,
+        min_qty: Option<Decimal>,
+        reorder_qty: Option<Decimal>,
+        allow_negative: Option<bool>,
+    ) -> Result<Self, InventoryError> {
+        Ok(Self {
+            sku: Sku::parse(sku)?,
+            name: parse_text("name", name, 200, true)?,
+            unit: parse_text("unit", unit.unwrap_or("pcs"), 20, true)?,
+            valuation: valuation.map_or(Ok(ValuationMethod::default()), str::parse)?,
+            min_qty: Quantity::parse("min_qty", min_qty.unwrap_or_default(), false)?,
+            reorder_qty: Quantity::parse("reorder_qty", reorder_qty.unwrap_or_default(), false)?,
+            allow_negative: allow_negative.unwrap_or(false),
+        })
+    }
+}
+
+/// Changes to an article; `None` leaves a field as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ArticlePatch {
+    /// New name.
+    pub name: Option<String>,
+    /// New unit.
+    pub unit: Option<String>,
+    /// New valuation method (refused once the article has ledger rows).
+    pub valuation: Option<ValuationMethod>,
+    /// New minimum quantity (levels are re-evaluated).
+    pub min_qty: Option<Quantity>,
+    /// New reorder quantity.
+    pub reorder_qty: Option<Quantity>,
+    /// Allow negative stock.
+    pub allow_negative: Option<bool>,
+    /// Archive or restore.
+    pub archived: Option<bool>,
+}
+
+impl ArticlePatch {
+    /// Parses the parts of a patch.
+    ///
+    /// # Errors
+    /// The first invalid field.
+    #[allow(clippy::too_many_arguments)]
+    pub fn parse(
+        name: Option<&str>,
+        unit: Option<&str>,
+        valuation: Option<&str>,
+        min_qty: Option<Decimal>,
+        reorder_qty: Option<Decimal>,
+        allow_negative: Option<bool>,
+        archived: Option<bool>,
+    ) -> Result<Self, InventoryError> {
+        Ok(Self {
+            name: name.map(|n| parse_text("name", n, 200, true)).transpose()?,
+            unit: unit.map(|u| parse_text("unit", u, 20, true)).transpose()?,
+            valuation: valuation.map(str::parse).transpose()?,
+            min_qty: min_qty
+                .map(|q| Quantity::parse("min_qty", q, false))
+                .transpose()?,
+            reorder_qty: reorder_qty
+                .map(|q| Quantity::parse("reorder_qty", q, false))
+                .transpose()?,
+            allow_negative,
+            archived,
+        })
+    }
+}
+
+/// A warehouse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Warehouse {
+    /// Code.
+    pub code: WarehouseCode,
+    /// Name.
+    pub name: String,
+    /// Archived warehouses take no new movements.
+    pub archived: bool,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A stock movement to post, parsed: the rules of its kind hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMovement {
+    /// Kind.
+    pub kind: MovementKind,
+    /// Article.
+    pub sku: Sku,
+    /// Warehouse (the source of a transfer).
+    pub warehouse: WarehouseCode,
+    /// Destination of a transfer.
+    pub to_warehouse: Option<WarehouseCode>,
+    /// Quantity moved (receipt, issue, transfer: > 0) or counted (count: >= 0).
+    pub qty: Quantity,
+    /// Unit cost of a receipt (required) or of a count's positive adjustment (optional).
+    pub unit_cost: Option<Money>,
+    /// External reference (order number, ...).
+    pub reference: Option<String>,
+    /// Note.
+    pub note: Option<String>,
+}
+
+impl NewMovement {
+    /// Parses a movement request; the error names the first invalid field.
+    ///
+    /// # Errors
+    /// An invalid field, or a combination its kind does not allow.
+    #[allow(clippy::too_many_arguments)]
+    pub fn parse(
+        kind: &str,
+        sku: &str,
+        warehouse: &str,
+        to_warehouse: Option<&str>,
+        qty: Decimal,
+        unit_cost: Option<Decimal>,
+        reference: Option<&str>,
+        note: Option<&str>,
+    ) -> Result<Self, InventoryError> {
+        let kind: MovementKind = kind.parse()?;
+        let sku = Sku::parse(sku)?;
+        let warehouse = WarehouseCode::parse_field("warehouse", warehouse)?;
+        let qty = Quantity::parse("qty", qty, kind != MovementKind::Count)?;
+        let unit_cost = unit_cost
+            .map(|c| Money::parse("unit_cost", c))
+            .transpose()?;
+        let to_warehouse = match (kind, to_warehouse) {
+            (MovementKind::Transfer, Some(t)) => {
+                let t = WarehouseCode::parse_field("to_warehouse", t)?;
+                if t == warehouse {
+                    return Err(invalid(
+                        "to_warehouse",
+                        "to_warehouse must differ from warehouse",
+                    ));
+                }
+                Some(t)
+            }
+            (MovementKind::Transfer, None) => {
+                return Err(invalid("to_warehouse", "a transfer needs to_warehouse"));
+            }
+            (_, Some(_)) => {
+                return Err(invalid(
+                    "to_warehouse",
+                    "only a transfer takes to_warehouse",
+                ));
+            }
+            (_, None) => None,
+        };
+        match (kind, unit_cost) {
+            (MovementKind::Receipt, None) => {
+                return Err(invalid("unit_cost", "a receipt needs unit_cost"));
+            }
+            (MovementKind::Issue | MovementKind::Transfer, Some(_)) => {
+                return Err(invalid(
+                    "unit_cost",
+                    "issues and transfers are valued by the article's method; omit unit_cost",
+                ));
+            }
+            _ => {}
+        }
+        Ok(Self {
+            kind,
+            sku,
+            warehouse,
+            to_warehouse,
+            qty,
+            unit_cost,
+            reference: reference
+                .map(|r| parse_text("reference", r, 100, false))
+                .transpose()?
+                .filter(|r| !r.is_empty()),
+            note: note
+                .map(|n| parse_text("note", n, 1000, false))
+                .transpose()?
+                .filter(|n| !n.is_empty()),
+        })
+    }
+}
+
+/// A FIFO layer: a quantity still in stock at the rate it came in at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layer {
+    /// Quantity left in the layer.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub qty: Decimal,
+    /// Its unit cost.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub rate: Decimal,
+}
+
+/// One append-only ledger row: a signed change of one article in one warehouse and what it left.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LedgerRow {
+    /// Row id (ascending in posting order).
+    pub id: i64,
+    /// The movement it belongs to (a transfer has two rows).
+    pub movement_id: String,
+    /// Movement kind.
+    pub kind: MovementKind,
+    /// Article.
+    pub sku: Sku,
+    /// Warehouse.
+    pub warehouse: WarehouseCode,
+    /// Signed quantity change.
+    pub qty_change: Decimal,
+    /// Unit cost of the change.
+    pub unit_cost: Decimal,
+    /// Signed value change.
+    pub value_change: Decimal,
+    /// Quantity after.
+    pub qty_after: Decimal,
+    /// Value after.
+    pub value_after: Decimal,
+    /// Valuation rate after.
+    pub rate_after: Decimal,
+    /// Reference.
+    pub reference: Option<String>,
+    /// Who posted it.
+    pub posted_by: String,
+    /// When.
+    pub posted_at: DateTime<Utc>,
+}
+
+/// A posted movement with its ledger rows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Movement {
+    /// Movement id (UUIDv7).
+    pub id: String,
+    /// Kind.
+    pub kind: MovementKind,
+    /// Article.
+    pub sku: Sku,
+    /// Warehouse.
+    pub warehouse: WarehouseCode,
+    /// Destination of a transfer.
+    pub to_warehouse: Option<WarehouseCode>,
+    /// Quantity as requested.
+    pub qty: Decimal,
+    /// Unit cost as requested.
+    pub unit_cost: Option<Decimal>,
+    /// Reference.
+    pub reference: Option<String>,
+    /// Note.
+    pub note: Option<String>,
+    /// Who posted it.
+    pub posted_by: String,
+    /// When.
+    pub posted_at: DateTime<Utc>,
+    /// Its ledger rows.
+    pub rows: Vec<LedgerRow>,
+}
+
+/// The stock of one article in one warehouse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Balance {
+    /// Article.
+    pub sku: Sku,
+    /// Warehouse.
+    pub warehouse: WarehouseCode,
+    /// Quantity.
+    pub qty: Decimal,
+    /// Value.
+    pub value: Decimal,
+    /// Valuation rate (value per unit).
+    pub rate: Decimal,
+    /// The article's minimum quantity.
+    pub min_qty: Decimal,
+    /// Alert level.
+    pub level: AlertLevel,
+    /// FIFO layers, oldest first (empty for moving average).
+    pub layers: Vec<Layer>,
+    /// Last posting.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Balance filters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct BalanceFilter {
+    /// Only this article.
+    pub sku: Option<Sku>,
+    /// Only this warehouse.
+    pub warehouse: Option<WarehouseCode>,
+    /// Only this level.
+    pub level: Option<AlertLevel>,
+}
+
+/// Ledger filters and page.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerFilter {
+    /// Only this article.
+    pub sku: Option<Sku>,
+    /// Only this warehouse.
+    pub warehouse: Option<WarehouseCode>,
+    /// Posted at or after.
+    pub from: Option<DateTime<Utc>>,
+    /// Posted before.
+    pub to: Option<DateTime<Utc>>,
+    /// Rows after this id (the cursor of the previous page).
+    pub after: Option<i64>,
+    /// Page size (1 to 1000, default 100).
+    pub limit: Option<u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal::dec;
+
+    #[test]
+    fn sku_accepts_the_set_and_refuses_the_rest() {
+        assert!(Sku::parse("AB-12_x.9").is_ok());
+        assert_eq!(Sku::parse("a").unwrap().as_str(), "a");
+        assert!(Sku::parse(&"x".repeat(64)).is_ok());
+        for bad in ["", "a b", "é", "a/b", &"x".repeat(65)] {
+            let e = Sku::parse(bad).unwrap_err();
+            assert!(
+                matches!(e, InventoryError::Invalid { ref field, .. } if field == "sku"),
+                "{bad:?}: {e}"
+            );
+        }
+        assert_ne!(
+            Sku::parse("abc").unwrap(),
+            Sku::parse("ABC").unwrap(),
+            "case-sensitive"
+        );
+    }
+
+    #[test]
+    fn quantities_and_money() {
+        assert_eq!(
+            Quantity::parse("qty", dec!(1.50), true).unwrap().get(),
+            dec!(1.5)
+        );
+        assert!(Quantity::parse("qty", dec!(0), true).is_err());
+        assert!(Quantity::parse("qty", dec!(0), false).is_ok());
+        assert!(Quantity::parse("qty", dec!(-1), false).is_err());
+        assert!(Quantity::parse("qty", dec!(0.0000001), true).is_err());
+        assert!(Quantity::parse("qty", dec!(1000000000000), true).is_err());
+        assert!(Money::parse("unit_cost", dec!(0)).is_ok());
+        assert!(Money::parse("unit_cost", dec!(-0.01)).is_err());
+        assert_eq!(round_money(dec!(1.0000005)), dec!(1.000001));
+        assert_eq!(round_money(dec!(-1.0000005)), dec!(-1.000001));
+    }
+
+    #[test]
+    fn alert_levels_follow_the_seeds() {
+        let min = dec!(10);
+        assert_eq!(AlertLevel::of(dec!(0), min), AlertLevel::OutOfStock);
+        assert_eq!(AlertLevel::of(dec!(-3), min), AlertLevel::OutOfStock);
+        assert_eq!(AlertLevel::of(dec!(5), min), AlertLevel::Critical);
+        assert_eq!(AlertLevel::of(dec!(5.5), min), AlertLevel::Low);
+        assert_eq!(AlertLevel::of(dec!(10), min), AlertLevel::Low);
+        assert_eq!(AlertLevel::of(dec!(10.1), min), AlertLevel::Normal);
+        assert_eq!(AlertLevel::of(dec!(1), dec!(0)), AlertLevel::Normal);
+        assert_eq!(AlertLevel::of(dec!(0), dec!(0)), AlertLevel::OutOfStock);
+    }
+
+    #[test]
+    fn movement_rules_per_kind() {
+        let ok = NewMovement::parse(
+            "receipt",
+            "A",
+            "W1",
+            None,
+            dec!(10),
+            Some(dec!(1)),
+            Some(" PO-1 "),
+            None,
+        )
+        .unwrap();
+        assert_eq!(ok.reference.as_deref(), Some("PO-1"));
+        let field = |r: Result<NewMovement, InventoryError>| match r {
+            Err(InventoryError::Invalid { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            field(NewMovement::parse(
+                "receipt",
+                "A",
+                "W1",
+                None,
+                dec!(10),
+                None,
+                None,
+                None
+            )),
+            "unit_cost"
+        );
+        assert_eq!(
+            field(NewMovement::parse(
+                "issue",
+                "A",
+                "W1",
+                None,
+                dec!(10),
+                Some(dec!(1)),
+                None,
+                None
+            )),
+            "unit_cost"
+        );
+        assert_eq!(
+            field(NewMovement::parse(
+                "transfer",
+                "A",
+                "W1",
+                None,
+                dec!(1),
+                None,
+                None,
+                None
+            )),
+            "to_warehouse"
+        );
+        assert_eq!(
+            field(NewMovement::parse(
+                "transfer",
+                "A",
+                "W1",
+                Some("W1"),
+                dec!(1),
+                None,
+                None,
+                None
+            )),
+            "to_warehouse"
+        );
+        assert_eq!(
+            field(NewMovement::parse(
+                "issue",
+                "A",
+                "W1",
+                Some("W2"),
+                dec!(1),
+                None,
+                None,
+                None
+            )),
+            "to_warehouse"
+        );
+        assert_eq!(
+            field(NewMovement::parse(
+                "issue",
+                "A",
+                "W1",
+                None,
+                dec!(0),
+                None,
+                None,
+                None
+            )),
+            "qty"
+        );
+        assert_eq!(
+            field(NewMovement::parse(
+                "move",
+                "A",
+                "W1",
+                None,
+                dec!(1),
+                None,
+                None,
+                None
+            )),
+            "type"
+        );
+        assert_eq!(
+            field(NewMovement::parse(
+                "issue",
+                "A",
+                "",
+                None,
+                dec!(1),
+                None,
+                None,
+                None
+            )),
+            "warehouse"
+        );
+        assert!(NewMovement::parse("count", "A", "W1", None, dec!(0), None, None, None).is_ok());
+    }
+}

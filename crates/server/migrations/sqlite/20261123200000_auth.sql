@@ -1,0 +1,23 @@
+-- API tokens: only the SHA-256 hex hash of each secret is stored.
+CREATE TABLE malaka_tokens (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    name         TEXT NOT NULL,
+    role         TEXT NOT NULL CHECK (role IN ('admin', 'manager', 'clerk', 'viewer')),
+    hash         TEXT NOT NULL UNIQUE,
+    created_at   TEXT NOT NULL,
+    last_used_at TEXT,
+    revoked_at   TEXT
+);
+
+-- Idempotency-Key reservations and stored answers, per token; status is NULL while in progress.
+CREATE TABLE malaka_idempotency (
+    token_id     INTEGER NOT NULL REFERENCES malaka_tokens (id) ON DELETE CASCADE,
+    key          TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    status       INTEGER,
+    body         BLOB,
+    content_type TEXT,
+    created_at   TEXT NOT NULL,
+    PRIMARY KEY (token_id, key)
+);
+CREATE INDEX malaka_idempotency_created_at ON malaka_idempotency (created_at);

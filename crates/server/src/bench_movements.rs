@@ -1,0 +1,602 @@
+//! `malaka bench movements`: throughput and latency of `POST /api/v1/movements` over loopback
+//! with C concurrent clients, against the same postings made directly through
+//! [`Inventory::post`] (one SQL transaction each, no HTTP, auth or JSON) on the same database in
+//! the same run.
+//!
+//! The real server runs in process (`Application::build` on 127.0.0.1:0, per-token rate limit
+//! off) on a fresh SQLite file or a fresh PostgreSQL database. Setup makes 2 warehouses and 64
+//! articles (moving average) with opening stock in both warehouses, so issues never go negative.
+//! The mix: 50% receipts (1 to 5 units), 45% issues (1 to 3 units), 5% transfers (1 unit),
+//! spread uniformly over articles and warehouses. After a short warm-up of both paths the timed
+//! phases run HTTP S/2, direct S, HTTP S/2, so that a drift as the database grows weighs on both
+//! paths alike.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use malaka_inventory::{Inventory, NewArticle, NewMovement, WarehouseCode};
+use rust_decimal::Decimal;
+use sqlx::ConnectOptions;
+use sqlx::postgres::PgConnectOptions;
+use tokio::sync::oneshot;
+
+use crate::bench::Figures;
+use crate::bench_jobs::Backend;
+use crate::{Application, Config, ServerError};
+
+/// Warehouses made by the setup.
+const WAREHOUSES: [&str; 2] = ["BENCH-A", "BENCH-B"];
+/// Articles made by the setup.
+const ARTICLES: usize = 64;
+/// Opening stock of every article in every warehouse.
+const OPENING_QTY: i64 = 1_000_000;
+/// Warm-up of each path before the timed phases.
+const WARM_UP: Duration = Duration::from_secs(1);
+/// Failures shown in the log, per path.
+const SHOWN_ERRORS: usize = 5;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct MovementsBench {
+    /// Backend.
+    pub backend: Backend,
+    /// For PostgreSQL: a URL on the server to use (a fresh database is created next to it and
+    /// dropped at the end). For SQLite: the file to create (must not exist; it is kept).
+    /// Without it, SQLite runs in a temporary folder that is removed at the end.
+    pub database_url: Option<String>,
+    /// Concurrent clients (HTTP) and tasks (direct).
+    pub clients: usize,
+    /// Timed seconds of each path.
+    pub seconds: f64,
+}
+
+/// Why the suite failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MovementsBenchError {
+    /// Database trouble (setup or cleanup).
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// The server could not start or stop.
+    #[error("server: {0}")]
+    Server(#[from] ServerError),
+    /// The setup's catalog or opening stock could not be written.
+    #[error("inventory: {0}")]
+    Inventory(#[from] malaka_inventory::InventoryError),
+    /// Setup trouble.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// A small deterministic generator (splitmix64): each client draws its own movements.
+#[derive(Debug, Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n`.
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn sku(i: usize) -> String {
+    format!("BENCH-{i:04}")
+}
+
+/// One movement of the mix.
+#[derive(Debug, Clone)]
+struct Pick {
+    kind: &'static str,
+    sku: String,
+    warehouse: &'static str,
+    to_warehouse: Option<&'static str>,
+    qty: i64,
+    /// Cents; receipts only.
+    unit_cost: Option<i64>,
+    reference: String,
+}
+
+impl Pick {
+    fn draw(rng: &mut Rng, client: usize, n: u64) -> Self {
+        let article = sku(rng.below(ARTICLES as u64) as usize);
+        let w = rng.below(2) as usize;
+        let roll = rng.below(100);
+        let reference = format!("bench-{client}-{n}");
+        if roll < 50 {
+            Self {
+                kind: "receipt",
+                sku: article,
+                warehouse: WAREHOUSES[w],
+                to_warehouse: None,
+                qty: 1 + rng.below(5) as i64,
+                unit_cost: Some(900 + rng.below(200) as i64),
+                reference,
+            }
+        } else if roll < 95 {
+            Self {
+                kind: "issue",
+                sku: article,
+                warehouse: WAREHOUSES[w],
+                to_warehouse: None,
+                qty: 1 + rng.below(3) as i64,
+                unit_cost: None,
+                reference,
+            }
+        } else {
+            Self {
+                kind: "transfer",
+                sku: article,
+                warehouse: WAREHOUSES[w],
+                to_warehouse: Some(WAREHOUSES[1 - w]),
+                qty: 1,
+                unit_cost: None,
+                reference,
+            }
+        }
+    }
+
+    /// The request body (every value is a safe code, number or reference: no escaping needed).
+    fn json(&self) -> String {
+        let mut s = format!(
+            r#"{{"type":"{}","sku":"{}","warehouse":"{}","qty":{}"#,
+            self.kind, self.sku, self.warehouse, self.qty
+        );
+        if let Some(to) = self.to_warehouse {
+            s.push_str(&format!(r#","to_warehouse":"{to}""#));
+        }
+        if let Some(c) = self.unit_cost {
+            s.push_str(&format!(r#","unit_cost":"{}""#, Decimal::new(c, 2)));
+        }
+        s.push_str(&format!(r#","reference":"{}"}}"#, self.reference));
+        s
+    }
+
+    fn movement(&self) -> Result<NewMovement, malaka_inventory::InventoryError> {
+        NewMovement::parse(
+            self.kind,
+            &self.sku,
+            self.warehouse,
+            self.to_warehouse,
+            Decimal::from(self.qty),
+            self.unit_cost.map(|c| Decimal::new(c, 2)),
+            Some(&self.reference),
+            None,
+        )
+    }
+}
+
+/// What one path did in one or more phases.
+#[derive(Debug, Default)]
+struct Outcome {
+    ok: u64,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    errors: u64,
+    shown: Vec<String>,
+}
+
+impl Outcome {
+    fn absorb(&mut self, other: Outcome) {
+        self.ok += other.ok;
+        self.elapsed += other.elapsed;
+        self.latencies.extend(other.latencies);
+        self.errors += other.errors;
+        for s in other.shown {
+            if self.shown.len() < SHOWN_ERRORS {
+                self.shown.push(s);
+            }
+        }
+    }
+
+    fn failed(&mut self, what: String) {
+        self.errors += 1;
+        if self.shown.len() < SHOWN_ERRORS {
+            self.shown.push(what);
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        if self.elapsed.is_zero() {
+            0.0
+        } else {
+            self.ok as f64 / self.elapsed.as_secs_f64()
+        }
+    }
+}
+
+/// The HTTP side's fixed parts, shared by its clients.
+#[derive(Debug)]
+struct HttpSide {
+    client: reqwest::Client,
+    url: String,
+    bearer: String,
+}
+
+async fn http_client(target: Arc<HttpSide>, client: usize, seed: u64, until: Instant) -> Outcome {
+    let mut rng = Rng(seed);
+    let mut out = Outcome::default();
+    let mut n = 0u64;
+    while Instant::now() < until {
+        n += 1;
+        let body = Pick::draw(&mut rng, client, n).json();
+        let start = Instant::now();
+        let sent = target
+            .client
+            .post(&target.url)
+            .header(reqwest::header::AUTHORIZATION, &target.bearer)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await;
+        match sent {
+            Ok(resp) => {
+                let status = resp.status();
+                let answer = resp.bytes().await;
+                let took = start.elapsed();
+                match answer {
+                    Ok(_) if status == reqwest::StatusCode::CREATED => {
+                        out.ok += 1;
+                        out.latencies.push(took);
+                    }
+                    Ok(bytes) => {
+                        out.failed(format!("{status}: {}", String::from_utf8_lossy(&bytes)));
+                    }
+                    Err(e) => out.failed(format!("{status}, reading the answer: {e}")),
+                }
+            }
+            Err(e) => out.failed(format!("request: {e}")),
+        }
+    }
+    out
+}
+
+async fn direct_client(
+    inventory: Inventory,
+    alone: bool,
+    client: usize,
+    seed: u64,
+    until: Instant,
+) -> Outcome {
+    let mut rng = Rng(seed);
+    let mut out = Outcome::default();
+    let mut n = 0u64;
+    while Instant::now() < until {
+        n += 1;
+        let pick = Pick::draw(&mut rng, client, n);
+        let start = Instant::now();
+        match pick.movement() {
+            Ok(m) => match if alone {
+                inventory.post_alone(&m, "bench").await
+            } else {
+                inventory.post(&m, "bench").await
+            } {
+                Ok(_) => {
+                    out.ok += 1;
+                    out.latencies.push(start.elapsed());
+                }
+                Err(e) => out.failed(format!("post: {e}")),
+            },
+            Err(e) => out.failed(format!("parse: {e}")),
+        }
+    }
+    out
+}
+
+#[derive(Debug, Clone)]
+enum Target {
+    /// POST /api/v1/movements.
+    Http(Arc<HttpSide>),
+    /// `Inventory::post` in process (SQLite: through the group committer).
+    Direct(Inventory),
+    /// `Inventory::post_alone`: one bare SQL transaction per movement.
+    Bare(Inventory),
+}
+
+/// Runs `clients` tasks on `path` for `length`; the phase's time runs until the last answer.
+async fn phase(target: &Target, clients: usize, length: Duration, round: u64) -> Outcome {
+    let start = Instant::now();
+    let until = start + length;
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let seed = round.wrapping_mul(1_000_003).wrapping_add(c as u64);
+            match target.clone() {
+                Target::Http(t) => tokio::spawn(http_client(t, c, seed, until)),
+                Target::Direct(inv) => tokio::spawn(direct_client(inv, false, c, seed, until)),
+                Target::Bare(inv) => tokio::spawn(direct_client(inv, true, c, seed, until)),
+            }
+        })
+        .collect();
+    let mut out = Outcome::default();
+    for t in tasks {
+        match t.await {
+            Ok(o) => out.absorb(o),
+            Err(e) => out.failed(format!("client task: {e}")),
+        }
+    }
+    out.elapsed = start.elapsed();
+    out
+}
+
+/// Failures over `outcomes`, and the first few of them.
+fn failures<'a>(outcomes: &[&'a Outcome]) -> (u64, Vec<&'a str>) {
+    let count = outcomes.iter().map(|o| o.errors).sum();
+    let shown = outcomes
+        .iter()
+        .flat_map(|o| o.shown.iter().map(String::as_str))
+        .take(SHOWN_ERRORS)
+        .collect();
+    (count, shown)
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+/// A fresh database: the server's configuration, and what to remove at the end.
+struct Fresh {
+    config: Config,
+    pg: Option<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+async fn fresh(b: &MovementsBench) -> Result<Fresh, MovementsBenchError> {
+    let dir =
+        tempfile::tempdir().map_err(|e| MovementsBenchError::Setup(format!("temp dir: {e}")))?;
+    let mut config = Config {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        data_dir: dir.path().join("data"),
+        ..Config::default()
+    };
+    // Every client shares one token: no per-token limit.
+    config.api.rate_limit_per_second = 0;
+    let mut pg = None;
+    match b.backend {
+        Backend::Sqlite => {
+            if let Some(url) = &b.database_url {
+                let path = url
+                    .trim_start_matches("sqlite://")
+                    .trim_start_matches("sqlite:");
+                if std::path::Path::new(path).exists() {
+                    return Err(MovementsBenchError::Setup(format!(
+                        "{path} exists; the benchmark needs a fresh file"
+                    )));
+                }
+                config.database.url = format!("sqlite://{path}");
+            }
+        }
+        Backend::Postgres => {
+            let admin = b
+                .database_url
+                .clone()
+                .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+            let mut conn = PgConnectOptions::from_str(&admin)?.connect().await?;
+            let name = format!("malaka_bench_{}", uuid::Uuid::now_v7().simple());
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut conn)
+                .await?;
+            let (path, query) = admin.split_once('?').unwrap_or((admin.as_str(), ""));
+            let base = path.rsplit_once('/').map_or(path, |(b, _)| b);
+            config.database.url = if query.is_empty() {
+                format!("{base}/{name}")
+            } else {
+                format!("{base}/{name}?{query}")
+            };
+            pg = Some((admin, name));
+        }
+    }
+    Ok(Fresh {
+        config,
+        pg,
+        _dir: dir,
+    })
+}
+
+async fn drop_database(admin: &str, name: &str) {
+    if let Ok(opts) = PgConnectOptions::from_str(admin)
+        && let Ok(mut conn) = opts.connect().await
+    {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await;
+    }
+}
+
+/// Two warehouses, the articles, and opening stock of each article in each warehouse.
+async fn catalog(inventory: &Inventory) -> Result<(), MovementsBenchError> {
+    for code in WAREHOUSES {
+        inventory
+            .create_warehouse(&WarehouseCode::parse(code)?, &format!("Bench {code}"))
+            .await?;
+    }
+    for i in 0..ARTICLES {
+        let article = NewArticle::parse(
+            &sku(i),
+            &format!("Bench article {i}"),
+            None,
+            None,
+            None,
+            None,
+            None,
+        )?;
+        inventory.create_article(&article).await?;
+        for w in WAREHOUSES {
+            let opening = NewMovement::parse(
+                "receipt",
+                &sku(i),
+                w,
+                None,
+                Decimal::from(OPENING_QTY),
+                Some(Decimal::new(1000, 2)),
+                Some("opening"),
+                None,
+            )?;
+            inventory.post(&opening, "bench").await?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the suite: `movements_per_sec`, `latency_p50_ms`, `latency_p99_ms`,
+/// `baseline_tx_per_sec`, `ratio`, `clients`, `seconds`, `errors`, and a few more.
+///
+/// # Errors
+/// The database or the server could not be set up.
+pub async fn movements_suite(b: &MovementsBench) -> Result<Figures, MovementsBenchError> {
+    if b.clients == 0 || !b.seconds.is_finite() || b.seconds <= 0.0 {
+        return Err(MovementsBenchError::Setup(
+            "--clients and --seconds must be above 0".into(),
+        ));
+    }
+    let fresh = fresh(b).await?;
+    let result = serve_and_measure(b, &fresh.config).await;
+    if let Some((admin, name)) = &fresh.pg {
+        drop_database(admin, name).await;
+    }
+    result
+}
+
+async fn serve_and_measure(
+    b: &MovementsBench,
+    config: &Config,
+) -> Result<Figures, MovementsBenchError> {
+    let app = Application::build(config).await?;
+    let addr = app
+        .local_addr()
+        .map_err(|e| MovementsBenchError::Setup(format!("server address: {e}")))?;
+    let state = app.state().clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let measured = measure(b, &state, addr).await;
+    drop(state);
+    let _ = stop.send(());
+    let finished = tokio::time::timeout(config.shutdown_timeout * 2, server)
+        .await
+        .map_err(|_| MovementsBenchError::Setup("the server did not stop in time".into()))?
+        .map_err(|e| MovementsBenchError::Setup(format!("server task: {e}")))?;
+    let figures = measured?;
+    finished?;
+    Ok(figures)
+}
+
+async fn measure(
+    b: &MovementsBench,
+    state: &crate::AppState,
+    addr: std::net::SocketAddr,
+) -> Result<Figures, MovementsBenchError> {
+    let inventory = state.inventory().clone();
+    catalog(&inventory).await?;
+    let token = state
+        .auth()
+        .tokens
+        .create("bench movements", crate::auth::Role::Admin)
+        .await
+        .map_err(|e| MovementsBenchError::Setup(format!("bench token: {e}")))?
+        .token;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(b.clients)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| MovementsBenchError::Setup(format!("HTTP client: {e}")))?;
+    let http = Target::Http(Arc::new(HttpSide {
+        client,
+        url: format!("http://{addr}/api/v1/movements"),
+        bearer: format!("Bearer {token}"),
+    }));
+    let direct = Target::Direct(inventory.clone());
+    let bare = Target::Bare(inventory);
+    let clients = b.clients;
+
+    // Warm up: connections, caches, the database file.
+    let warm_http = phase(&http, clients, WARM_UP, 1).await;
+    let warm_bare = phase(&bare, clients, WARM_UP, 2).await;
+    let warm_direct = phase(&direct, clients, WARM_UP, 6).await;
+
+    // Interleaved, so the database growing during the run weighs on every side alike.
+    let half = Duration::from_secs_f64(b.seconds / 2.0);
+    let mut over_http = phase(&http, clients, half, 3).await;
+    let mut baseline = phase(&bare, clients, half, 4).await;
+    let mut grouped = phase(&direct, clients, half, 7).await;
+    over_http.absorb(phase(&http, clients, half, 5).await);
+    baseline.absorb(phase(&bare, clients, half, 8).await);
+    grouped.absorb(phase(&direct, clients, half, 9).await);
+
+    let (http_errors, shown) = failures(&[&warm_http, &over_http]);
+    for e in shown {
+        tracing::warn!(error = %e, "a POST /api/v1/movements failed");
+    }
+    let (direct_errors, shown) = failures(&[&warm_bare, &baseline, &warm_direct, &grouped]);
+    for e in shown {
+        tracing::warn!(error = %e, "a direct posting failed");
+    }
+    let direct_rate = grouped.rate();
+
+    let (rate, base_rate) = (over_http.rate(), baseline.rate());
+    let mut lat = over_http.latencies;
+    lat.sort();
+    let mut base_lat = baseline.latencies;
+    base_lat.sort();
+    let mut f = Figures::default();
+    f.push("movements_per_sec", rate);
+    f.push("latency_p50_ms", percentile(&lat, 0.5));
+    f.push("latency_p99_ms", percentile(&lat, 0.99));
+    f.push("baseline_tx_per_sec", base_rate);
+    f.push(
+        "ratio",
+        if base_rate > 0.0 {
+            rate / base_rate
+        } else {
+            0.0
+        },
+    );
+    f.push("clients", clients as f64);
+    f.push("seconds", b.seconds);
+    f.push("errors", http_errors as f64);
+    f.push("baseline_errors", direct_errors as f64);
+    f.push("latency_max_ms", percentile(&lat, 1.0));
+    f.push("baseline_latency_p50_ms", percentile(&base_lat, 0.5));
+    f.push("baseline_latency_p99_ms", percentile(&base_lat, 0.99));
+    f.push("movements", over_http.ok as f64);
+    f.push("baseline_movements", baseline.ok as f64);
+    f.push("direct_per_sec", direct_rate);
+    f.push(
+        "http_over_direct",
+        if direct_rate > 0.0 {
+            rate / direct_rate
+        } else {
+            0.0
+        },
+    );
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_pick_parses_and_its_body_is_json() {
+        let mut rng = Rng(7);
+        for n in 0..1000 {
+            let p = Pick::draw(&mut rng, 3, n);
+            assert!(p.movement().is_ok(), "{p:?}");
+            let v: Result<serde_json::Value, _> = serde_json::from_str(&p.json());
+            assert!(v.is_ok(), "{}", p.json());
+        }
+    }
+}

@@ -1,0 +1,775 @@
+//! The inventory API under `/api/v1`: articles, warehouses, movements, balances, valuation and
+//! the ledger. Request bodies become domain values by `parse`; domain records become the API
+//! shapes below; `InventoryError` becomes an `ApiError`.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use super::json::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use malaka_inventory::{
+    AlertLevel, Article, ArticlePatch, Balance, BalanceFilter, InventoryError, Layer, LedgerFilter,
+    LedgerRow, Movement, NewArticle, NewMovement, Sku, Warehouse, WarehouseCode,
+};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{OpenApi, ToSchema};
+
+use super::ApiError;
+use super::auth::{Permission, Principal};
+use crate::app::AppState;
+
+/// The inventory part of the OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(paths(
+    create_article,
+    list_articles,
+    get_article,
+    patch_article,
+    delete_article,
+    valuation,
+    create_warehouse,
+    list_warehouses,
+    get_warehouse,
+    patch_warehouse,
+    post_movement,
+    post_batch,
+    balances,
+    ledger
+))]
+pub(super) struct ApiDoc;
+
+/// The inventory routes (relative to `/api/v1`).
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/articles", post(create_article).get(list_articles))
+        .route(
+            "/articles/{sku}",
+            get(get_article).patch(patch_article).delete(delete_article),
+        )
+        .route("/articles/{sku}/valuation", get(valuation))
+        .route("/warehouses", post(create_warehouse).get(list_warehouses))
+        .route(
+            "/warehouses/{code}",
+            get(get_warehouse).patch(patch_warehouse),
+        )
+        .route("/movements", post(post_movement))
+        .route("/movements/batch", post(post_batch))
+        .route("/balances", get(balances))
+        .route("/ledger", get(ledger))
+}
+
+impl From<InventoryError> for ApiError {
+    fn from(e: InventoryError) -> Self {
+        match e {
+            InventoryError::Invalid { field, message } => ApiError::unprocessable(field, message),
+            InventoryError::NotFound { .. } => ApiError::not_found(e.to_string()),
+            InventoryError::Conflict { code, message } => {
+                ApiError::new(StatusCode::CONFLICT, code, message)
+            }
+            InventoryError::InsufficientStock { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "insufficient_stock", e.to_string())
+                    .with_field("qty")
+            }
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+/// A decimal given as a JSON number or string.
+fn decimal(field: &str, v: &Value) -> Result<Decimal, ApiError> {
+    let parsed = match v {
+        Value::Number(n) => {
+            let s = n.to_string();
+            Decimal::from_str(&s).or_else(|_| Decimal::from_scientific(&s))
+        }
+        Value::String(s) => Decimal::from_str(s.trim()),
+        _ => {
+            return Err(ApiError::unprocessable(
+                field,
+                format!("{field} must be a number"),
+            ));
+        }
+    };
+    parsed.map_err(|_| ApiError::unprocessable(field, format!("{field} must be a decimal number")))
+}
+
+fn opt_decimal(field: &str, v: Option<&Value>) -> Result<Option<Decimal>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => decimal(field, v).map(Some),
+    }
+}
+
+fn sku(s: &str) -> Result<Sku, ApiError> {
+    Ok(Sku::parse(s)?)
+}
+
+fn code(s: &str) -> Result<WarehouseCode, ApiError> {
+    Ok(WarehouseCode::parse(s)?)
+}
+
+fn flag(q: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
+    match q.get(name).map(String::as_str) {
+        None | Some("false" | "0") => Ok(false),
+        Some("true" | "1") => Ok(true),
+        Some(_) => Err(ApiError::unprocessable(
+            name,
+            format!("{name} must be true or false"),
+        )),
+    }
+}
+
+fn limit(q: &HashMap<String, String>, default: u32, max: u32) -> Result<u32, ApiError> {
+    match q.get("limit") {
+        None => Ok(default),
+        Some(s) => s
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| ApiError::unprocessable("limit", format!("limit must be 1 to {max}"))),
+    }
+}
+
+// ---- API shapes ------------------------------------------------------------------------------
+
+#[derive(Serialize, ToSchema)]
+struct ArticleOut {
+    sku: String,
+    name: String,
+    unit: String,
+    valuation: &'static str,
+    #[schema(value_type = String, example = "12.5")]
+    min_qty: Decimal,
+    #[schema(value_type = String, example = "12.5")]
+    reorder_qty: Decimal,
+    allow_negative: bool,
+    archived: bool,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<Article> for ArticleOut {
+    fn from(a: Article) -> Self {
+        Self {
+            sku: a.sku.to_string(),
+            name: a.name,
+            unit: a.unit,
+            valuation: a.valuation.as_str(),
+            min_qty: a.min_qty.normalize(),
+            reorder_qty: a.reorder_qty.normalize(),
+            allow_negative: a.allow_negative,
+            archived: a.archived,
+            created_at: a.created_at,
+            updated_at: a.updated_at,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+struct WarehouseOut {
+    code: String,
+    name: String,
+    archived: bool,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<Warehouse> for WarehouseOut {
+    fn from(w: Warehouse) -> Self {
+        Self {
+            code: w.code.to_string(),
+            name: w.name,
+            archived: w.archived,
+            created_at: w.created_at,
+            updated_at: w.updated_at,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+struct LedgerRowOut {
+    id: i64,
+    movement_id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    sku: String,
+    warehouse: String,
+    #[schema(value_type = String, example = "12.5")]
+    qty_change: Decimal,
+    #[schema(value_type = String, example = "12.5")]
+    unit_cost: Decimal,
+    #[schema(value_type = String, example = "12.5")]
+    value_change: Decimal,
+    #[schema(value_type = String, example = "12.5")]
+    qty_after: Decimal,
+    #[schema(value_type = String, example = "12.5")]
+    value_after: Decimal,
+    #[schema(value_type = String, example = "12.5")]
+    rate_after: Decimal,
+    reference: Option<String>,
+    posted_by: String,
+    posted_at: DateTime<Utc>,
+}
+
+impl From<LedgerRow> for LedgerRowOut {
+    fn from(r: LedgerRow) -> Self {
+        Self {
+            id: r.id,
+            movement_id: r.movement_id,
+            kind: r.kind.as_str(),
+            sku: r.sku.to_string(),
+            warehouse: r.warehouse.to_string(),
+            qty_change: r.qty_change.normalize(),
+            unit_cost: r.unit_cost.normalize(),
+            value_change: r.value_change.normalize(),
+            qty_after: r.qty_after.normalize(),
+            value_after: r.value_after.normalize(),
+            rate_after: r.rate_after.normalize(),
+            reference: r.reference,
+            posted_by: r.posted_by,
+            posted_at: r.posted_at,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+struct MovementOut {
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    sku: String,
+    warehouse: String,
+    to_warehouse: Option<String>,
+    #[schema(value_type = String, example = "12.5")]
+    qty: Decimal,
+    #[schema(value_type = Option<String>, example = "12.5")]
+    unit_cost: Option<Decimal>,
+    reference: Option<String>,
+    note: Option<String>,
+    posted_by: String,
+    posted_at: DateTime<Utc>,
+    rows: Vec<LedgerRowOut>,
+}
+
+impl From<Movement> for MovementOut {
+    fn from(m: Movement) -> Self {
+        Self {
+            id: m.id,
+            kind: m.kind.as_str(),
+            sku: m.sku.to_string(),
+            warehouse: m.warehouse.to_string(),
+            to_warehouse: m.to_warehouse.map(|w| w.to_string()),
+            qty: m.qty.normalize(),
+            unit_cost: m.unit_cost.map(|c| c.normalize()),
+            reference: m.reference,
+            note: m.note,
+            posted_by: m.posted_by,
+            posted_at: m.posted_at,
+            rows: m.rows.into_iter().map(LedgerRowOut::from).collect(),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+struct LayerOut {
+    #[schema(value_type = String, example = "12.5")]
+    qty: Decimal,
+    #[schema(value_type = String, example = "12.5")]
+    rate: Decimal,
+}
+
+impl From<&Layer> for LayerOut {
+    fn from(l: &Layer) -> Self {
+        Self {
+            qty: l.qty.normalize(),
+            rate: l.rate.normalize(),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+struct BalanceOut {
+    sku: String,
+    warehouse: String,
+    #[schema(value_type = String, example = "12.5")]
+    qty: Decimal,
+    #[schema(value_type = String, example = "12.5")]
+    value: Decimal,
+    #[schema(value_type = String, example = "12.5")]
+    rate: Decimal,
+    #[schema(value_type = String, example = "12.5")]
+    min_qty: Decimal,
+    /// OUT_OF_STOCK, CRITICAL, LOW or NORMAL.
+    #[schema(value_type = String, example = "LOW")]
+    level: AlertLevel,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<&Balance> for BalanceOut {
+    fn from(b: &Balance) -> Self {
+        Self {
+            sku: b.sku.to_string(),
+            warehouse: b.warehouse.to_string(),
+            qty: b.qty.normalize(),
+            value: b.value.normalize(),
+            rate: b.rate.normalize(),
+            min_qty: b.min_qty.normalize(),
+            level: b.level,
+            updated_at: b.updated_at,
+        }
+    }
+}
+
+// ---- articles ---------------------------------------------------------------------------------
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ArticleIn {
+    sku: String,
+    name: String,
+    unit: Option<String>,
+    valuation: Option<String>,
+    /// A decimal, as a JSON number or a string.
+    #[schema(value_type = Option<String>, example = "12.5")]
+    min_qty: Option<Value>,
+    /// A decimal, as a JSON number or a string.
+    #[schema(value_type = Option<String>, example = "12.5")]
+    reorder_qty: Option<Value>,
+    allow_negative: Option<bool>,
+}
+
+#[utoipa::path(post, path = "/api/v1/articles", tag = "articles", request_body = ArticleIn, responses((status = 201, body = ArticleOut), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody), (status = 400, description = "the body is not JSON", body = super::openapi::ErrorBody), (status = 409, description = "conflict: insufficient_stock, duplicate_sku, article_archived, ...", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+async fn create_article(
+    State(state): State<AppState>,
+    principal: Principal,
+    body: Result<Json<ArticleIn>, ApiError>,
+) -> Result<Response, ApiError> {
+    principal.require(Permission::ManageCatalog)?;
+    let Json(a) = body?;
+    let new = NewArticle::parse(
+        &a.sku,
+        &a.name,
+        a.unit.as_deref(),
+        a.valuation.as_deref(),
+        opt_decimal("min_qty", a.min_qty.as_ref())?,
+        opt_decimal("reorder_qty", a.reorder_qty.as_ref())?,
+        a.allow_negative,
+    )?;
+    let article = state.inventory().create_article(&new).await?;
+    Ok((StatusCode::CREATED, Json(ArticleOut::from(article))).into_response())
+}
+
+#[derive(Serialize, ToSchema)]
+struct Page<T: ToSchema> {
+    items: Vec<T>,
+    next: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/articles", tag = "articles", params(("after" = Option<String>, Query, description = "the `next` of the previous page"), ("limit" = Option<u32>, Query, description = "1 to 1000, default 100"), ("archived" = Option<bool>, Query, description = "include archived articles")), responses((status = 200, body = Page<ArticleOut>), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+async fn list_articles(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Page<ArticleOut>>, ApiError> {
+    principal.require(Permission::Read)?;
+    let after = q.get("after").map(|s| sku(s)).transpose()?;
+    let limit = limit(&q, 100, 1000)?;
+    let items = state
+        .inventory()
+        .articles(after.as_ref(), limit, flag(&q, "archived")?)
+        .await?;
+    let next = (items.len() == limit as usize)
+        .then(|| items.last().map(|a| a.sku.to_string()))
+        .flatten();
+    Ok(Json(Page {
+        items: items.into_iter().map(ArticleOut::from).collect(),
+        next,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/articles/{sku}", tag = "articles", params(("sku" = String, Path)), responses((status = 200, body = ArticleOut), (status = 404, description = "not found", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+async fn get_article(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(s): Path<String>,
+) -> Result<Json<ArticleOut>, ApiError> {
+    principal.require(Permission::Read)?;
+    Ok(Json(state.inventory().article(&sku(&s)?).await?.into()))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ArticlePatchIn {
+    name: Option<String>,
+    unit: Option<String>,
+    valuation: Option<String>,
+    /// A decimal, as a JSON number or a string.
+    #[schema(value_type = Option<String>, example = "12.5")]
+    min_qty: Option<Value>,
+    /// A decimal, as a JSON number or a string.
+    #[schema(value_type = Option<String>, example = "12.5")]
+    reorder_qty: Option<Value>,
+    allow_negative: Option<bool>,
+    archived: Option<bool>,
+}
+
+#[utoipa::path(patch, path = "/api/v1/articles/{sku}", tag = "articles", params(("sku" = String, Path)), request_body = ArticlePatchIn, responses((status = 200, body = ArticleOut), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody), (status = 400, description = "the body is not JSON", body = super::openapi::ErrorBody), (status = 404, description = "not found", body = super::openapi::ErrorBody), (status = 409, description = "conflict: insufficient_stock, duplicate_sku, article_archived, ...", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+async fn patch_article(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(s): Path<String>,
+    body: Result<Json<ArticlePatchIn>, ApiError>,
+) -> Result<Json<ArticleOut>, ApiError> {
+    principal.require(Permission::ManageCatalog)?;
+    let sku = sku(&s)?;
+    let Json(p) = body?;
+    let patch = ArticlePatch::parse(
+        p.name.as_deref(),
+        p.unit.as_deref(),
+        p.valuation.as_deref(),
+        opt_decimal("min_qty", p.min_qty.as_ref())?,
+        opt_decimal("reorder_qty", p.reorder_qty.as_ref())?,
+        p.allow_negative,
+        p.archived,
+    )?;
+    let article = state
+        .inventory()
+        .update_article(&sku, &patch, &principal.name)
+        .await?;
+    state.balances_changed();
+    Ok(Json(article.into()))
+}
+
+#[utoipa::path(delete, path = "/api/v1/articles/{sku}", tag = "articles", params(("sku" = String, Path)), responses((status = 204, description = "deleted (it had no ledger rows)"), (status = 200, description = "archived (it has ledger rows)", body = ArticleOut), (status = 404, description = "not found", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+async fn delete_article(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(s): Path<String>,
+) -> Result<Response, ApiError> {
+    principal.require(Permission::ManageCatalog)?;
+    let archived = state.inventory().delete_article(&sku(&s)?).await?;
+    state.balances_changed();
+    Ok(match archived {
+        // It has ledger rows: kept, archived.
+        Some(a) => Json(ArticleOut::from(a)).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+#[derive(Serialize, ToSchema)]
+struct ValuationOut {
+    sku: String,
+    valuation: &'static str,
+    #[schema(value_type = String, example = "12.5")]
+    qty: Decimal,
+    #[schema(value_type = String, example = "12.5")]
+    value: Decimal,
+    warehouses: Vec<WarehouseValuation>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct WarehouseValuation {
+    warehouse: String,
+    #[schema(value_type = String, example = "12.5")]
+    qty: Decimal,
+    #[schema(value_type = String, example = "12.5")]
+    rate: Decimal,
+    #[schema(value_type = String, example = "12.5")]
+    value: Decimal,
+    layers: Vec<LayerOut>,
+}
+
+#[utoipa::path(get, path = "/api/v1/articles/{sku}/valuation", tag = "articles", params(("sku" = String, Path)), responses((status = 200, body = ValuationOut), (status = 404, description = "not found", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+async fn valuation(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(s): Path<String>,
+) -> Result<Json<ValuationOut>, ApiError> {
+    principal.require(Permission::Read)?;
+    let sku = sku(&s)?;
+    let article = state.inventory().article(&sku).await?;
+    let filter = BalanceFilter {
+        sku: Some(sku),
+        ..BalanceFilter::default()
+    };
+    let rows = state.inventory().balances(&filter).await?;
+    Ok(Json(ValuationOut {
+        sku: article.sku.to_string(),
+        valuation: article.valuation.as_str(),
+        qty: rows.iter().map(|b| b.qty).sum::<Decimal>().normalize(),
+        value: rows.iter().map(|b| b.value).sum::<Decimal>().normalize(),
+        warehouses: rows
+            .iter()
+            .map(|b| WarehouseValuation {
+                warehouse: b.warehouse.to_string(),
+                qty: b.qty.normalize(),
+                rate: b.rate.normalize(),
+                value: b.value.normalize(),
+                layers: b.layers.iter().map(LayerOut::from).collect(),
+            })
+            .collect(),
+    }))
+}
+
+// ---- warehouses -------------------------------------------------------------------------------
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct WarehouseIn {
+    code: String,
+    name: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/warehouses", tag = "warehouses", request_body = WarehouseIn, responses((status = 201, body = WarehouseOut), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody), (status = 400, description = "the body is not JSON", body = super::openapi::ErrorBody), (status = 409, description = "conflict: insufficient_stock, duplicate_sku, article_archived, ...", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+async fn create_warehouse(
+    State(state): State<AppState>,
+    principal: Principal,
+    body: Result<Json<WarehouseIn>, ApiError>,
+) -> Result<Response, ApiError> {
+    principal.require(Permission::ManageCatalog)?;
+    let Json(w) = body?;
+    let code = code(&w.code)?;
+    let warehouse = state.inventory().create_warehouse(&code, &w.name).await?;
+    Ok((StatusCode::CREATED, Json(WarehouseOut::from(warehouse))).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/warehouses", tag = "warehouses", params(("archived" = Option<bool>, Query)), responses((status = 200, body = Page<WarehouseOut>), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+async fn list_warehouses(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Page<WarehouseOut>>, ApiError> {
+    principal.require(Permission::Read)?;
+    let items = state.inventory().warehouses(flag(&q, "archived")?).await?;
+    Ok(Json(Page {
+        items: items.into_iter().map(WarehouseOut::from).collect(),
+        next: None,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/warehouses/{code}", tag = "warehouses", params(("code" = String, Path)), responses((status = 200, body = WarehouseOut), (status = 404, description = "not found", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+async fn get_warehouse(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(c): Path<String>,
+) -> Result<Json<WarehouseOut>, ApiError> {
+    principal.require(Permission::Read)?;
+    Ok(Json(state.inventory().warehouse(&code(&c)?).await?.into()))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct WarehousePatchIn {
+    name: Option<String>,
+    archived: Option<bool>,
+}
+
+#[utoipa::path(patch, path = "/api/v1/warehouses/{code}", tag = "warehouses", params(("code" = String, Path)), request_body = WarehousePatchIn, responses((status = 200, body = WarehouseOut), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody), (status = 400, description = "the body is not JSON", body = super::openapi::ErrorBody), (status = 404, description = "not found", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+async fn patch_warehouse(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(c): Path<String>,
+    body: Result<Json<WarehousePatchIn>, ApiError>,
+) -> Result<Json<WarehouseOut>, ApiError> {
+    principal.require(Permission::ManageCatalog)?;
+    let code = code(&c)?;
+    let Json(p) = body?;
+    let w = state
+        .inventory()
+        .update_warehouse(&code, p.name.as_deref(), p.archived)
+        .await?;
+    Ok(Json(w.into()))
+}
+
+// ---- movements --------------------------------------------------------------------------------
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct MovementIn {
+    #[serde(rename = "type")]
+    kind: String,
+    sku: String,
+    warehouse: String,
+    to_warehouse: Option<String>,
+    /// A decimal, as a JSON number or a string.
+    #[schema(value_type = String, example = "12.5")]
+    qty: Value,
+    /// A decimal, as a JSON number or a string.
+    #[schema(value_type = Option<String>, example = "12.5")]
+    unit_cost: Option<Value>,
+    reference: Option<String>,
+    note: Option<String>,
+}
+
+impl MovementIn {
+    fn parse(&self) -> Result<NewMovement, ApiError> {
+        Ok(NewMovement::parse(
+            &self.kind,
+            &self.sku,
+            &self.warehouse,
+            self.to_warehouse.as_deref(),
+            decimal("qty", &self.qty)?,
+            opt_decimal("unit_cost", self.unit_cost.as_ref())?,
+            self.reference.as_deref(),
+            self.note.as_deref(),
+        )?)
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/movements", tag = "movements", request_body = MovementIn, params(("Idempotency-Key" = Option<String>, Header, description = "repeat-safe posting")), responses((status = 201, body = MovementOut), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody), (status = 400, description = "the body is not JSON", body = super::openapi::ErrorBody), (status = 404, description = "not found", body = super::openapi::ErrorBody), (status = 409, description = "conflict: insufficient_stock, duplicate_sku, article_archived, ...", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+async fn post_movement(
+    State(state): State<AppState>,
+    principal: Principal,
+    body: Result<Json<MovementIn>, ApiError>,
+) -> Result<Response, ApiError> {
+    principal.require(Permission::PostMovements)?;
+    let Json(m) = body?;
+    let m = m.parse()?;
+    let posted = state.inventory().post(&m, &principal.name).await;
+    state.balances_changed();
+    Ok((StatusCode::CREATED, Json(MovementOut::from(posted?))).into_response())
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct BatchIn {
+    movements: Vec<MovementIn>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct BatchOut {
+    movements: Vec<MovementOut>,
+}
+
+#[utoipa::path(post, path = "/api/v1/movements/batch", tag = "movements", request_body = BatchIn, params(("Idempotency-Key" = Option<String>, Header)), responses((status = 201, body = BatchOut), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody), (status = 400, description = "the body is not JSON", body = super::openapi::ErrorBody), (status = 404, description = "not found", body = super::openapi::ErrorBody), (status = 409, description = "conflict: insufficient_stock, duplicate_sku, article_archived, ...", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+async fn post_batch(
+    State(state): State<AppState>,
+    principal: Principal,
+    body: Result<Json<BatchIn>, ApiError>,
+) -> Result<Response, ApiError> {
+    principal.require(Permission::PostMovements)?;
+    let Json(b) = body?;
+    if b.movements.is_empty() || b.movements.len() > malaka_inventory::MAX_BATCH {
+        return Err(ApiError::unprocessable(
+            "movements",
+            format!(
+                "a batch holds 1 to {} movements, not {}",
+                malaka_inventory::MAX_BATCH,
+                b.movements.len()
+            ),
+        ));
+    }
+    let mut parsed = Vec::with_capacity(b.movements.len());
+    for (i, m) in b.movements.iter().enumerate() {
+        parsed.push(
+            m.parse()
+                .map_err(|e| e.in_field(&format!("movements[{i}]")))?,
+        );
+    }
+    let posted = state.inventory().post_batch(&parsed, &principal.name).await;
+    state.balances_changed();
+    Ok((
+        StatusCode::CREATED,
+        Json(BatchOut {
+            movements: posted?.into_iter().map(MovementOut::from).collect(),
+        }),
+    )
+        .into_response())
+}
+
+// ---- reads ------------------------------------------------------------------------------------
+
+#[utoipa::path(get, path = "/api/v1/balances", tag = "stock", params(("sku" = Option<String>, Query), ("warehouse" = Option<String>, Query), ("level" = Option<String>, Query, description = "OUT_OF_STOCK, CRITICAL, LOW or NORMAL")), responses((status = 200, body = Page<BalanceOut>), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody), (status = 400, description = "the body is not JSON", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+async fn balances(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Page<BalanceOut>>, ApiError> {
+    principal.require(Permission::Read)?;
+    let filter = BalanceFilter {
+        sku: q.get("sku").map(|s| sku(s)).transpose()?,
+        warehouse: q
+            .get("warehouse")
+            .map(|c| WarehouseCode::parse_field("warehouse", c))
+            .transpose()?,
+        level: q
+            .get("level")
+            .map(|l| AlertLevel::from_str(&l.to_ascii_uppercase()))
+            .transpose()?,
+    };
+    let inventory = state.inventory().clone();
+    let generation = state.balance_generation();
+    let rows = state
+        .balance_cache()
+        .try_get_with((generation, filter.clone()), async move {
+            inventory.balances(&filter).await.map(Arc::new)
+        })
+        .await
+        .map_err(|e: Arc<InventoryError>| ApiError::internal(e))?;
+    Ok(Json(Page {
+        items: rows.iter().map(BalanceOut::from).collect(),
+        next: None,
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+struct LedgerOut {
+    items: Vec<LedgerRowOut>,
+    next: Option<String>,
+}
+
+fn time(field: &str, s: &str) -> Result<DateTime<Utc>, ApiError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .or_else(|_| {
+            chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc())
+        })
+        .map_err(|_| {
+            ApiError::unprocessable(
+                field,
+                format!("{field} must be an RFC 3339 time or a YYYY-MM-DD date"),
+            )
+        })
+}
+
+#[utoipa::path(get, path = "/api/v1/ledger", tag = "stock", params(("sku" = Option<String>, Query), ("warehouse" = Option<String>, Query), ("from" = Option<String>, Query, description = "RFC 3339 time or YYYY-MM-DD"), ("to" = Option<String>, Query), ("cursor" = Option<String>, Query, description = "the `next` of the previous page"), ("limit" = Option<u32>, Query)), responses((status = 200, body = LedgerOut), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody), (status = 400, description = "the body is not JSON", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+async fn ledger(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<LedgerOut>, ApiError> {
+    principal.require(Permission::Read)?;
+    let filter = LedgerFilter {
+        sku: q.get("sku").map(|s| sku(s)).transpose()?,
+        warehouse: q
+            .get("warehouse")
+            .map(|c| WarehouseCode::parse_field("warehouse", c))
+            .transpose()?,
+        from: q.get("from").map(|s| time("from", s)).transpose()?,
+        to: q.get("to").map(|s| time("to", s)).transpose()?,
+        after: q
+            .get("cursor")
+            .map(|c| {
+                c.parse::<i64>()
+                    .ok()
+                    .filter(|n| *n >= 0)
+                    .ok_or_else(|| ApiError::unprocessable("cursor", "cursor is not valid"))
+            })
+            .transpose()?,
+        limit: Some(limit(&q, 100, 1000)?),
+    };
+    let page = state.inventory().ledger(&filter).await?;
+    Ok(Json(LedgerOut {
+        items: page.rows.into_iter().map(LedgerRowOut::from).collect(),
+        next: page.next.map(|n| n.to_string()),
+    }))
+}

@@ -1,0 +1,117 @@
+//! `/api/v1/tokens`: create (the secret is shown once), list (no secrets) and revoke API tokens.
+//! Admin only (`manage_tokens`).
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
+
+use super::ApiError;
+use super::json::Json;
+use crate::app::AppState;
+use crate::auth::{Permission, Principal, Role, TokenInfo};
+
+/// The token part of the OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(paths(create, list, revoke))]
+pub(super) struct ApiDoc;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/tokens", get(list).post(create))
+        .route("/tokens/{id}", delete(revoke))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreateToken {
+    #[serde(default)]
+    name: String,
+    /// admin, manager, clerk or viewer.
+    #[serde(default)]
+    role: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct Created {
+    id: i64,
+    name: String,
+    #[schema(value_type = String, example = "clerk")]
+    role: Role,
+    created_at: DateTime<Utc>,
+    /// The secret: shown in this answer only.
+    token: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct TokenList {
+    /// id, name, role, created_at, last_used_at: never the secret.
+    #[schema(value_type = Vec<Object>)]
+    tokens: Vec<TokenInfo>,
+}
+
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = CreateToken, responses((status = 201, description = "the token, shown once", body = Created), (status = 422, body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "not an admin", body = super::openapi::ErrorBody)))]
+async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    body: Result<Json<CreateToken>, ApiError>,
+) -> Result<(StatusCode, Json<Created>), ApiError> {
+    principal.require(Permission::ManageTokens)?;
+    let Json(body) = body?;
+    let name =
+        crate::auth::check_name(&body.name).map_err(|m| ApiError::unprocessable("name", m))?;
+    let role: Role = body
+        .role
+        .parse()
+        .map_err(|e: crate::auth::UnknownRole| ApiError::unprocessable("role", e.to_string()))?;
+    let new = state.auth().tokens.create(name, role).await?;
+    tracing::info!(
+        token_id = new.info.id,
+        name = %new.info.name,
+        role = %role,
+        by = principal.id,
+        "token created"
+    );
+    Ok((
+        StatusCode::CREATED,
+        Json(Created {
+            id: new.info.id,
+            name: new.info.name,
+            role: new.info.role,
+            created_at: new.info.created_at,
+            token: new.token,
+        }),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", responses((status = 200, body = TokenList), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "not an admin", body = super::openapi::ErrorBody)))]
+async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<TokenList>, ApiError> {
+    principal.require(Permission::ManageTokens)?;
+    Ok(Json(TokenList {
+        tokens: state.auth().tokens.list().await?,
+    }))
+}
+
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens", params(("id" = i64, Path)), responses((status = 204, description = "revoked"), (status = 404, body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "not an admin", body = super::openapi::ErrorBody)))]
+async fn revoke(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    principal.require(Permission::ManageTokens)?;
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::not_found(format!("no token {id}")))?;
+    if state.auth().tokens.revoke(id).await? {
+        tracing::info!(token_id = id, by = principal.id, "token revoked");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no token {id}")))
+    }
+}
