@@ -39,6 +39,7 @@ conformance! {
     case_two_workers_drain => sqlite_two_workers_drain, postgres_two_workers_drain;
     case_cancel_stays_in_its_database => sqlite_cancel_stays_in_its_database, postgres_cancel_stays_in_its_database;
     case_idle_worker_takes_new_jobs => sqlite_idle_worker_takes_new_jobs, postgres_idle_worker_takes_new_jobs;
+    case_completed_jobs_deleted_unless_kept => sqlite_completed_jobs_deleted_unless_kept, postgres_completed_jobs_deleted_unless_kept;
 }
 
 /// The queue the workers in these tests work.
@@ -1643,4 +1644,54 @@ async fn case_idle_worker_takes_new_jobs(b: &Backend) {
     let j = b.job(orphan.id).await;
     assert_eq!(j.state, JobState::Available, "{j:?}");
     assert_eq!((j.attempt, j.locked_by), (0, None));
+}
+
+// 16. ------------------------------------------------------------------------------------------
+
+/// A storage that does not keep completed jobs deletes each as it completes; failed jobs stay
+/// (discarded, with their errors) for inspection and retry, and a job that fails once and then
+/// succeeds is deleted when it succeeds.
+async fn case_completed_jobs_deleted_unless_kept(b: &Backend) {
+    let storage = b.storage_keeping_completed(false).await;
+    let queue = malaka_jobs::Queue::new(Arc::clone(&storage));
+    let fast = JobOptions::default().backoff(
+        RetryPolicy::new(u32::MAX)
+            .initial_delay(ms(10))
+            .max_delay(ms(20)),
+    );
+    let registry = Registry::new()
+        .register_fn("ok", JobOptions::default(), |_, _| async { Ok(()) })
+        .register_fn("bad", fast.clone(), |_, _| async {
+            Err(JobError::permanent("no such sku"))
+        })
+        .register_fn("flaky", fast, |_, ctx: JobContext| async move {
+            if ctx.attempt == 1 {
+                Err(JobError::retryable("first try fails"))
+            } else {
+                Ok(())
+            }
+        });
+    let worker = Worker::start(Arc::clone(&storage), registry, worker_config(4))
+        .await
+        .expect("worker starts");
+    let ok = queue.enqueue(new_job("ok")).await.unwrap().id;
+    let bad = queue.enqueue(new_job("bad")).await.unwrap().id;
+    let flaky = queue.enqueue(new_job("flaky")).await.unwrap().id;
+    for id in [ok, flaky] {
+        let s = &storage;
+        wait_for(
+            "the completed job to be deleted",
+            Duration::from_secs(5),
+            || async move { s.get(id).await.unwrap().is_none() },
+        )
+        .await;
+    }
+    let failed = wait_state(b, bad, JobState::Discarded, Duration::from_secs(5)).await;
+    assert_eq!(failed.errors.len(), 1, "{failed:?}");
+    assert!(failed.errors[0].error.contains("no such sku"), "{failed:?}");
+    let stats = queue.stats().await.unwrap();
+    let q = stats.iter().find(|s| s.queue == Q).expect("queue stats");
+    assert_eq!(q.count(JobState::Completed), 0);
+    assert_eq!(q.count(JobState::Discarded), 1);
+    worker.shutdown().await;
 }

@@ -213,7 +213,7 @@ impl Application {
                 .to_pool_config("events", config.shutdown_timeout),
         )?;
         let bus = EventBus::new(events.clone());
-        let jobs = Queue::new(db.job_storage());
+        let jobs = Queue::new(db.job_storage(&config.jobs));
         let inventory = db.inventory();
         let ttl = match &db {
             Database::Sqlite(_) => Duration::from_secs(300),

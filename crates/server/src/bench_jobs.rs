@@ -44,6 +44,8 @@ pub struct JobsBench {
     pub prefetch: Option<usize>,
     /// SQLite `synchronous=FULL` instead of the job store's `NORMAL`.
     pub sqlite_synchronous_full: bool,
+    /// Keep completed jobs (a non-zero `completed_retention`) instead of deleting them.
+    pub keep_completed: bool,
 }
 
 /// Why the suite failed.
@@ -106,7 +108,9 @@ async fn fresh(b: &JobsBench) -> Result<Fresh, JobsBenchError> {
                 .await?;
             malaka_jobs::sqlite::migrate(&pool).await?;
             Ok(Fresh {
-                storage: Arc::new(malaka_jobs::SqliteStorage::new(pool)),
+                storage: Arc::new(
+                    malaka_jobs::SqliteStorage::new(pool).keep_completed(b.keep_completed),
+                ),
                 cleanup: None,
                 _dir: dir,
             })
@@ -128,7 +132,9 @@ async fn fresh(b: &JobsBench) -> Result<Fresh, JobsBenchError> {
                 .await?;
             malaka_jobs::postgres::migrate(&pool).await?;
             Ok(Fresh {
-                storage: Arc::new(malaka_jobs::PgStorage::new(pool)),
+                storage: Arc::new(
+                    malaka_jobs::PgStorage::new(pool).keep_completed(b.keep_completed),
+                ),
                 cleanup: Some((admin, name)),
                 _dir: None,
             })

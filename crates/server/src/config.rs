@@ -192,7 +192,9 @@ pub struct JobsConfig {
     /// `LISTEN/NOTIFY` and SQLite commit hooks wake it at once otherwise).
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
-    /// Completed jobs are deleted this long after they finished.
+    /// Completed jobs are deleted this long after they finished; zero (the default) deletes
+    /// each as it completes, which costs the database least. Discarded and cancelled jobs are
+    /// kept (`failed_retention`) for inspection and retry either way.
     #[serde(with = "humantime_serde")]
     pub completed_retention: Duration,
     /// Discarded and cancelled jobs are deleted this long after they finished.
@@ -212,7 +214,7 @@ impl Default for JobsConfig {
             )]),
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(2),
-            completed_retention: Duration::from_secs(24 * 3600),
+            completed_retention: Duration::ZERO,
             failed_retention: Duration::from_secs(7 * 24 * 3600),
             rescue_every: Duration::from_secs(5),
         }
@@ -450,7 +452,7 @@ mod tests {
             let c = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
             assert_eq!(c.jobs.lease, Duration::from_secs(30));
             assert_eq!(c.jobs.poll_interval, Duration::from_secs(2));
-            assert_eq!(c.jobs.completed_retention, Duration::from_secs(24 * 3600));
+            assert_eq!(c.jobs.completed_retention, Duration::ZERO);
             assert_eq!(c.jobs.failed_retention, Duration::from_secs(7 * 24 * 3600));
             assert_eq!(c.jobs.rescue_every, Duration::from_secs(5));
             assert_eq!(c.jobs.queues.len(), 1);

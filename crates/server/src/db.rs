@@ -168,7 +168,9 @@ impl Database {
     }
 
     /// The job queue's storage over this database's pool (migrated by [`Self::migrate`]).
-    pub fn job_storage(&self) -> Arc<dyn malaka_jobs::Storage> {
+    pub fn job_storage(&self, jobs: &crate::config::JobsConfig) -> Arc<dyn malaka_jobs::Storage> {
+        // A zero retention deletes completed jobs as they complete (the cheaper write).
+        let keep = !jobs.completed_retention.is_zero();
         match self {
             Self::Sqlite(pool) => {
                 // The job store gets connections of its own on the same file: without commit
@@ -186,9 +188,11 @@ impl Database {
                     .test_before_acquire(false)
                     .acquire_timeout(Duration::from_secs(10))
                     .connect_lazy_with(opts);
-                Arc::new(malaka_jobs::SqliteStorage::new(jobs_pool))
+                Arc::new(malaka_jobs::SqliteStorage::new(jobs_pool).keep_completed(keep))
             }
-            Self::Postgres(pool) => Arc::new(malaka_jobs::PgStorage::new(pool.clone())),
+            Self::Postgres(pool) => {
+                Arc::new(malaka_jobs::PgStorage::new(pool.clone()).keep_completed(keep))
+            }
         }
     }
 

@@ -178,7 +178,12 @@ pub async fn run_worker(
 ) -> Result<(), ServerError> {
     let db = Database::connect(&config.database_url(), &config.database).await?;
     db.migrate().await?;
-    let runner = JobRunner::start(db.job_storage(), &config.jobs, config.shutdown_timeout).await?;
+    let runner = JobRunner::start(
+        db.job_storage(&config.jobs),
+        &config.jobs,
+        config.shutdown_timeout,
+    )
+    .await?;
     tracing::info!(
         worker = runner.worker_id(),
         database = db.backend().as_str(),

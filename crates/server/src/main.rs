@@ -262,6 +262,10 @@ struct BenchArgs {
     /// or `full` (every commit fsynced, as the ledger's connections run).
     #[arg(long, default_value = "normal")]
     sqlite_synchronous: String,
+    /// jobs suite: keep completed jobs in the table, as a non-zero `jobs.completed_retention`
+    /// does (default: deleted as they complete, the server's default).
+    #[arg(long)]
+    keep_completed: bool,
     /// movements suite: concurrent HTTP clients (and direct posting tasks).
     #[arg(long, default_value_t = 32)]
     clients: usize,
@@ -411,6 +415,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         workers: args.workers,
                         samples: if quick { 20 } else { args.samples },
                         prefetch: args.prefetch,
+                        keep_completed: args.keep_completed,
                         sqlite_synchronous_full: match args.sqlite_synchronous.as_str() {
                             "full" => true,
                             "normal" => false,

@@ -19,12 +19,23 @@ use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_malaka");
 
+/// These tests look at completed jobs, which the default configuration deletes as they complete.
+const KEEP_COMPLETED: &str = "1h";
+
+fn keeping_completed() -> malaka::config::JobsConfig {
+    malaka::config::JobsConfig {
+        completed_retention: Duration::from_secs(3600),
+        ..Default::default()
+    }
+}
+
 /// Runs `malaka <args>` in `dir` and returns its output.
 fn malaka(dir: &Path, args: &[&str]) -> Output {
     Command::new(BIN)
         .current_dir(dir)
         .args(args)
         .env_remove("RUST_LOG")
+        .env("MALAKA_JOBS__COMPLETED_RETENTION", KEEP_COMPLETED)
         .output()
         .expect("run malaka")
 }
@@ -92,6 +103,7 @@ impl WorkerProcess {
             .current_dir(dir)
             .args(["--log-format", "json", "worker"])
             .env("RUST_LOG", "info")
+            .env("MALAKA_JOBS__COMPLETED_RETENTION", KEEP_COMPLETED)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -463,7 +475,7 @@ async fn sqlite_worker_runs_what_the_cli_enqueues_and_exits_zero_on_sigterm() {
     )
     .await
     .unwrap();
-    let queue = &Queue::new(db.job_storage());
+    let queue = &Queue::new(db.job_storage(&keeping_completed()));
     eventually(
         Duration::from_secs(20),
         "four jobs finished",
@@ -523,7 +535,7 @@ async fn a_worker_stopped_mid_job_exits_zero_in_time_and_gives_the_job_back() {
     )
     .await
     .unwrap();
-    let queue = &Queue::new(db.job_storage());
+    let queue = &Queue::new(db.job_storage(&keeping_completed()));
     eventually(Duration::from_secs(20), "the job runs", || async move {
         (job(queue, 1).await.state == JobState::Running).then_some(())
     })
@@ -548,7 +560,9 @@ async fn a_worker_stopped_mid_job_exits_zero_in_time_and_gives_the_job_back() {
 
 #[tokio::test]
 async fn serve_runs_jobs_and_reports_queue_gauges() {
-    let app = common::spawn_app().await;
+    let app = common::spawn_app_with(common::Backend::Sqlite, |c| c.jobs = keeping_completed())
+        .await
+        .unwrap();
     let queue = app.state.jobs();
     // Enqueued through the state: the commit hook wakes the in-process worker at once.
     let quick = queue
@@ -630,7 +644,7 @@ async fn fresh_queue() -> Option<(String, String, Database, Queue)> {
         .await
         .unwrap();
     db.migrate().await.unwrap();
-    let queue = Queue::new(db.job_storage());
+    let queue = Queue::new(db.job_storage(&keeping_completed()));
     Some((url, name, db, queue))
 }
 

@@ -43,6 +43,7 @@ pub async fn migrate(pool: &PgPool) -> Result<(), JobsError> {
 pub struct PgStorage {
     pool: PgPool,
     worker_pool: PgPool,
+    keep_completed: bool,
 }
 
 impl PgStorage {
@@ -57,7 +58,20 @@ impl PgStorage {
             // which the worker retries, instead of costing every statement a round trip.
             .test_before_acquire(false)
             .connect_lazy_with(opts);
-        Self { pool, worker_pool }
+        Self {
+            pool,
+            worker_pool,
+            keep_completed: true,
+        }
+    }
+
+    /// Whether a completed job stays in the table (state `completed`, until the pruner's
+    /// retention) or is deleted as it completes (default: kept). Deleting is what
+    /// graphile-worker and Sidekiq do and is cheaper: no new row version, no index entries.
+    #[must_use]
+    pub fn keep_completed(mut self, keep: bool) -> Self {
+        self.keep_completed = keep;
+        self
     }
 
     /// The pool.
@@ -411,25 +425,38 @@ impl Storage for PgStorage {
             .filter(|f| f.outcome == Outcome::Completed)
             .map(|f| (f.id, f.attempt))
             .unzip();
-        let mut tx = self.worker_pool.begin().await?;
-        if !ids.is_empty() {
-            changed += sqlx::query(
-                "UPDATE malaka_jobs j SET state = 'completed', finished_at = now(), \
-                        lease_expires_at = NULL \
-                 FROM unnest($1::bigint[], $2::int[]) AS c(id, attempt) \
-                 WHERE j.id = c.id AND j.attempt = c.attempt AND j.state = 'running'",
-            )
-            .bind(&ids)
-            .bind(&attempts)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        }
         let others: Vec<&Finish> = batch
             .iter()
             .filter(|f| f.outcome != Outcome::Completed)
             .collect();
-        if !others.is_empty() {
+        let completed = if self.keep_completed {
+            "UPDATE malaka_jobs j SET state = 'completed', finished_at = now(), \
+                    lease_expires_at = NULL \
+             FROM unnest($1::bigint[], $2::int[]) AS c(id, attempt) \
+             WHERE j.id = c.id AND j.attempt = c.attempt AND j.state = 'running'"
+        } else {
+            "DELETE FROM malaka_jobs j USING unnest($1::bigint[], $2::int[]) AS c(id, attempt) \
+             WHERE j.id = c.id AND j.attempt = c.attempt AND j.state = 'running'"
+        };
+        if others.is_empty() {
+            // Completions only (the common batch): one autocommit statement.
+            return Ok(sqlx::query(completed)
+                .bind(&ids)
+                .bind(&attempts)
+                .execute(&self.worker_pool)
+                .await?
+                .rows_affected());
+        }
+        let mut tx = self.worker_pool.begin().await?;
+        if !ids.is_empty() {
+            changed += sqlx::query(completed)
+                .bind(&ids)
+                .bind(&attempts)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        {
             let mut ids = Vec::new();
             let mut attempts = Vec::new();
             let mut states = Vec::new();

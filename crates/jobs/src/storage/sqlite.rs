@@ -106,6 +106,7 @@ pub struct SqliteStorage {
     writer: Arc<tokio::sync::Mutex<Option<SqliteConnection>>>,
     /// The database file: it scopes this storage's wake-ups.
     db: Arc<str>,
+    keep_completed: bool,
 }
 
 /// The writer connection, held.
@@ -124,7 +125,16 @@ impl SqliteStorage {
             pool,
             writer: Arc::new(tokio::sync::Mutex::new(None)),
             db: db.to_string_lossy().into(),
+            keep_completed: true,
         }
+    }
+
+    /// Whether a completed job stays in the table (state `completed`, until the pruner's
+    /// retention) or is deleted as it completes (default: kept).
+    #[must_use]
+    pub fn keep_completed(mut self, keep: bool) -> Self {
+        self.keep_completed = keep;
+        self
     }
 
     /// The writer connection, connected on first use (and again after it failed).
@@ -584,11 +594,14 @@ impl Storage for SqliteStorage {
             .map(|f| (f.id, f.attempt))
             .collect();
         if !completed.is_empty() {
-            changed += sqlx::query(
+            changed += sqlx::query(if self.keep_completed {
                 "UPDATE malaka_jobs SET state = 'completed', finished_at = ?1, lease_expires_at = NULL \
                  WHERE state = 'running' AND (id, attempt) IN \
-                       (SELECT value ->> 0, value ->> 1 FROM json_each(?2))",
-            )
+                       (SELECT value ->> 0, value ->> 1 FROM json_each(?2))"
+            } else {
+                "DELETE FROM malaka_jobs WHERE ?1 IS NOT NULL AND state = 'running' AND (id, attempt) IN \
+                       (SELECT value ->> 0, value ->> 1 FROM json_each(?2))"
+            })
             .bind(micros(now))
             .bind(pairs_json(completed.into_iter())?)
             .execute(&mut *conn)

@@ -202,6 +202,11 @@ impl Backend {
 
     /// Another storage over the same database through a pool of its own (a second "node").
     pub async fn another_storage(&self) -> Arc<dyn Storage> {
+        self.storage_keeping_completed(true).await
+    }
+
+    /// Another storage over the same database that keeps completed jobs or deletes them.
+    pub async fn storage_keeping_completed(&self, keep: bool) -> Arc<dyn Storage> {
         match &self.db {
             Db::Sqlite(_, path) => {
                 let pool = sqlite_pool(path).await;
@@ -209,7 +214,7 @@ impl Backend {
                     .lock()
                     .unwrap()
                     .push(Db::Sqlite(pool.clone(), path.clone()));
-                Arc::new(SqliteStorage::new(pool))
+                Arc::new(SqliteStorage::new(pool).keep_completed(keep))
             }
             Db::Postgres(_, url) => {
                 let pool = pg_pool(url).await;
@@ -217,7 +222,7 @@ impl Backend {
                     .lock()
                     .unwrap()
                     .push(Db::Postgres(pool.clone(), url.clone()));
-                Arc::new(PgStorage::new(pool))
+                Arc::new(PgStorage::new(pool).keep_completed(keep))
             }
         }
     }

@@ -13,7 +13,7 @@ use crate::db::{Database, DbError};
 pub async fn open(config: &Config) -> Result<(Database, Queue), DbError> {
     let db = Database::connect(&config.database_url(), &config.database).await?;
     db.migrate().await?;
-    let queue = Queue::new(db.job_storage());
+    let queue = Queue::new(db.job_storage(&config.jobs));
     Ok((db, queue))
 }
 

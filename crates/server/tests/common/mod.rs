@@ -72,6 +72,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub state: AppState,
     pub backend: Backend,
+    /// The database it runs on, as `--database-url` takes it.
+    pub database_url: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), malaka::ServerError>>>,
     pg_database: Option<String>,
@@ -188,6 +190,7 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -
         pg_database = Some(name);
     }
     tweak(&mut config);
+    let database_url = config.database_url();
     let app = Application::build(&config).await.expect("app builds");
     let addr = app.local_addr().expect("addr");
     let state = app.state().clone();
@@ -200,6 +203,7 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -
         client: reqwest::Client::new(),
         state,
         backend,
+        database_url,
         stop: Some(tx),
         task: Some(task),
         pg_database,
