@@ -23,12 +23,17 @@
 //! ```
 
 mod error;
+mod events;
 mod group;
 mod store;
 mod types;
 mod valuation;
 
 pub use error::InventoryError;
+pub use events::{
+    Alert, AlertAction, AlertChange, AlertFilter, Alerts, EventPool, LevelChange, Outbox,
+    Published, SweepReport, TOPIC_ALERT,
+};
 pub use store::{
     Discrepancy, Inventory, LedgerPage, MAX_BATCH, OutboxEvent, TOPIC_LEVEL_CHANGED,
     TOPIC_MOVEMENT_POSTED, VerifyReport,

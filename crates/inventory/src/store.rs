@@ -82,6 +82,8 @@ pub struct Inventory {
     db: Db,
     /// SQLite postings go through one group committer (see [`crate::group`]).
     committer: Option<crate::group::Committer>,
+    /// Told after every commit that wrote outbox events (see [`Self::outbox_written`]).
+    written: std::sync::Arc<tokio::sync::Notify>,
 }
 
 #[derive(Debug, Clone)]
@@ -109,6 +111,7 @@ impl Inventory {
         Self {
             committer: Some(crate::group::Committer::new(pool.clone())),
             db: Db::Sqlite(pool),
+            written: std::sync::Arc::default(),
         }
     }
 
@@ -118,6 +121,7 @@ impl Inventory {
         Self {
             db: Db::Postgres(pool),
             committer: None,
+            written: std::sync::Arc::default(),
         }
     }
 
@@ -180,7 +184,17 @@ impl Inventory {
         patch: &ArticlePatch,
         by: &str,
     ) -> Result<Article, InventoryError> {
-        dispatch!(self.update_article(sku, patch, by))
+        let out = dispatch!(self.update_article(sku, patch, by))?;
+        if patch.min_qty.is_some() {
+            self.written.notify_one();
+        }
+        Ok(out)
+    }
+
+    /// Notified (one stored permit) after every commit of this process that wrote outbox
+    /// events: postings and `min_qty` changes. The outbox relay waits on it.
+    pub fn outbox_written(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        std::sync::Arc::clone(&self.written)
     }
 
     /// Deletes an article without ledger rows; archives one with ledger rows. Returns the
@@ -276,10 +290,12 @@ impl Inventory {
                 format!("a batch holds 1 to {MAX_BATCH} movements"),
             ));
         }
-        match &self.committer {
+        let out = match &self.committer {
             Some(c) => c.post(ms.to_vec(), by.to_owned()).await,
             None => dispatch!(self.post_batch(ms, by)),
-        }
+        }?;
+        self.written.notify_one();
+        Ok(out)
     }
 
     /// Balances matching `filter`, by article and warehouse.
@@ -296,6 +312,14 @@ impl Inventory {
     /// A database error.
     pub async fn ledger(&self, filter: &LedgerFilter) -> Result<LedgerPage, InventoryError> {
         dispatch!(self.ledger(filter))
+    }
+
+    /// The newest ledger rows, newest first (1 to 1000).
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn recent_ledger(&self, limit: u32) -> Result<Vec<LedgerRow>, InventoryError> {
+        dispatch!(self.recent_ledger(limit))
     }
 
     /// Outbox events after `after`, at most `limit`, oldest first.
@@ -1250,6 +1274,21 @@ macro_rules! backend {
                     None
                 };
                 Ok(LedgerPage { rows, next })
+            }
+
+            pub(crate) async fn recent_ledger(
+                pool: &$pool,
+                limit: u32,
+            ) -> Result<Vec<LedgerRow>, InventoryError> {
+                let rows = sqlx::query(
+                    "SELECT id, movement_id, kind, sku, warehouse, qty_change, unit_cost, value_change, \
+                            qty_after, value_after, rate_after, reference, posted_by, posted_at \
+                     FROM inv_ledger ORDER BY id DESC LIMIT $1",
+                )
+                .bind(i64::from(limit.clamp(1, 1000)))
+                .fetch_all(pool)
+                .await?;
+                rows.iter().map(ledger_of).collect()
             }
 
             pub(crate) async fn outbox(

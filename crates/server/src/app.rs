@@ -66,6 +66,7 @@ struct Inner {
     installation_id: String,
     shutting_down: AtomicBool,
     auth: Auth,
+    live: crate::live::Live,
 }
 
 /// What every request handler can reach. Cheap to clone.
@@ -135,6 +136,10 @@ impl AppState {
     /// API tokens and the per-token rate limit.
     pub fn auth(&self) -> &Auth {
         &self.inner.auth
+    }
+    /// Live events: alerts, the WebSocket hub, the outbox relay.
+    pub fn live(&self) -> &crate::live::Live {
+        &self.inner.live
     }
     /// Whether shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
@@ -231,6 +236,7 @@ impl Application {
                     source,
                 })?;
         let auth = Auth::new(db.clone(), &config.api);
+        let live = crate::live::Live::new(&db, &inventory, &config.live).await?;
         let state = AppState {
             inner: Arc::new(Inner {
                 auth,
@@ -246,6 +252,7 @@ impl Application {
                 metrics: telemetry::metrics_handle(),
                 installation_id,
                 shutting_down: AtomicBool::new(false),
+                live,
             }),
         };
         Ok(Self {
@@ -288,6 +295,7 @@ impl Application {
         let runner =
             JobRunner::start(Arc::clone(state.jobs().storage()), &jobs, shutdown_timeout).await?;
         *lock(&state.inner.job_pools) = runner.pools().to_vec();
+        state.live().start(state.bus(), state.jobs());
         let stop = CancellationToken::new();
         let app = crate::http::router(state.clone());
         let serve =
@@ -309,14 +317,18 @@ impl Application {
         tracing::info!(timeout = ?shutdown_timeout, "shutting down: no new connections, draining");
         state.inner.shutting_down.store(true, Ordering::Release);
         stop.cancel();
-        if failed.is_none()
-            && tokio::time::timeout_at(deadline, &mut server)
-                .await
-                .is_err()
-        {
-            tracing::warn!("requests still open at the shutdown deadline; closing them");
-            server.abort();
-        }
+        // WebSocket clients are told the server is going away; the relay stops between events.
+        let http = async {
+            if failed.is_none()
+                && tokio::time::timeout_at(deadline, &mut server)
+                    .await
+                    .is_err()
+            {
+                tracing::warn!("requests still open at the shutdown deadline; closing them");
+                server.abort();
+            }
+        };
+        tokio::join!(state.live().shutdown(), http);
         let remaining = deadline.saturating_duration_since(Instant::now());
         let pools =
             futures::future::join_all(

@@ -74,24 +74,33 @@ pub enum Permission {
     ManageCatalog,
     /// Create, list and revoke API tokens.
     ManageTokens,
+    /// Acknowledge stock alerts.
+    AckAlerts,
+    /// Retry and cancel jobs.
+    ManageJobs,
 }
 
 impl Permission {
     /// Every permission.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 6] = [
         Self::Read,
         Self::PostMovements,
         Self::ManageCatalog,
         Self::ManageTokens,
+        Self::AckAlerts,
+        Self::ManageJobs,
     ];
 
-    /// `read`, `post_movements`, `manage_catalog` or `manage_tokens`.
+    /// `read`, `post_movements`, `manage_catalog`, `manage_tokens`, `ack_alerts` or
+    /// `manage_jobs`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Read => "read",
             Self::PostMovements => "post_movements",
             Self::ManageCatalog => "manage_catalog",
             Self::ManageTokens => "manage_tokens",
+            Self::AckAlerts => "ack_alerts",
+            Self::ManageJobs => "manage_jobs",
         }
     }
 }
@@ -118,11 +127,14 @@ impl Role {
 
     /// Whether this role grants `permission`.
     pub fn allows(self, permission: Permission) -> bool {
-        use Permission::{ManageCatalog, PostMovements, Read};
+        use Permission::{AckAlerts, ManageCatalog, ManageJobs, PostMovements, Read};
         match self {
             Self::Admin => true,
-            Self::Manager => matches!(permission, Read | PostMovements | ManageCatalog),
-            Self::Clerk => matches!(permission, Read | PostMovements),
+            Self::Manager => matches!(
+                permission,
+                Read | PostMovements | ManageCatalog | AckAlerts | ManageJobs
+            ),
+            Self::Clerk => matches!(permission, Read | PostMovements | AckAlerts),
             Self::Viewer => matches!(permission, Read),
         }
     }
@@ -393,6 +405,26 @@ impl TokenStore {
         }
     }
 
+    /// The principal of token `id`, or `None` when it is unknown or revoked (for a WebSocket
+    /// ticket, which names the token it was issued to).
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn principal(&self, id: i64) -> Result<Option<Principal>, DbError> {
+        const SQL: &str =
+            "SELECT id, name, role FROM malaka_tokens WHERE id = $1 AND revoked_at IS NULL";
+        let row: Option<(i64, String, String)> = on_pool!(&self.db, pool => {
+            sqlx::query_as(SQL).bind(id).fetch_optional(pool).await?
+        });
+        row.map(|(id, name, role)| {
+            let role = role.parse().map_err(|e: UnknownRole| {
+                DbError::Sqlx(sqlx::Error::Decode(format!("token {id}: {e}").into()))
+            })?;
+            Ok(Principal { id, name, role })
+        })
+        .transpose()
+    }
+
     /// Who `token` is, or `None` when it is malformed, unknown or revoked. A hit in the cache
     /// asks nothing of the database; a miss also records `last_used_at`.
     ///
@@ -584,18 +616,14 @@ mod tests {
 
     #[test]
     fn role_permission_matrix() {
-        use Permission::{ManageCatalog, ManageTokens, PostMovements, Read};
         let expected = [
-            (Role::Admin, [true, true, true, true]),
-            (Role::Manager, [true, true, true, false]),
-            (Role::Clerk, [true, true, false, false]),
-            (Role::Viewer, [true, false, false, false]),
+            (Role::Admin, [true, true, true, true, true, true]),
+            (Role::Manager, [true, true, true, false, true, true]),
+            (Role::Clerk, [true, true, false, false, true, false]),
+            (Role::Viewer, [true, false, false, false, false, false]),
         ];
         for (role, allowed) in expected {
-            for (p, want) in [Read, PostMovements, ManageCatalog, ManageTokens]
-                .into_iter()
-                .zip(allowed)
-            {
+            for (p, want) in Permission::ALL.into_iter().zip(allowed) {
                 assert_eq!(role.allows(p), want, "{role} {p}");
             }
         }

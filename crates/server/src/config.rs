@@ -30,6 +30,46 @@ pub struct Config {
     pub jobs: JobsConfig,
     /// The HTTP API (`/api/v1`): per-token rate limits.
     pub api: ApiConfig,
+    /// Live events: the outbox relay, the stock alert sweep and WebSocket clients.
+    pub live: LiveConfig,
+}
+
+/// The outbox relay, the alert sweep and the WebSocket hub.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LiveConfig {
+    /// How often the sweep recomputes alert levels from the balances and repairs alerts the
+    /// event path missed (0: never).
+    #[serde(with = "humantime_serde")]
+    pub sweep_every: Duration,
+    /// Published events are kept this long, for WebSocket clients resuming with `since`.
+    #[serde(with = "humantime_serde")]
+    pub outbox_retention: Duration,
+    /// How often the relay and each hub look for events when no wake-up arrives.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How often the server pings each WebSocket client; a client silent for two of these is
+    /// dropped.
+    #[serde(with = "humantime_serde")]
+    pub ws_ping_interval: Duration,
+    /// Messages waiting for one WebSocket client before it is closed as lagged.
+    pub ws_buffer: usize,
+    /// Lifetime of a ticket from `POST /api/v1/ws/ticket`.
+    #[serde(with = "humantime_serde")]
+    pub ws_ticket_ttl: Duration,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        Self {
+            sweep_every: Duration::from_secs(60),
+            outbox_retention: Duration::from_secs(7 * 24 * 3600),
+            poll_interval: Duration::from_secs(1),
+            ws_ping_interval: Duration::from_secs(20),
+            ws_buffer: 1024,
+            ws_ticket_ttl: Duration::from_secs(60),
+        }
+    }
 }
 
 impl Default for Config {
@@ -43,6 +83,7 @@ impl Default for Config {
             pools: PoolsConfig::default(),
             jobs: JobsConfig::default(),
             api: ApiConfig::default(),
+            live: LiveConfig::default(),
         }
     }
 }

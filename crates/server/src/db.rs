@@ -201,20 +201,75 @@ impl Database {
     /// # Errors
     /// A database error.
     pub async fn installation_id(&self) -> Result<String, DbError> {
-        let fresh = uuid::Uuid::now_v7().to_string();
-        const INSERT: &str = "INSERT INTO malaka_meta (key, value) VALUES ('installation_id', $1) ON CONFLICT (key) DO NOTHING";
-        const SELECT: &str = "SELECT value FROM malaka_meta WHERE key = 'installation_id'";
-        let id = match self {
+        self.meta_or_insert("installation_id", &uuid::Uuid::now_v7().to_string())
+            .await
+    }
+
+    /// The value of `key` in `malaka_meta`, stored as `fresh` first when there is none (every
+    /// node of one database then reads the same value).
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn meta_or_insert(&self, key: &str, fresh: &str) -> Result<String, DbError> {
+        const INSERT: &str =
+            "INSERT INTO malaka_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING";
+        const SELECT: &str = "SELECT value FROM malaka_meta WHERE key = $1";
+        let value = match self {
             Self::Sqlite(pool) => {
-                sqlx::query(INSERT).bind(&fresh).execute(pool).await?;
-                sqlx::query_scalar(SELECT).fetch_one(pool).await?
+                sqlx::query(INSERT)
+                    .bind(key)
+                    .bind(fresh)
+                    .execute(pool)
+                    .await?;
+                sqlx::query_scalar(SELECT).bind(key).fetch_one(pool).await?
             }
             Self::Postgres(pool) => {
-                sqlx::query(INSERT).bind(&fresh).execute(pool).await?;
-                sqlx::query_scalar(SELECT).fetch_one(pool).await?
+                sqlx::query(INSERT)
+                    .bind(key)
+                    .bind(fresh)
+                    .execute(pool)
+                    .await?;
+                sqlx::query_scalar(SELECT).bind(key).fetch_one(pool).await?
             }
         };
-        Ok(id)
+        Ok(value)
+    }
+
+    /// A small pool for work done after a posting commits (the outbox relay, stock alerts,
+    /// notification jobs), whose commits do not wait for the disk: SQLite `synchronous=NORMAL`
+    /// (WAL: a process crash loses nothing; a power cut may lose the last commits, never
+    /// reorder them), PostgreSQL `synchronous_commit = off`. What such a loss undoes is redone
+    /// from the outbox, which the posting itself made durable.
+    pub fn event_pool(&self) -> malaka_inventory::EventPool {
+        match self {
+            Self::Sqlite(pool) => {
+                let opts = (*pool.connect_options())
+                    .clone()
+                    .synchronous(SqliteSynchronous::Normal);
+                malaka_inventory::EventPool::Sqlite(
+                    SqlitePoolOptions::new()
+                        .max_connections(4)
+                        .test_before_acquire(false)
+                        .acquire_timeout(Duration::from_secs(10))
+                        // Jobs enqueued by alert side effects wake this process's workers.
+                        .after_connect(|conn, _meta| {
+                            Box::pin(async move { malaka_jobs::sqlite::install_hooks(conn).await })
+                        })
+                        .connect_lazy_with(opts),
+                )
+            }
+            Self::Postgres(pool) => {
+                let opts = (*pool.connect_options())
+                    .clone()
+                    .options([("synchronous_commit", "off")]);
+                malaka_inventory::EventPool::Postgres(
+                    PgPoolOptions::new()
+                        .max_connections(4)
+                        .acquire_timeout(Duration::from_secs(10))
+                        .connect_lazy_with(opts),
+                )
+            }
+        }
     }
 
     /// A round trip to the database.

@@ -11,6 +11,7 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod jobs;
+pub mod live;
 pub mod telemetry;
 
 pub use app::{AppState, Application, ServerError};

@@ -45,7 +45,17 @@ pub(super) async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
 ) -> Result<Principal, ApiError> {
-    let token = bearer(headers)?;
+    authenticate_token(state, bearer(headers)?).await
+}
+
+/// Who holds `token`: checked (401), then counted against its rate limit (429).
+///
+/// # Errors
+/// 401, 429, or 500 when the database fails.
+pub(super) async fn authenticate_token(
+    state: &AppState,
+    token: &str,
+) -> Result<Principal, ApiError> {
     let auth = state.auth();
     let principal = auth
         .tokens

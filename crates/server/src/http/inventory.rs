@@ -42,7 +42,8 @@ use crate::app::AppState;
     post_movement,
     post_batch,
     balances,
-    ledger
+    ledger,
+    recent_ledger
 ))]
 pub(super) struct ApiDoc;
 
@@ -64,6 +65,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/movements/batch", post(post_batch))
         .route("/balances", get(balances))
         .route("/ledger", get(ledger))
+        .route("/ledger/recent", get(recent_ledger))
 }
 
 impl From<InventoryError> for ApiError {
@@ -127,7 +129,7 @@ fn flag(q: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
     }
 }
 
-fn limit(q: &HashMap<String, String>, default: u32, max: u32) -> Result<u32, ApiError> {
+pub(super) fn limit(q: &HashMap<String, String>, default: u32, max: u32) -> Result<u32, ApiError> {
     match q.get("limit") {
         None => Ok(default),
         Some(s) => s
@@ -771,5 +773,28 @@ async fn ledger(
     Ok(Json(LedgerOut {
         items: page.rows.into_iter().map(LedgerRowOut::from).collect(),
         next: page.next.map(|n| n.to_string()),
+    }))
+}
+
+/// The newest ledger rows.
+#[derive(Serialize, ToSchema)]
+struct RecentOut {
+    /// Newest first.
+    items: Vec<LedgerRowOut>,
+}
+
+#[utoipa::path(get, path = "/api/v1/ledger/recent", tag = "stock", params(("limit" = Option<u32>, Query, description = "1 to 1000, default 20")), responses((status = 200, body = RecentOut), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+async fn recent_ledger(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<RecentOut>, ApiError> {
+    principal.require(Permission::Read)?;
+    let rows = state
+        .inventory()
+        .recent_ledger(limit(&q, 20, 1000)?)
+        .await?;
+    Ok(Json(RecentOut {
+        items: rows.into_iter().map(LedgerRowOut::from).collect(),
     }))
 }

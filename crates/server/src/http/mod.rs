@@ -1,14 +1,18 @@
 //! The HTTP surface: routes, middleware (request ids, tracing, panics, time and size limits,
 //! request metrics) and the conversion of everything into JSON answers.
 
+mod alerts;
 pub mod auth;
+mod dashboard;
 mod error;
 mod health;
 pub mod idempotency;
 mod inventory;
+mod jobs;
 pub mod json;
 pub mod openapi;
 mod tokens;
+mod ws;
 
 use std::time::{Duration, Instant};
 
@@ -40,6 +44,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::routes())
+        .merge(dashboard::routes())
         .nest(
             "/api/v1",
             api_routes().route_layer(axum::middleware::from_fn_with_state(
@@ -84,6 +89,9 @@ pub fn api_routes() -> Router<AppState> {
         .merge(tokens::routes())
         .merge(inventory::routes())
         .merge(openapi::routes())
+        .merge(ws::routes())
+        .merge(alerts::routes())
+        .merge(jobs::routes())
 }
 
 async fn not_found(req: Request) -> ApiError {

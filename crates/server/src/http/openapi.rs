@@ -45,7 +45,8 @@ impl Modify for Bearer {
 #[openapi(
     info(
         title = "Malaka API",
-        description = "Inventory ledger: articles, warehouses, movements, balances, valuation. \
+        description = "Inventory ledger: articles, warehouses, movements, balances, valuation; \
+            stock alerts, the job queue and live events over WebSocket. \
             Every route needs `Authorization: Bearer <token>`; roles decide what a token may do.",
     ),
     components(schemas(ErrorBody)),
@@ -53,7 +54,7 @@ impl Modify for Bearer {
     security(("bearer" = [])),
     tags(
         (name = "articles"), (name = "warehouses"), (name = "movements"), (name = "stock"),
-        (name = "tokens")
+        (name = "tokens"), (name = "alerts"), (name = "jobs"), (name = "live")
     )
 )]
 struct ApiDoc;
@@ -63,6 +64,9 @@ pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(super::inventory::ApiDoc::openapi());
     doc.merge(super::tokens::ApiDoc::openapi());
+    doc.merge(super::alerts::ApiDoc::openapi());
+    doc.merge(super::jobs::ApiDoc::openapi());
+    doc.merge(super::ws::ApiDoc::openapi());
     doc
 }
 

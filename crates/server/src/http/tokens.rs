@@ -1,5 +1,5 @@
 //! `/api/v1/tokens`: create (the secret is shown once), list (no secrets) and revoke API tokens.
-//! Admin only (`manage_tokens`).
+//! Admin only (`manage_tokens`). And `/api/v1/me`: who the caller is.
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -16,13 +16,43 @@ use crate::auth::{Permission, Principal, Role, TokenInfo};
 
 /// The token part of the OpenAPI document.
 #[derive(OpenApi)]
-#[openapi(paths(create, list, revoke))]
+#[openapi(paths(create, list, revoke, me))]
 pub(super) struct ApiDoc;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/tokens", get(list).post(create))
         .route("/tokens/{id}", delete(revoke))
+        .route("/me", get(me))
+}
+
+/// The caller's token.
+#[derive(Debug, Serialize, ToSchema)]
+struct MeOut {
+    /// Token id.
+    id: i64,
+    /// Token name.
+    name: String,
+    /// admin, manager, clerk or viewer.
+    role: &'static str,
+    /// What the role may do.
+    permissions: Vec<&'static str>,
+}
+
+/// Who the caller is: the token's id, name, role and permissions.
+#[utoipa::path(get, path = "/api/v1/me", tag = "tokens",
+    responses((status = 200, body = MeOut), (status = 401, description = "no valid token", body = super::openapi::ErrorBody)))]
+async fn me(principal: Principal) -> Json<MeOut> {
+    Json(MeOut {
+        id: principal.id,
+        name: principal.name.clone(),
+        role: principal.role.as_str(),
+        permissions: crate::auth::Permission::ALL
+            .into_iter()
+            .filter(|p| principal.role.allows(*p))
+            .map(crate::auth::Permission::as_str)
+            .collect(),
+    })
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

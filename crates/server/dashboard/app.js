@@ -1,0 +1,288 @@
+// Malaka dashboard: balances with alert levels, a live alerts feed, the job queue, recent
+// movements. Plain JavaScript served by the binary itself: no build step, no CDN.
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+const state = { token: null, role: null, lastId: null, ws: null, retry: 0, alerts: new Map(), balanceTimer: null, failedTimer: null };
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") e.className = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else if (v !== undefined && v !== null) e.setAttribute(k, v);
+  }
+  for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(c == null ? "" : String(c)));
+  return e;
+}
+
+function toast(text) {
+  const t = $("#toast");
+  t.textContent = text;
+  t.hidden = false;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => { t.hidden = true; }, 4000);
+}
+
+async function api(method, path, body) {
+  const opts = { method, headers: { Authorization: `Bearer ${state.token}` } };
+  if (body !== undefined) {
+    opts.headers["Content-Type"] = "application/json";
+    opts.body = JSON.stringify(body);
+  }
+  const r = await fetch(`/api/v1${path}`, opts);
+  const data = r.status === 204 ? null : await r.json().catch(() => null);
+  if (!r.ok) {
+    const err = new Error((data && data.error && data.error.message) || `HTTP ${r.status}`);
+    err.status = r.status;
+    throw err;
+  }
+  return data;
+}
+
+const when = (t) => (t ? new Date(t).toLocaleString() : "");
+const level = (l) => el("span", { class: `level ${l}` }, l.replace(/_/g, " "));
+
+// ---- balances --------------------------------------------------------------------------------
+
+async function loadBalances() {
+  const q = new URLSearchParams();
+  for (const [id, key] of [["#f-sku", "sku"], ["#f-warehouse", "warehouse"], ["#f-level", "level"]]) {
+    const v = $(id).value.trim();
+    if (v) q.set(key, v);
+  }
+  let page;
+  try {
+    page = await api("GET", `/balances?${q}`);
+  } catch (e) {
+    if (e.status === 422) { toast(e.message); return; }
+    throw e;
+  }
+  const body = $("#balances tbody");
+  const old = new Map([...body.rows].map((r) => [r.dataset.key, r.dataset.qty]));
+  body.replaceChildren(...page.items.map((b) => {
+    const key = `${b.sku}\u0000${b.warehouse}`;
+    const row = el("tr", { "data-key": key, "data-qty": b.qty, "data-level": b.level },
+      el("td", {}, b.sku), el("td", {}, b.warehouse), el("td", { class: "num" }, b.qty),
+      el("td", { class: "num" }, b.min_qty), el("td", { class: "num" }, b.value), el("td", {}, level(b.level)));
+    if (old.has(key) && old.get(key) !== b.qty) row.classList.add("flash");
+    return row;
+  }));
+}
+
+function balancesSoon() {
+  clearTimeout(state.balanceTimer);
+  state.balanceTimer = setTimeout(() => loadBalances().catch(failed), 150);
+}
+
+// ---- alerts ----------------------------------------------------------------------------------
+
+function renderAlerts() {
+  const open = [...state.alerts.values()].filter((a) => a.state === "open").sort((a, b) => b.id - a.id);
+  const canAck = state.role !== "viewer";
+  $("#alerts-feed").replaceChildren(...open.map((a) => {
+    const li = el("li", { "data-alert-id": a.id, "data-level": a.level, class: a.fresh ? "flash" : "" },
+      level(a.level),
+      el("span", { class: "what" }, `${a.sku} in ${a.warehouse}: ${a.qty} left (min ${a.min_qty})`),
+      el("span", { class: "when" }, when(a.updated_at)));
+    if (a.acknowledged_by) li.append(el("span", { class: "when" }, `ack ${a.acknowledged_by}`));
+    else if (canAck) li.append(el("button", { class: "small ghost", onclick: () => ack(a.id) }, "Acknowledge"));
+    a.fresh = false;
+    return li;
+  }));
+  $("#alerts-count").textContent = String(open.length);
+  $("#alerts-empty").hidden = open.length > 0;
+}
+
+async function loadAlerts() {
+  const page = await api("GET", "/alerts?state=open&limit=200");
+  state.alerts = new Map(page.items.map((a) => [a.id, a]));
+  renderAlerts();
+}
+
+async function ack(id) {
+  try {
+    const a = await api("POST", `/alerts/${id}/ack`);
+    state.alerts.set(a.id, a);
+    renderAlerts();
+  } catch (e) { toast(`Acknowledge failed: ${e.message}`); }
+}
+
+function onAlert(data) {
+  const a = data.alert;
+  const shown = {
+    id: a.id, sku: a.sku, warehouse: a.warehouse, level: a.level, qty: a.qty, min_qty: a.min_qty,
+    updated_at: a.updated_at, acknowledged_by: a.acknowledged_by,
+    state: a.cleared_at ? "closed" : "open", fresh: data.action !== "acknowledged",
+  };
+  state.alerts.set(a.id, shown);
+  renderAlerts();
+  if (data.action === "raised" || data.action === "escalated") toast(`${a.level.replace(/_/g, " ")}: ${a.sku} in ${a.warehouse}`);
+}
+
+// ---- jobs ------------------------------------------------------------------------------------
+
+function renderQueues(data) {
+  $("#queues tbody").replaceChildren(...data.queues.map((q) => {
+    const c = q.counts;
+    const age = q.oldest_available_seconds == null ? "" : `${q.oldest_available_seconds.toFixed(1)} s`;
+    return el("tr", { "data-queue": q.queue }, el("td", {}, q.queue),
+      el("td", { class: "num" }, c.available + c.scheduled), el("td", { class: "num" }, c.running),
+      el("td", { class: "num" }, c.retryable), el("td", { class: "num" }, c.discarded + c.cancelled), el("td", { class: "num" }, age));
+  }));
+}
+
+async function loadJobs() {
+  renderQueues(await api("GET", "/jobs/stats"));
+  const failed = await api("GET", "/jobs?state=discarded,cancelled&limit=20");
+  const canRetry = state.role === "admin" || state.role === "manager";
+  $("#failed").replaceChildren(...failed.items.map((j) => {
+    const last = j.errors.length ? j.errors[j.errors.length - 1].error : "";
+    const li = el("li", { "data-job-id": j.id },
+      el("span", { class: "what" }, `#${j.id} ${j.kind} (${j.queue}) ${j.state} after ${j.attempt} attempt${j.attempt === 1 ? "" : "s"}`),
+      el("span", { class: "when" }, when(j.finished_at)));
+    if (canRetry) li.append(el("button", { class: "small", onclick: () => retry(j.id) }, "Retry"));
+    if (last) li.append(el("span", { class: "err" }, last));
+    return li;
+  }));
+  $("#failed-empty").hidden = failed.items.length > 0;
+}
+
+function jobsSoon() {
+  clearTimeout(state.failedTimer);
+  state.failedTimer = setTimeout(() => loadJobs().catch(failed), 300);
+}
+
+async function retry(id) {
+  try {
+    await api("POST", `/jobs/${id}/retry`);
+    toast(`Job ${id} will run again`);
+    await loadJobs();
+  } catch (e) { toast(`Retry failed: ${e.message}`); }
+}
+
+// ---- movements -------------------------------------------------------------------------------
+
+function movementRow(r, fresh) {
+  return el("tr", { class: fresh ? "flash" : "" }, el("td", {}, when(r.posted_at || r.at)), el("td", {}, r.type),
+    el("td", {}, r.sku), el("td", {}, r.warehouse), el("td", { class: "num" }, r.qty_change), el("td", { class: "num" }, r.qty_after),
+    el("td", {}, r.posted_by || r.by || ""));
+}
+
+async function loadMovements() {
+  const page = await api("GET", "/ledger/recent?limit=20");
+  $("#movements tbody").replaceChildren(...page.items.map((r) => movementRow(r, false)));
+}
+
+function onMovement(m) {
+  const body = $("#movements tbody");
+  for (const r of m.rows || []) {
+    body.prepend(movementRow({ type: m.type, sku: m.sku, warehouse: r.warehouse, qty_change: r.qty_change, qty_after: r.qty_after, at: m.at, by: m.by }, true));
+  }
+  while (body.rows.length > 20) body.deleteRow(-1);
+  balancesSoon();
+}
+
+// ---- live ------------------------------------------------------------------------------------
+
+function setLive(on) {
+  const l = $("#live");
+  l.className = `live ${on ? "on" : "off"}`;
+  l.textContent = on ? "live" : "reconnecting…";
+}
+
+async function connect() {
+  if (!state.token) return;
+  let ticket;
+  try {
+    ticket = (await api("POST", "/ws/ticket")).ticket;
+  } catch (e) {
+    if (e.status === 401) { signOut("Your token is no longer valid."); return; }
+    return reconnectLater();
+  }
+  const proto = location.protocol === "https:" ? "wss" : "ws";
+  const q = new URLSearchParams({ ticket });
+  if (state.lastId != null) q.set("since", String(state.lastId));
+  const ws = new WebSocket(`${proto}://${location.host}/api/v1/ws?${q}`, ["malaka.v1"]);
+  state.ws = ws;
+  ws.onopen = () => { state.retry = 0; setLive(true); };
+  ws.onmessage = (ev) => {
+    const m = JSON.parse(ev.data);
+    if (m.id != null) state.lastId = m.id;
+    switch (m.type) {
+      case "stock_alert": onAlert(m.data); balancesSoon(); break;
+      case "stock_changed": onMovement(m.data); break;
+      case "job_update": renderQueues(m.data); jobsSoon(); break;
+      case "report_ready": toast(`Report ready: ${m.data.kind || ""}`); break;
+      case "resync": state.lastId = null; loadAll().catch(failed); break;
+      default: break;
+    }
+  };
+  ws.onclose = (ev) => {
+    if (state.ws !== ws) return;
+    setLive(false);
+    state.ws = null;
+    if (state.token) reconnectLater(ev.code === 4001 ? 0 : undefined);
+  };
+}
+
+function reconnectLater(delay) {
+  const d = delay ?? Math.min(10000, 500 * 2 ** state.retry++);
+  setTimeout(connect, d);
+}
+
+// ---- sign in ---------------------------------------------------------------------------------
+
+function failed(e) {
+  if (e && e.status === 401) signOut("Your token is no longer valid.");
+  else toast(e && e.message ? e.message : String(e));
+}
+
+async function loadAll() {
+  await Promise.all([loadBalances(), loadAlerts(), loadJobs(), loadMovements()]);
+}
+
+async function signIn(token) {
+  state.token = token;
+  const me = await api("GET", "/me").catch((e) => { if (e.status === 404) return null; throw e; });
+  state.role = me ? me.role : null;
+  $("#who").textContent = me ? `${me.name} (${me.role})` : "";
+  await loadAll();
+  localStorage.setItem("malaka.token", token);
+  $("#signin").hidden = true;
+  $("#app").hidden = false;
+  $("#signout").hidden = false;
+  connect();
+}
+
+function signOut(message) {
+  state.token = null;
+  localStorage.removeItem("malaka.token");
+  if (state.ws) { const ws = state.ws; state.ws = null; ws.close(); }
+  $("#app").hidden = true;
+  $("#signout").hidden = true;
+  $("#who").textContent = "";
+  $("#signin").hidden = false;
+  $("#signin-error").textContent = message || "";
+  setLive(false);
+  $("#live").textContent = "offline";
+}
+
+$("#signin-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  $("#signin-error").textContent = "";
+  try {
+    await signIn($("#token").value.trim());
+  } catch (e) {
+    state.token = null;
+    $("#signin-error").textContent = e.status === 401 ? "That token is not valid." : e.message;
+  }
+});
+$("#signout").addEventListener("click", () => signOut());
+for (const id of ["#f-sku", "#f-warehouse"]) $(id).addEventListener("input", balancesSoon);
+$("#f-level").addEventListener("change", balancesSoon);
+$("#filters").addEventListener("submit", (ev) => ev.preventDefault());
+
+const saved = localStorage.getItem("malaka.token");
+if (saved) signIn(saved).catch(() => signOut());
+else signOut();
