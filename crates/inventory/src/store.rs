@@ -1407,6 +1407,7 @@ fn movement_event(m: &Movement) -> serde_json::Value {
         "to_warehouse": m.to_warehouse,
         "qty": text(m.qty),
         "reference": m.reference,
+        "note": m.note,
         "by": m.posted_by,
         "at": m.posted_at,
         "rows": m.rows.iter().map(|r| json!({

@@ -302,23 +302,26 @@ impl Hub {
                         .iter()
                         .map(|p| (p.seq, Message::of_event(p).map(Arc::new)))
                         .collect();
-                    {
-                        let mut st = lock(&self.inner.state);
-                        for (seq, m) in &messages {
-                            // Another reader of this hub cannot exist, but a published event
-                            // must never be handed on twice.
-                            if *seq <= st.cursor {
-                                continue;
-                            }
-                            st.cursor = *seq;
-                            if let Some(m) = m {
-                                Self::deliver(&mut st, m);
+                    // In chunks, yielding between them: clients drain their buffers while a
+                    // burst is handed out, so only a client that truly falls behind lags.
+                    for chunk in messages.chunks(64) {
+                        {
+                            let mut st = lock(&self.inner.state);
+                            for (seq, m) in chunk {
+                                // A published event is never handed on twice.
+                                if *seq <= st.cursor {
+                                    continue;
+                                }
+                                st.cursor = *seq;
+                                if let Some(m) = m {
+                                    Self::deliver(&mut st, m);
+                                }
                             }
                         }
+                        tokio::task::yield_now().await;
                     }
                     metrics::counter!("malaka_ws_events_total").increment(messages.len() as u64);
                     if full {
-                        tokio::task::yield_now().await;
                         continue;
                     }
                 }

@@ -20,7 +20,7 @@ use crate::config::LiveConfig;
 use crate::db::Database;
 
 /// The advisory lock the PostgreSQL relay holds ("malaka" in ASCII).
-const RELAY_LOCK: i64 = 0x006d_616c_616b_61;
+const RELAY_LOCK: i64 = 0x0000_6d61_6c61_6b61;
 
 /// Events read per round.
 const BATCH: u32 = 256;

@@ -175,6 +175,47 @@ pub async fn spawn_app_on(backend: Backend) -> Option<TestApp> {
     spawn_app_with(backend, |_| {}).await
 }
 
+/// Starts another node on the same database as `first` (a PostgreSQL one, for several-node
+/// tests), with `tweak` applied; stopping it leaves the database to `first`.
+pub async fn spawn_node_like(first: &TestApp, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: dir.path().join("data"),
+        ..Config::default()
+    };
+    config.database.url = first.database_url.clone();
+    tweak(&mut config);
+    start(config, first.backend, None, dir).await
+}
+
+async fn start(
+    config: Config,
+    backend: Backend,
+    pg_database: Option<String>,
+    dir: tempfile::TempDir,
+) -> TestApp {
+    let database_url = config.database_url();
+    let app = Application::build(&config).await.expect("app builds");
+    let addr = app.local_addr().expect("addr");
+    let state = app.state().clone();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until(async move {
+        let _ = rx.await;
+    }));
+    TestApp {
+        addr,
+        client: reqwest::Client::new(),
+        state,
+        backend,
+        database_url,
+        stop: Some(tx),
+        task: Some(task),
+        pg_database,
+        _dir: dir,
+    }
+}
+
 /// Starts the server on `backend` after `tweak` adjusts its configuration.
 pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<TestApp> {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -190,23 +231,5 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -
         pg_database = Some(name);
     }
     tweak(&mut config);
-    let database_url = config.database_url();
-    let app = Application::build(&config).await.expect("app builds");
-    let addr = app.local_addr().expect("addr");
-    let state = app.state().clone();
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(app.run_until(async move {
-        let _ = rx.await;
-    }));
-    Some(TestApp {
-        addr,
-        client: reqwest::Client::new(),
-        state,
-        backend,
-        database_url,
-        stop: Some(tx),
-        task: Some(task),
-        pg_database,
-        _dir: dir,
-    })
+    Some(start(config, backend, pg_database, dir).await)
 }
