@@ -345,13 +345,22 @@ fn percentile(sorted: &[Duration], q: f64) -> f64 {
 }
 
 /// A fresh database: the server's configuration, and what to remove at the end.
-struct Fresh {
-    config: Config,
-    pg: Option<(String, String)>,
+pub(crate) struct Fresh {
+    pub(crate) config: Config,
+    pub(crate) pg: Option<(String, String)>,
     _dir: tempfile::TempDir,
 }
 
 async fn fresh(b: &MovementsBench) -> Result<Fresh, MovementsBenchError> {
+    fresh_database(b.backend, b.database_url.as_deref()).await
+}
+
+/// A server configuration on a fresh database of `backend` (an SQLite file in a temporary
+/// folder, or a new database on the PostgreSQL server of `database_url`), rate limit off.
+pub(crate) async fn fresh_database(
+    backend: Backend,
+    database_url: Option<&str>,
+) -> Result<Fresh, MovementsBenchError> {
     let dir =
         tempfile::tempdir().map_err(|e| MovementsBenchError::Setup(format!("temp dir: {e}")))?;
     let mut config = Config {
@@ -362,9 +371,9 @@ async fn fresh(b: &MovementsBench) -> Result<Fresh, MovementsBenchError> {
     // Every client shares one token: no per-token limit.
     config.api.rate_limit_per_second = 0;
     let mut pg = None;
-    match b.backend {
+    match backend {
         Backend::Sqlite => {
-            if let Some(url) = &b.database_url {
+            if let Some(url) = database_url {
                 let path = url
                     .trim_start_matches("sqlite://")
                     .trim_start_matches("sqlite:");
@@ -377,10 +386,9 @@ async fn fresh(b: &MovementsBench) -> Result<Fresh, MovementsBenchError> {
             }
         }
         Backend::Postgres => {
-            let admin = b
-                .database_url
-                .clone()
-                .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+            let admin = database_url
+                .unwrap_or("postgres://postgres@127.0.0.1:5432/test")
+                .to_owned();
             let mut conn = PgConnectOptions::from_str(&admin)?.connect().await?;
             let name = format!("malaka_bench_{}", uuid::Uuid::now_v7().simple());
             sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
@@ -403,7 +411,7 @@ async fn fresh(b: &MovementsBench) -> Result<Fresh, MovementsBenchError> {
     })
 }
 
-async fn drop_database(admin: &str, name: &str) {
+pub(crate) async fn drop_database(admin: &str, name: &str) {
     if let Ok(opts) = PgConnectOptions::from_str(admin)
         && let Ok(mut conn) = opts.connect().await
     {

@@ -5,6 +5,7 @@
 pub mod app;
 pub mod auth;
 pub mod bench;
+pub mod bench_alerts;
 pub mod bench_jobs;
 pub mod bench_movements;
 pub mod config;

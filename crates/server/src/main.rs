@@ -221,6 +221,8 @@ enum Suite {
     Jobs,
     /// POST /api/v1/movements over loopback (rate, p50/p99) against direct postings.
     Movements,
+    /// From a posting's HTTP response to its stock alert on a WebSocket client (p50/p99).
+    Alerts,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -252,7 +254,7 @@ struct BenchArgs {
     /// jobs suite: jobs run at once.
     #[arg(long, default_value_t = 24)]
     workers: usize,
-    /// jobs suite: latency samples (after 50 warm-ups).
+    /// jobs suite: latency samples (after 50 warm-ups); alerts suite: timed postings (after 20).
     #[arg(long, default_value_t = 500)]
     samples: usize,
     /// jobs suite: jobs claimed ahead of free workers (default 4 x --workers, 10 to 1000).
@@ -443,6 +445,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     )
                     .await
                     .context("benchmark task")??
+                }
+                Suite::Alerts => {
+                    let spec = malaka::bench_alerts::AlertsBench {
+                        backend: match args.backend {
+                            BenchBackend::Sqlite => malaka::bench_jobs::Backend::Sqlite,
+                            BenchBackend::Postgres => malaka::bench_jobs::Backend::Postgres,
+                        },
+                        database_url: args.database_url.clone(),
+                        samples: if args.quick { 20 } else { args.samples },
+                    };
+                    tokio::spawn(async move { malaka::bench_alerts::alerts_suite(&spec).await })
+                        .await
+                        .context("benchmark task")??
                 }
             };
             if args.json {

@@ -894,23 +894,79 @@ enum Needs {
     Read,
     Post,
     Catalog,
+    Ack,
+    Jobs,
 }
 
 fn allowed(role: Role, needs: Needs) -> bool {
     match role {
         Role::Admin => true,
         Role::Manager => true,
-        Role::Clerk => needs != Needs::Catalog,
+        Role::Clerk => matches!(needs, Needs::Read | Needs::Post | Needs::Ack),
         Role::Viewer => needs == Needs::Read,
     }
 }
 
-/// Every inventory endpoint with a request that succeeds for a role allowed to make it; `tag`
-/// keeps each role's created things apart.
-fn endpoints(tag: &str) -> Vec<(Needs, Method, String, Option<Value>)> {
+/// The ids an endpoint list works on: an alert, and two waiting jobs per role.
+#[derive(Debug, Clone, Copy)]
+struct Ids {
+    alert: i64,
+    retry: i64,
+    cancel: i64,
+}
+
+/// Every endpoint with a request that succeeds for a role allowed to make it; `tag` keeps each
+/// role's created things apart.
+fn endpoints(tag: &str, ids: Ids) -> Vec<(Needs, Method, String, Option<Value>)> {
     let sku = format!("R-{tag}");
     let doomed = format!("D-{tag}");
     vec![
+        (Needs::Read, Method::GET, "/api/v1/me".into(), None),
+        (
+            Needs::Read,
+            Method::GET,
+            "/api/v1/ledger/recent".into(),
+            None,
+        ),
+        (Needs::Read, Method::GET, "/api/v1/alerts".into(), None),
+        (
+            Needs::Ack,
+            Method::POST,
+            format!("/api/v1/alerts/{}/ack", ids.alert),
+            Some(json!({})),
+        ),
+        (Needs::Read, Method::GET, "/api/v1/jobs".into(), None),
+        (Needs::Read, Method::GET, "/api/v1/jobs/stats".into(), None),
+        (
+            Needs::Read,
+            Method::GET,
+            format!("/api/v1/jobs/{}", ids.retry),
+            None,
+        ),
+        (
+            Needs::Jobs,
+            Method::POST,
+            format!("/api/v1/jobs/{}/retry", ids.retry),
+            Some(json!({})),
+        ),
+        (
+            Needs::Jobs,
+            Method::POST,
+            format!("/api/v1/jobs/{}/cancel", ids.cancel),
+            Some(json!({})),
+        ),
+        (
+            Needs::Read,
+            Method::POST,
+            "/api/v1/ws/ticket".into(),
+            Some(json!({})),
+        ),
+        (
+            Needs::Read,
+            Method::GET,
+            "/api/v1/openapi.json".into(),
+            None,
+        ),
         (Needs::Read, Method::GET, "/api/v1/articles".into(), None),
         (
             Needs::Catalog,
@@ -987,13 +1043,47 @@ async fn every_role_against_every_endpoint(app: &TestApp) {
     let admin = app.admin_token().await;
     warehouse(app, &admin, "W1").await;
     article(app, &admin, "BASE", json!({})).await;
+    // An alert to acknowledge (raised by the stock monitor after the posting).
+    article(app, &admin, "ALERTED", json!({"min_qty": "10"})).await;
+    receipt(app, &admin, "ALERTED", "W1", "5", "1").await;
+    let mut alert = None;
+    for _ in 0..500 {
+        let open = get(app, &admin, "/api/v1/alerts?state=open").await;
+        if let Some(id) = open["items"][0]["id"].as_i64() {
+            alert = Some(id);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let alert = alert.expect("the alert is raised");
+    let mut ids = std::collections::HashMap::new();
     for role in Role::ALL {
         let tag = role.as_str();
         article(app, &admin, &format!("R-{tag}"), json!({})).await;
         article(app, &admin, &format!("D-{tag}"), json!({})).await;
+        // Waiting jobs (far in the future) to retry and to cancel.
+        let later = || {
+            malaka_jobs::NewJob::new("noop", json!({}))
+                .run_at(chrono::Utc::now() + chrono::Duration::hours(1))
+        };
+        let retry = app.state.jobs().enqueue(later()).await.unwrap().id;
+        let cancel = app.state.jobs().enqueue(later()).await.unwrap().id;
+        ids.insert(
+            tag,
+            Ids {
+                alert,
+                retry,
+                cancel,
+            },
+        );
     }
+    let anon = Ids {
+        alert,
+        retry: 1,
+        cancel: 2,
+    };
     // No token: 401 everywhere.
-    for (_, method, path, body) in endpoints("anon") {
+    for (_, method, path, body) in endpoints("anon", anon) {
         let (s, v) = call(app, method.clone(), None, &path, body.as_ref()).await;
         assert_eq!(s, 401, "{method} {path}: {v}");
         assert_eq!(error(&v)["code"], "unauthorized");
@@ -1001,7 +1091,7 @@ async fn every_role_against_every_endpoint(app: &TestApp) {
     let mut table = Vec::new();
     for role in Role::ALL {
         let token = app.token(role).await;
-        for (needs, method, path, body) in endpoints(role.as_str()) {
+        for (needs, method, path, body) in endpoints(role.as_str(), ids[role.as_str()]) {
             let (s, v) = call(app, method.clone(), Some(&token), &path, body.as_ref()).await;
             table.push(format!("{role:>7} {method:<6} {path:<32} {s}"));
             if allowed(role, needs) {
@@ -1016,8 +1106,9 @@ async fn every_role_against_every_endpoint(app: &TestApp) {
         }
     }
     eprintln!("{}", table.join("\n"));
-    // A viewer's refused posting wrote nothing: admin, manager and clerk posted 2 each.
-    assert_eq!(ledger_len(app, &admin).await, 6);
+    // A viewer's refused posting wrote nothing: admin, manager and clerk posted 2 each (and
+    // the alert's receipt 1).
+    assert_eq!(ledger_len(app, &admin).await, 7);
     // Tokens are admin-only, also for managers.
     let manager = app.token(Role::Manager).await;
     assert_eq!(app.get_as(&manager, "/api/v1/tokens").await.status(), 403);

@@ -1,0 +1,83 @@
+// Drives the dashboard in headless Chromium: sign in with a token, check the panels, post a
+// movement through the API, and wait for its alert to appear without a reload (within 1 s).
+// Usage: node dashboard.mjs BASE_URL TOKEN SCREENSHOT_DIR
+// Prints one JSON line with what it measured; exits non-zero on any failure.
+import { chromium } from "playwright-core";
+
+const [base, token, shots] = process.argv.slice(2);
+if (!base || !token || !shots) {
+  console.error("usage: node dashboard.mjs BASE_URL TOKEN SCREENSHOT_DIR");
+  process.exit(2);
+}
+
+async function api(method, path, body) {
+  const r = await fetch(`${base}/api/v1${path}`, {
+    method,
+    headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${await r.text()}`);
+  return r.json();
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run"],
+});
+const result = {};
+let page;
+try {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  page = await context.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  page.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); });
+
+  await page.goto(base);
+  // A wrong token is refused with a message.
+  await page.fill("#token", "mlk_wrong");
+  await page.click("#signin-form button");
+  await page.waitForFunction(() => document.querySelector("#signin-error").textContent.length > 0);
+  errors.length = 0; // the browser logs the refused request; that one was expected
+
+  await page.fill("#token", token);
+  await page.click("#signin-form button");
+  await page.waitForSelector("#app:not([hidden])");
+  if (await page.isVisible("#signin")) throw new Error("the sign-in form is still shown");
+  await page.waitForSelector("#live.on", { timeout: 5000 });
+  await page.waitForSelector('#balances tbody tr[data-level="NORMAL"]');
+  result.signed_in = true;
+
+  // A movement that takes DASH-1 below its minimum: the alert must appear without a reload.
+  await api("POST", "/movements", { type: "issue", sku: "DASH-1", warehouse: "MAIN", qty: "17" });
+  const posted = Date.now();
+  await page.waitForSelector('#alerts-feed li[data-level="CRITICAL"]', { timeout: 1000 });
+  result.alert_ms = Date.now() - posted;
+  await page.waitForSelector('#balances tbody tr[data-level="CRITICAL"]', { timeout: 2000 });
+  await page.waitForFunction(() => document.querySelector("#alerts-count").textContent === "1");
+  await page.waitForSelector("#movements tbody tr");
+  // The jobs panel lists the discarded job with its error and retries it.
+  await page.waitForSelector('#failed li[data-job-id] .err');
+  result.failed_job_shown = true;
+  await page.click("#failed li[data-job-id] button");
+  await page.waitForFunction(() => document.querySelector("#toast").textContent.includes("will run again"));
+  result.retried = true;
+  await page.screenshot({ path: `${shots}/dashboard.png`, fullPage: true });
+
+  // Readable on a phone: one column, nothing wider than the screen.
+  await page.setViewportSize({ width: 390, height: 844 });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  result.phone_overflow_px = overflow;
+  if (overflow > 0) throw new Error(`the page is ${overflow}px wider than a phone screen`);
+  await page.screenshot({ path: `${shots}/dashboard-phone.png`, fullPage: true });
+  if (errors.length) throw new Error(`page errors: ${errors.join("; ")}`);
+  console.log(JSON.stringify(result));
+} catch (e) {
+  if (page) await page.screenshot({ path: `${shots}/dashboard-failure.png`, fullPage: true }).catch(() => {});
+  console.error(String(e && e.stack ? e.stack : e));
+  console.log(JSON.stringify(result));
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}
