@@ -146,6 +146,23 @@ async function loadJobs() {
     return li;
   }));
   $("#failed-empty").hidden = failed.items.length > 0;
+  const waiting = await api("GET", "/jobs?state=available,scheduled,retryable,running&limit=10");
+  $("#waiting").replaceChildren(...waiting.items.map((j) => {
+    const li = el("li", { "data-job-id": j.id },
+      el("span", { class: "what" }, `#${j.id} ${j.kind} (${j.queue}) ${j.state}${j.cancel_requested ? ", stopping" : ""}`),
+      el("span", { class: "when" }, j.state === "running" ? `since ${when(j.attempted_at)}` : `runs ${when(j.run_at)}`));
+    if (canRetry && !j.cancel_requested) li.append(el("button", { class: "small ghost", onclick: () => cancelJob(j.id) }, "Cancel"));
+    return li;
+  }));
+  $("#waiting-empty").hidden = waiting.items.length > 0;
+}
+
+async function cancelJob(id) {
+  try {
+    await api("POST", `/jobs/${id}/cancel`);
+    toast(`Job ${id} cancelled`);
+    await loadJobs();
+  } catch (e) { toast(`Cancel failed: ${e.message}`); }
 }
 
 function jobsSoon() {

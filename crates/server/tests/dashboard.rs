@@ -85,6 +85,17 @@ async fn the_dashboard_shows_a_new_alert_without_a_reload() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // A job waiting for tomorrow, for the Cancel button.
+    let waiting = app
+        .state
+        .jobs()
+        .enqueue(
+            NewJob::new("noop", json!({})).run_at(chrono::Utc::now() + chrono::Duration::days(1)),
+        )
+        .await
+        .unwrap()
+        .id;
+
     let shots = manifest.join("../../target/test-artifacts");
     std::fs::create_dir_all(&shots).unwrap();
     let out = tokio::process::Command::new("node")
@@ -120,5 +131,7 @@ async fn the_dashboard_shows_a_new_alert_without_a_reload() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let j = app.state.jobs().get(waiting).await.unwrap().unwrap();
+    assert_eq!(j.state, JobState::Cancelled, "{j:?}");
     app.stop().await;
 }

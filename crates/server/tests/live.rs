@@ -747,3 +747,40 @@ async fn the_relay_resumes_after_a_crash_without_losing_or_repeating_side_effect
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test]
+async fn a_client_that_answers_no_ping_is_dropped() {
+    let app = spawn_app_with(Backend::Sqlite, |c| {
+        c.live.ws_ping_interval = Duration::from_millis(150);
+    })
+    .await
+    .unwrap();
+    let t = app.admin_token().await;
+    // This client reads nothing, so it answers no ping.
+    let mut ws = connect(&app, &t, "").await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut close = None;
+    while let Ok(Some(frame)) = tokio::time::timeout(Duration::from_secs(3), ws.next()).await {
+        if let Ok(Frame::Close(c)) = frame {
+            close = c;
+            break;
+        }
+    }
+    let close = close.expect("closed by the server");
+    assert_eq!(close.code, CloseCode::from(4002));
+    assert_eq!(app.state.live().hub().clients(), 0);
+    // One that reads (and so answers pings) stays.
+    let mut alive = connect(&app, &t, "").await;
+    let until = tokio::time::Instant::now() + Duration::from_millis(700);
+    let mut pings = 0;
+    while let Ok(Some(frame)) = tokio::time::timeout_at(until, alive.next()).await {
+        match frame.unwrap() {
+            Frame::Ping(_) => pings += 1,
+            Frame::Close(c) => panic!("closed: {c:?}"),
+            _ => {} // a job_update snapshot
+        }
+    }
+    assert!(pings >= 3, "pinged {pings} times");
+    assert_eq!(app.state.live().hub().clients(), 1);
+    app.stop().await;
+}

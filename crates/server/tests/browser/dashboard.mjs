@@ -63,6 +63,11 @@ try {
   await page.click("#failed li[data-job-id] button");
   await page.waitForFunction(() => document.querySelector("#toast").textContent.includes("will run again"));
   result.retried = true;
+  // A waiting job is cancelled from the page.
+  await page.waitForSelector('#waiting li[data-job-id] button', { timeout: 5000 });
+  await page.click("#waiting li[data-job-id] button");
+  await page.waitForFunction(() => document.querySelector("#toast").textContent.includes("cancelled"));
+  result.cancelled = true;
   await page.screenshot({ path: `${shots}/dashboard.png`, fullPage: true });
 
   // Readable on a phone: one column, nothing wider than the screen.
