@@ -274,10 +274,44 @@ pub struct SweepReport {
     pub repaired: u64,
 }
 
+/// What else must happen, in the same transaction, when an alert is raised, moves or clears
+/// (the server enqueues its notification jobs here, so they exist if and only if the alert
+/// change does). Not called for acknowledgements.
+#[async_trait::async_trait]
+pub trait AlertEffects: Send + Sync + 'static {
+    /// On SQLite, inside the alert's transaction.
+    ///
+    /// # Errors
+    /// Any failure rolls the alert change back (the event is delivered again).
+    async fn sqlite(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        change: &AlertChange,
+    ) -> Result<(), InventoryError>;
+    /// On PostgreSQL, inside the alert's transaction.
+    ///
+    /// # Errors
+    /// As for SQLite.
+    async fn postgres(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        change: &AlertChange,
+    ) -> Result<(), InventoryError>;
+}
+
 /// Stock alerts.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Alerts {
     pool: EventPool,
+    effects: Option<std::sync::Arc<dyn AlertEffects>>,
+}
+
+impl std::fmt::Debug for Alerts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Alerts")
+            .field("effects", &self.effects.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 fn severity(l: AlertLevel) -> u8 {
@@ -310,7 +344,17 @@ fn transition(
 impl Alerts {
     /// The alerts on `pool`.
     pub fn new(pool: EventPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            effects: None,
+        }
+    }
+
+    /// The same alerts, running `effects` in every raise, move and clear transaction.
+    #[must_use]
+    pub fn with_effects(mut self, effects: std::sync::Arc<dyn AlertEffects>) -> Self {
+        self.effects = Some(effects);
+        self
     }
 
     /// Applies the level change of outbox event `event`: raises, moves or clears the open
@@ -324,7 +368,11 @@ impl Alerts {
         event: i64,
         change: &LevelChange,
     ) -> Result<Option<AlertChange>, InventoryError> {
-        on!(self.apply(event, change, Some(event)))
+        let fx = self.effects.as_deref();
+        match &self.pool {
+            EventPool::Sqlite(p) => sqlite::apply(p, fx, event, change, Some(event)).await,
+            EventPool::Postgres(p) => postgres::apply(p, fx, event, change, Some(event)).await,
+        }
     }
 
     /// Makes every alert agree with the balances as they are now (the safety net behind the
@@ -333,7 +381,11 @@ impl Alerts {
     /// # Errors
     /// A database error.
     pub async fn sweep(&self) -> Result<(SweepReport, Vec<AlertChange>), InventoryError> {
-        on!(self.sweep())
+        let fx = self.effects.as_deref();
+        match &self.pool {
+            EventPool::Sqlite(p) => sqlite::sweep(p, fx).await,
+            EventPool::Postgres(p) => postgres::sweep(p, fx).await,
+        }
     }
 
     /// Alerts matching `filter`, newest first.
@@ -516,6 +568,7 @@ macro_rules! backend {
             /// Moves the alert of (sku, warehouse) to `to` as of watermark `event`.
             pub(super) async fn apply(
                 pool: &$pool,
+                effects: Option<&dyn AlertEffects>,
                 event: i64,
                 change: &LevelChange,
                 cause: Option<i64>,
@@ -611,6 +664,9 @@ macro_rules! backend {
                     cause,
                 };
                 write_event(&mut tx, &out, now).await?;
+                if let Some(fx) = effects {
+                    fx.$module(&mut *tx, &out).await?;
+                }
                 tx.commit().await?;
                 Ok(Some(out))
             }
@@ -631,6 +687,7 @@ macro_rules! backend {
 
             pub(super) async fn sweep(
                 pool: &$pool,
+                effects: Option<&dyn AlertEffects>,
             ) -> Result<(SweepReport, Vec<AlertChange>), InventoryError> {
                 // Everything up to the newest event is reflected in what is read next, so an
                 // older event still on its way must not undo a repair.
@@ -672,7 +729,7 @@ macro_rules! backend {
                         continue;
                     }
                     let change = LevelChange { sku, warehouse, to, qty, min_qty };
-                    if let Some(c) = apply(pool, watermark, &change, None).await? {
+                    if let Some(c) = apply(pool, effects, watermark, &change, None).await? {
                         report.repaired += 1;
                         changes.push(c);
                     }

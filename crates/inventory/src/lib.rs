@@ -31,8 +31,8 @@ mod valuation;
 
 pub use error::InventoryError;
 pub use events::{
-    Alert, AlertAction, AlertChange, AlertFilter, Alerts, EventPool, LevelChange, Outbox,
-    Published, SweepReport, TOPIC_ALERT,
+    Alert, AlertAction, AlertChange, AlertEffects, AlertFilter, Alerts, EventPool, LevelChange,
+    Outbox, Published, SweepReport, TOPIC_ALERT,
 };
 pub use store::{
     Discrepancy, Inventory, LedgerPage, MAX_BATCH, OutboxEvent, TOPIC_LEVEL_CHANGED,

@@ -39,6 +39,7 @@ pub enum JobsError {
 pub struct JobError {
     message: String,
     retryable: bool,
+    snooze: Option<std::time::Duration>,
 }
 
 impl JobError {
@@ -47,6 +48,7 @@ impl JobError {
         Self {
             message: message.to_string(),
             retryable: true,
+            snooze: None,
         }
     }
     /// A failure no attempt will fix (bad payload, 4xx): the job is discarded at once.
@@ -54,7 +56,22 @@ impl JobError {
         Self {
             message: message.to_string(),
             retryable: false,
+            snooze: None,
         }
+    }
+    /// Not a failure: run again after `delay` without spending an attempt (the job goes back to
+    /// `scheduled`, its attempt limit raised by one, no error recorded). For work that cannot
+    /// be done yet, such as a delivery while the target's circuit breaker is open.
+    pub fn snooze(delay: std::time::Duration, reason: impl std::fmt::Display) -> Self {
+        Self {
+            message: reason.to_string(),
+            retryable: true,
+            snooze: Some(delay),
+        }
+    }
+    /// The delay of a [`Self::snooze`].
+    pub fn snoozed_for(&self) -> Option<std::time::Duration> {
+        self.snooze
     }
     /// The message.
     pub fn message(&self) -> &str {

@@ -339,6 +339,11 @@ pub enum Outcome {
         /// The error.
         error: String,
     },
+    /// Not done yet, not a failure: run again at `at` without spending an attempt.
+    Snooze {
+        /// When to run again.
+        at: DateTime<Utc>,
+    },
     /// Failed for good.
     Discard {
         /// The error.

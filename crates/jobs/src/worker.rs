@@ -756,6 +756,15 @@ async fn run_job(shared: Arc<Shared>, job: JobRecord, held: Arc<Held>, slot: Job
                 Err(e) if held.cancel_requested.load(Ordering::Acquire) => Outcome::Cancelled {
                     error: Some(e.message().to_owned()),
                 },
+                Err(e) if e.snoozed_for().is_some() => {
+                    let delay = e.snoozed_for().unwrap_or_default();
+                    tracing::debug!(job = job.id, ?delay, reason = e.message(), "job snoozed");
+                    Outcome::Snooze {
+                        at: Utc::now()
+                            + chrono::Duration::from_std(delay)
+                                .unwrap_or(chrono::Duration::hours(1)),
+                    }
+                }
                 Err(e) if e.is_retryable() && job.attempt < job.max_attempts => {
                     let delay = handler
                         .options
@@ -777,6 +786,7 @@ async fn run_job(shared: Arc<Shared>, job: JobRecord, held: Arc<Held>, slot: Job
     let label = match &outcome {
         Outcome::Completed => "completed",
         Outcome::Retry { .. } => "retried",
+        Outcome::Snooze { .. } => "snoozed",
         Outcome::Discard { .. } => "discarded",
         Outcome::Cancelled { .. } => "cancelled",
     };

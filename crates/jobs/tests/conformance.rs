@@ -40,6 +40,7 @@ conformance! {
     case_cancel_stays_in_its_database => sqlite_cancel_stays_in_its_database, postgres_cancel_stays_in_its_database;
     case_idle_worker_takes_new_jobs => sqlite_idle_worker_takes_new_jobs, postgres_idle_worker_takes_new_jobs;
     case_completed_jobs_deleted_unless_kept => sqlite_completed_jobs_deleted_unless_kept, postgres_completed_jobs_deleted_unless_kept;
+    case_snooze_spends_no_attempt => sqlite_snooze_spends_no_attempt, postgres_snooze_spends_no_attempt;
 }
 
 /// The queue the workers in these tests work.
@@ -1693,5 +1694,46 @@ async fn case_completed_jobs_deleted_unless_kept(b: &Backend) {
     let q = stats.iter().find(|s| s.queue == Q).expect("queue stats");
     assert_eq!(q.count(JobState::Completed), 0);
     assert_eq!(q.count(JobState::Discarded), 1);
+    worker.shutdown().await;
+}
+
+// 17. ------------------------------------------------------------------------------------------
+
+/// A job that snoozes runs again after the delay without spending an attempt: with one attempt
+/// allowed it snoozes twice and still completes, with no error recorded, and not early.
+async fn case_snooze_spends_no_attempt(b: &Backend) {
+    let runs: Runs = Arc::default();
+    let r = Arc::clone(&runs);
+    let registry = Registry::new().register_fn("later", JobOptions::default(), move |_, ctx| {
+        let n = bump(&r, ctx.id);
+        async move {
+            if n < 3 {
+                Err(JobError::snooze(ms(150), "target busy"))
+            } else {
+                Ok(())
+            }
+        }
+    });
+    let worker = start(b, registry, worker_config(2)).await;
+    let started = Instant::now();
+    let id = b
+        .queue
+        .enqueue(new_job("later").max_attempts(1))
+        .await
+        .unwrap()
+        .id;
+    let r = &runs;
+    wait_for("the third run", Duration::from_secs(5), || async move {
+        count(r, id) == 3
+    })
+    .await;
+    assert!(
+        started.elapsed() >= ms(300),
+        "snoozes wait: {:?}",
+        started.elapsed()
+    );
+    let j = wait_state(b, id, JobState::Completed, Duration::from_secs(5)).await;
+    assert_eq!((j.attempt, j.max_attempts), (3, 3), "{j:?}");
+    assert!(j.errors.is_empty(), "{j:?}");
     worker.shutdown().await;
 }

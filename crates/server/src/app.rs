@@ -46,6 +46,18 @@ pub enum ServerError {
     /// The HTTP server failed.
     #[error("http server: {0}")]
     Serve(std::io::Error),
+    /// The notification settings are unusable.
+    #[error("notifications: {0}")]
+    Notify(#[from] crate::notify::NotifyError),
+}
+
+/// `[notify]` with the dashboard link filled in (from the address the server listens on).
+pub fn notify_config(config: &Config, bound: Option<SocketAddr>) -> crate::config::NotifyConfig {
+    let mut n = config.notify.clone();
+    if n.dashboard_url.is_empty() {
+        n.dashboard_url = format!("http://{}", bound.unwrap_or(config.listen));
+    }
+    n
 }
 
 struct Inner {
@@ -67,6 +79,7 @@ struct Inner {
     shutting_down: AtomicBool,
     auth: Auth,
     live: crate::live::Live,
+    notifier: Arc<crate::notify::Notifier>,
 }
 
 /// What every request handler can reach. Cheap to clone.
@@ -136,6 +149,10 @@ impl AppState {
     /// API tokens and the per-token rate limit.
     pub fn auth(&self) -> &Auth {
         &self.inner.auth
+    }
+    /// Notification rules and delivery.
+    pub fn notifier(&self) -> &Arc<crate::notify::Notifier> {
+        &self.inner.notifier
     }
     /// Live events: alerts, the WebSocket hub, the outbox relay.
     pub fn live(&self) -> &crate::live::Live {
@@ -236,7 +253,11 @@ impl Application {
                     source,
                 })?;
         let auth = Auth::new(db.clone(), &config.api);
-        let live = crate::live::Live::new(&db, &inventory, &config.live).await?;
+        let live = crate::live::Live::new(&db, &inventory, config).await?;
+        let notifier = Arc::new(crate::notify::Notifier::new(
+            db.clone(),
+            &notify_config(config, listener.local_addr().ok()),
+        )?);
         let state = AppState {
             inner: Arc::new(Inner {
                 auth,
@@ -253,6 +274,7 @@ impl Application {
                 installation_id,
                 shutting_down: AtomicBool::new(false),
                 live,
+                notifier,
             }),
         };
         Ok(Self {
@@ -292,8 +314,13 @@ impl Application {
             shutdown_timeout,
             jobs,
         } = self;
-        let runner =
-            JobRunner::start(Arc::clone(state.jobs().storage()), &jobs, shutdown_timeout).await?;
+        let runner = JobRunner::start(
+            Arc::clone(state.jobs().storage()),
+            crate::jobs::registry(Some(state.notifier())),
+            &jobs,
+            shutdown_timeout,
+        )
+        .await?;
         *lock(&state.inner.job_pools) = runner.pools().to_vec();
         state.live().start(state.bus(), state.jobs());
         let stop = CancellationToken::new();

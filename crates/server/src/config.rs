@@ -32,6 +32,111 @@ pub struct Config {
     pub api: ApiConfig,
     /// Live events: the outbox relay, the stock alert sweep and WebSocket clients.
     pub live: LiveConfig,
+    /// Notifications: SMTP, webhooks, circuit breakers.
+    pub notify: NotifyConfig,
+}
+
+/// How notifications are sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// The dashboard's address, for links in messages (default: `http://<listen>`).
+    pub dashboard_url: String,
+    /// Attempts per delivery before it is discarded (snoozes while a breaker is open do not
+    /// count).
+    pub max_attempts: i32,
+    /// Longest a webhook may take to answer.
+    #[serde(with = "humantime_serde")]
+    pub webhook_timeout: Duration,
+    /// The SMTP server.
+    pub smtp: SmtpConfig,
+    /// The circuit breaker of each target (an SMTP server, a webhook host).
+    pub breaker: BreakerConfig,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self {
+            dashboard_url: String::new(),
+            max_attempts: 10,
+            webhook_timeout: Duration::from_secs(10),
+            smtp: SmtpConfig::default(),
+            breaker: BreakerConfig::default(),
+        }
+    }
+}
+
+/// The SMTP server mail goes through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// Host name; empty: email is off (email deliveries fail, with that reason).
+    pub host: String,
+    /// Port (25; 587 for STARTTLS submission; 465 for implicit TLS).
+    pub port: u16,
+    /// `none`, `starttls` or `tls`.
+    pub tls: SmtpTls,
+    /// User name (empty: no authentication).
+    pub username: String,
+    /// Password.
+    pub password: String,
+    /// The sender, `Name <address>` or an address.
+    pub from: String,
+    /// Connections kept open to the server.
+    pub pool_size: u32,
+    /// Longest one SMTP command may take.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            host: String::new(),
+            port: 25,
+            tls: SmtpTls::None,
+            username: String::new(),
+            password: String::new(),
+            from: "Malaka <malaka@localhost>".to_owned(),
+            pool_size: 16,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// SMTP transport security.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain text (a relay on the same host or network).
+    None,
+    /// Plain connection upgraded with STARTTLS (required).
+    Starttls,
+    /// TLS from the first byte.
+    Tls,
+}
+
+/// When a target's breaker opens and how long it stays open.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Failure rate (0 to 1) over the recent window at which it opens.
+    pub failure_rate: f64,
+    /// Calls in the window before the rate counts.
+    pub minimum_calls: u32,
+    /// How long it stays open before a probe is let through.
+    #[serde(with = "humantime_serde")]
+    pub open_for: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_rate: 0.5,
+            minimum_calls: 5,
+            open_for: Duration::from_secs(30),
+        }
+    }
 }
 
 /// The outbox relay, the alert sweep and the WebSocket hub.
@@ -84,6 +189,7 @@ impl Default for Config {
             jobs: JobsConfig::default(),
             api: ApiConfig::default(),
             live: LiveConfig::default(),
+            notify: NotifyConfig::default(),
         }
     }
 }
@@ -222,7 +328,8 @@ impl PoolSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct JobsConfig {
     /// Queues this node works, by name (default: `default` with concurrency 10). Settings merge
-    /// with the defaults, so `default` is always listed; give it `concurrency = 0` to leave it to
+    /// with the defaults, so `default` and `notifications` (concurrency 32) are always listed;
+    /// give one `concurrency = 0` to leave it to
     /// other nodes.
     pub queues: BTreeMap<String, JobQueueSettings>,
     /// Lease on each claimed job; a heartbeat renews it every third of it. A job whose worker
@@ -249,10 +356,19 @@ pub struct JobsConfig {
 impl Default for JobsConfig {
     fn default() -> Self {
         Self {
-            queues: BTreeMap::from([(
-                malaka_jobs::DEFAULT_QUEUE.to_owned(),
-                JobQueueSettings::default(),
-            )]),
+            queues: BTreeMap::from([
+                (
+                    malaka_jobs::DEFAULT_QUEUE.to_owned(),
+                    JobQueueSettings::default(),
+                ),
+                (
+                    crate::notify::QUEUE.to_owned(),
+                    JobQueueSettings {
+                        concurrency: 32,
+                        ..JobQueueSettings::default()
+                    },
+                ),
+            ]),
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(2),
             completed_retention: Duration::ZERO,

@@ -57,13 +57,18 @@ impl Job for Sleep {
     }
 }
 
-/// Every kind this server runs.
-pub fn registry() -> Registry {
-    Registry::new().register::<Sleep>().register_fn(
+/// Every kind this server runs: the built-in ones, and notification deliveries when a
+/// notifier is given.
+pub fn registry(notifier: Option<&Arc<crate::notify::Notifier>>) -> Registry {
+    let r = Registry::new().register::<Sleep>().register_fn(
         NOOP,
         JobOptions::default(),
         |_payload, _ctx| async { Ok(()) },
-    )
+    );
+    match notifier {
+        Some(n) => n.register(r),
+        None => r,
+    }
 }
 
 /// The worker settings `[jobs]` describes; queues with concurrency 0 are not worked here.
@@ -115,12 +120,13 @@ impl JobRunner {
     /// A pool could not be created or the wake-up subscription failed.
     pub async fn start(
         storage: Arc<dyn Storage>,
+        registry: Registry,
         config: &JobsConfig,
         shutdown_timeout: Duration,
     ) -> Result<Self, JobsError> {
         let worker = Worker::start(
             Arc::clone(&storage),
-            registry(),
+            registry,
             worker_config(config, shutdown_timeout),
         )
         .await?;
@@ -178,8 +184,13 @@ pub async fn run_worker(
 ) -> Result<(), ServerError> {
     let db = Database::connect(&config.database_url(), &config.database).await?;
     db.migrate().await?;
+    let notifier = Arc::new(crate::notify::Notifier::new(
+        db.clone(),
+        &crate::app::notify_config(config, None),
+    )?);
     let runner = JobRunner::start(
         db.job_storage(&config.jobs),
+        registry(Some(&notifier)),
         &config.jobs,
         config.shutdown_timeout,
     )
@@ -233,7 +244,7 @@ mod tests {
         assert_eq!(w.shutdown_timeout, Duration::from_secs(4));
         let m = maintenance_config(&c);
         assert_eq!(m.rescue_every, Duration::from_secs(5));
-        let r = registry();
+        let r = registry(None);
         let mut kinds: Vec<&str> = r.kinds().collect();
         kinds.sort_unstable();
         assert_eq!(kinds, ["noop", "sleep"]);

@@ -13,6 +13,7 @@ pub mod db;
 pub mod http;
 pub mod jobs;
 pub mod live;
+pub mod notify;
 pub mod telemetry;
 
 pub use app::{AppState, Application, ServerError};

@@ -466,6 +466,7 @@ impl Storage for PgStorage {
                 let (state, run_at, error) = match &f.outcome {
                     Outcome::Completed => continue,
                     Outcome::Retry { at, error } => ("retryable", *at, Some(error.clone())),
+                    Outcome::Snooze { at } => ("scheduled", *at, None),
                     Outcome::Discard { error } => ("discarded", now, Some(error.clone())),
                     Outcome::Cancelled { error } => ("cancelled", now, error.clone()),
                 };
@@ -488,9 +489,11 @@ impl Storage for PgStorage {
             changed += sqlx::query(
                 "UPDATE malaka_jobs j SET state = c.state, run_at = c.run_at, \
                         lease_expires_at = NULL, locked_by = NULL, \
-                        finished_at = CASE WHEN c.state = 'retryable' THEN NULL ELSE now() END, \
+                        finished_at = CASE WHEN c.state IN ('retryable', 'scheduled') THEN NULL \
+                                           ELSE now() END, \
                         errors = CASE WHEN c.error IS NULL THEN j.errors \
-                                      ELSE j.errors || jsonb_build_array(c.error) END \
+                                      ELSE j.errors || jsonb_build_array(c.error) END, \
+                        max_attempts = j.max_attempts + CASE WHEN c.state = 'scheduled' THEN 1 ELSE 0 END \
                  FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[], $5::jsonb[]) \
                       AS c(id, attempt, state, run_at, error) \
                  WHERE j.id = c.id AND j.attempt = c.attempt AND j.state = 'running'",

@@ -612,16 +612,18 @@ impl Storage for SqliteStorage {
             let (state, run_at, error) = match &f.outcome {
                 Outcome::Completed => continue,
                 Outcome::Retry { at, error } => ("retryable", *at, Some(error.as_str())),
+                Outcome::Snooze { at } => ("scheduled", *at, None),
                 Outcome::Discard { error } => ("discarded", now, Some(error.as_str())),
                 Outcome::Cancelled { error } => ("cancelled", now, error.as_deref()),
             };
-            let final_state = state != "retryable";
+            let final_state = state != "retryable" && state != "scheduled";
             let err = error.map(|e| error_json(f.attempt, now, e)).transpose()?;
             changed += sqlx::query(
                 "UPDATE malaka_jobs SET state = ?1, run_at = ?2, lease_expires_at = NULL, \
                         locked_by = NULL, finished_at = CASE WHEN ?3 THEN ?4 ELSE NULL END, \
                         errors = CASE WHEN ?5 IS NULL THEN errors \
-                                      ELSE json_insert(errors, '$[#]', json(?5)) END \
+                                      ELSE json_insert(errors, '$[#]', json(?5)) END, \
+                        max_attempts = max_attempts + (?1 = 'scheduled') \
                  WHERE id = ?6 AND attempt = ?7 AND state = 'running'",
             )
             .bind(state)

@@ -45,8 +45,9 @@ impl Live {
     pub async fn new(
         db: &Database,
         inventory: &Inventory,
-        config: &LiveConfig,
+        all: &crate::config::Config,
     ) -> Result<Self, DbError> {
+        let config = &all.live;
         let pool = db.event_pool();
         let outbox = Outbox::new(pool.clone());
         let cursor = outbox.last_seq().await?;
@@ -57,7 +58,10 @@ impl Live {
         Ok(Self {
             ticket_key: key.into_bytes(),
             hub: Hub::new(outbox, cursor, config.ws_buffer),
-            alerts: Alerts::new(pool),
+            // Every alert change enqueues its notifications in its own transaction.
+            alerts: Alerts::new(pool).with_effects(Arc::new(crate::notify::NotifyEffects {
+                max_attempts: all.notify.max_attempts,
+            })),
             db: db.clone(),
             relay_wake: inventory.outbox_written(),
             config: config.clone(),
