@@ -45,6 +45,26 @@ enum Command {
     Jobs(JobsArgs),
     /// Manage API tokens: create (prints only the new token), list, revoke.
     Token(TokenArgs),
+    /// Notifications: send a test message through a rule.
+    Notify(NotifyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct NotifyArgs {
+    #[command(subcommand)]
+    command: NotifyCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum NotifyCommand {
+    /// Send a test message through rule ID now (not through the queue); exit 1 if it fails.
+    Test {
+        /// The rule's id (see GET /api/v1/notification-rules).
+        #[arg(long)]
+        rule: i64,
+        #[command(flatten)]
+        db: DbArgs,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -381,6 +401,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Jobs(args) => jobs_command(&cli, args).await?,
         Command::Token(args) => token_command(&cli, args).await?,
+        Command::Notify(args) => notify_command(&cli, args).await?,
         Command::Bench(args) => {
             telemetry::init_logging(&malaka::config::LogConfig {
                 format: cli.log_format.unwrap_or(LogFormat::Text),
@@ -492,6 +513,27 @@ async fn bootstrap_token(app: &Application) -> anyhow::Result<()> {
             println!("admin token (shown once): {token}");
         }
     }
+    Ok(())
+}
+
+async fn notify_command(cli: &Cli, args: &NotifyArgs) -> anyhow::Result<()> {
+    let NotifyCommand::Test { rule, db } = &args.command;
+    let config = Config::load(cli.config.as_deref(), &overrides(cli, None, Some(db)))?;
+    telemetry::init_logging(&malaka::config::LogConfig {
+        format: config.log.format,
+        filter: "warn".to_owned(),
+    });
+    let database = malaka::db::Database::connect(&config.database_url(), &config.database)
+        .await
+        .context("connecting to the database")?;
+    database.migrate().await.context("migrating")?;
+    let notifier =
+        malaka::notify::Notifier::new(database.clone(), &malaka::app::notify_config(&config, None))
+            .context("notification settings")?;
+    let result = notifier.test(*rule).await;
+    database.close().await;
+    let sent = result.with_context(|| format!("sending a test message through rule {rule}"))?;
+    println!("{sent}");
     Ok(())
 }
 

@@ -10,6 +10,7 @@ pub mod idempotency;
 mod inventory;
 mod jobs;
 pub mod json;
+mod notify;
 pub mod openapi;
 mod tokens;
 mod ws;
@@ -92,6 +93,7 @@ pub fn api_routes() -> Router<AppState> {
         .merge(ws::routes())
         .merge(alerts::routes())
         .merge(jobs::routes())
+        .merge(notify::routes())
 }
 
 async fn not_found(req: Request) -> ApiError {

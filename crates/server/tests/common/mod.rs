@@ -8,6 +8,8 @@
     clippy::print_stderr
 )]
 
+pub mod smtp;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -30,6 +32,11 @@ pub fn postgres_admin_url() -> String {
 
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Whether this is a CI run (where every optional test dependency must be present).
+pub fn in_ci_pub() -> bool {
+    in_ci()
 }
 
 /// A fresh PostgreSQL database, or `None` when no server answers outside CI. Under CI a missing

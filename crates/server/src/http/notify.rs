@@ -1,0 +1,220 @@
+//! `/api/v1/notification-rules`: where stock alerts and finished reports are sent (admins and
+//! managers). Webhook secrets are write-only: answers say whether one is set, never what it is.
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
+
+use super::ApiError;
+use super::auth::{Permission, Principal};
+use super::json::Json;
+use crate::app::AppState;
+use crate::notify::{Channel, NewRule, Rule, RuleError, RuleInput};
+
+#[derive(OpenApi)]
+#[openapi(paths(create_rule, list_rules, get_rule, patch_rule, delete_rule))]
+pub(super) struct ApiDoc;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/notification-rules", get(list_rules).post(create_rule))
+        .route(
+            "/notification-rules/{id}",
+            get(get_rule).patch(patch_rule).delete(delete_rule),
+        )
+}
+
+impl From<RuleError> for ApiError {
+    fn from(e: RuleError) -> Self {
+        ApiError::unprocessable(e.field, e.message)
+    }
+}
+
+/// A rule's fields. `channel` is `email` (with `address`) or `webhook` (with `url` and
+/// `secret`); lists empty or absent match everything.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RuleIn {
+    name: Option<String>,
+    channel: Option<String>,
+    address: Option<String>,
+    url: Option<String>,
+    secret: Option<String>,
+    warehouses: Option<Vec<String>>,
+    skus: Option<Vec<String>>,
+    /// LOW (default), CRITICAL or OUT_OF_STOCK.
+    min_level: Option<String>,
+    /// `stock_alert` (default) and/or `report_ready`.
+    events: Option<Vec<String>>,
+    enabled: Option<bool>,
+}
+
+impl From<RuleIn> for RuleInput {
+    fn from(r: RuleIn) -> Self {
+        Self {
+            name: r.name,
+            channel: r.channel,
+            address: r.address,
+            url: r.url,
+            secret: r.secret,
+            warehouses: r.warehouses,
+            skus: r.skus,
+            min_level: r.min_level,
+            events: r.events,
+            enabled: r.enabled,
+        }
+    }
+}
+
+/// A rule.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct RuleOut {
+    id: i64,
+    name: String,
+    channel: &'static str,
+    /// For email.
+    address: Option<String>,
+    /// For webhooks.
+    url: Option<String>,
+    /// Whether a webhook secret is set (the secret itself is never shown).
+    has_secret: bool,
+    warehouses: Vec<String>,
+    skus: Vec<String>,
+    min_level: &'static str,
+    events: Vec<String>,
+    enabled: bool,
+    created_by: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<Rule> for RuleOut {
+    fn from(r: Rule) -> Self {
+        let (address, url) = match r.channel {
+            Channel::Email => (Some(r.target), None),
+            Channel::Webhook => (None, Some(r.target)),
+        };
+        Self {
+            id: r.id,
+            name: r.name,
+            channel: r.channel.as_str(),
+            address,
+            url,
+            has_secret: r.secret.is_some(),
+            warehouses: r.warehouses,
+            skus: r.skus,
+            min_level: r.min_level.as_str(),
+            events: r.events,
+            enabled: r.enabled,
+            created_by: r.created_by,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+/// Rules, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct RulesOut {
+    items: Vec<RuleOut>,
+}
+
+fn rule_id(s: &str) -> Result<i64, ApiError> {
+    s.parse::<i64>()
+        .map_err(|_| ApiError::not_found(format!("notification rule {s:?} not found")))
+}
+
+fn missing(id: i64) -> ApiError {
+    ApiError::not_found(format!("notification rule {id} not found"))
+}
+
+#[utoipa::path(post, path = "/api/v1/notification-rules", tag = "notifications", request_body = RuleIn,
+    responses((status = 201, body = RuleOut), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody),
+              (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+async fn create_rule(
+    State(state): State<AppState>,
+    principal: Principal,
+    Json(body): Json<RuleIn>,
+) -> Result<(StatusCode, Json<RuleOut>), ApiError> {
+    principal.require(Permission::ManageCatalog)?;
+    let rule = NewRule::parse(body.into())?;
+    let stored = state
+        .notifier()
+        .rules()
+        .create(&rule, &principal.name)
+        .await?;
+    tracing::info!(rule = stored.id, channel = rule.channel.as_str(), by = %principal.name, "notification rule created");
+    Ok((StatusCode::CREATED, Json(RuleOut::from(stored))))
+}
+
+#[utoipa::path(get, path = "/api/v1/notification-rules", tag = "notifications",
+    responses((status = 200, body = RulesOut), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+async fn list_rules(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<RulesOut>, ApiError> {
+    principal.require(Permission::ManageCatalog)?;
+    let rules = state.notifier().rules().list().await?;
+    Ok(Json(RulesOut {
+        items: rules.into_iter().map(RuleOut::from).collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/notification-rules/{id}", tag = "notifications", params(("id" = i64, Path)),
+    responses((status = 200, body = RuleOut), (status = 404, description = "no such rule", body = super::openapi::ErrorBody)))]
+async fn get_rule(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<RuleOut>, ApiError> {
+    principal.require(Permission::ManageCatalog)?;
+    let id = rule_id(&id)?;
+    let rule = state
+        .notifier()
+        .rules()
+        .get(id)
+        .await?
+        .ok_or_else(|| missing(id))?;
+    Ok(Json(RuleOut::from(rule)))
+}
+
+#[utoipa::path(patch, path = "/api/v1/notification-rules/{id}", tag = "notifications", params(("id" = i64, Path)), request_body = RuleIn,
+    responses((status = 200, body = RuleOut), (status = 404, description = "no such rule", body = super::openapi::ErrorBody),
+              (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody)))]
+async fn patch_rule(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    Json(body): Json<RuleIn>,
+) -> Result<Json<RuleOut>, ApiError> {
+    principal.require(Permission::ManageCatalog)?;
+    let id = rule_id(&id)?;
+    let rules = state.notifier().rules();
+    let existing = rules.get(id).await?.ok_or_else(|| missing(id))?;
+    let patched = NewRule::patched(&existing, body.into())?;
+    let rule = rules
+        .update(id, &patched)
+        .await?
+        .ok_or_else(|| missing(id))?;
+    Ok(Json(RuleOut::from(rule)))
+}
+
+#[utoipa::path(delete, path = "/api/v1/notification-rules/{id}", tag = "notifications", params(("id" = i64, Path)),
+    responses((status = 204, description = "deleted"), (status = 404, description = "no such rule", body = super::openapi::ErrorBody)))]
+async fn delete_rule(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    principal.require(Permission::ManageCatalog)?;
+    let id = rule_id(&id)?;
+    if state.notifier().rules().delete(id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(missing(id))
+    }
+}
