@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -142,6 +142,29 @@ struct Local {
     backlog_started: Notify,
     /// Jobs of the queue this node holds (waiting here or running): [`JobSlot`]s alive.
     in_flight: Arc<AtomicUsize>,
+    /// Recent run time of the queue's jobs, microseconds (a moving average, so a change of
+    /// workload shows within a few dozen jobs); 0 before the first.
+    recent_run_us: AtomicU64,
+}
+
+impl Local {
+    /// Folds one job's run time into [`Self::recent_run_us`] (weight 1/16).
+    fn record_run(&self, took: Duration) {
+        let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+        let _prev = self
+            .recent_run_us
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
+                Some(if old == 0 {
+                    sample
+                } else {
+                    old - old / 16 + sample / 16
+                })
+            });
+    }
+
+    fn recent_run(&self) -> Duration {
+        Duration::from_micros(self.recent_run_us.load(Ordering::Acquire))
+    }
 }
 
 /// A worker slot with one claimed job in it; counted in [`Local::in_flight`] while it lives.
@@ -407,6 +430,7 @@ impl Worker {
                 backlog: AtomicBool::new(false),
                 backlog_started: Notify::new(),
                 in_flight: Arc::new(AtomicUsize::new(0)),
+                recent_run_us: AtomicU64::new(0),
             });
             let taker = Arc::new(Taker {
                 queue: q.name.clone(),
@@ -586,7 +610,7 @@ async fn fetcher(
         };
         // Hold no more than this node will get through soon, so other nodes get their share of
         // slow jobs while a backlog of quick ones still drains in large claims.
-        let limit = q.concurrency + adaptive_prefetch(&q, pool.mean_run_time());
+        let limit = q.concurrency + adaptive_prefetch(&q, local.recent_run());
         // Claim in worthwhile batches: while every worker is busy anyway, wait until a share of
         // the slots is free instead of claiming a job or two per statement.
         let low_water =
@@ -666,6 +690,12 @@ async fn fetcher(
                 return;
             }
         }
+        if got < wanted && index > 0 {
+            // The backlog is drained: this claimer goes back to waiting for the next one. It
+            // must not wait on the queue's wake-ups: it would take one the first claimer needs
+            // (each wakes one waiter) and then claim nothing.
+            continue;
+        }
         if got < wanted {
             // The queue is empty (for now): sleep until a wake-up, the next scheduled job, or
             // the fallback poll.
@@ -690,12 +720,20 @@ async fn run_next(shared: Arc<Shared>, local: Arc<Local>) {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .pop();
-    if let Some(Pending { job, held, slot }) = next {
-        run_job(shared, job, held, slot).await;
+    if let Some(Pending { job, held, slot }) = next
+        && let Some(took) = run_job(shared, job, held, slot).await
+    {
+        local.record_run(took);
     }
 }
 
-async fn run_job(shared: Arc<Shared>, job: JobRecord, held: Arc<Held>, slot: JobSlot) {
+/// Runs one job and records its outcome; how long it ran, if it ran.
+async fn run_job(
+    shared: Arc<Shared>,
+    job: JobRecord,
+    held: Arc<Held>,
+    slot: JobSlot,
+) -> Option<Duration> {
     let _slot = slot;
     if shared.stopping.is_cancelled() {
         // Claimed ahead but never started: give it back at shutdown.
@@ -705,7 +743,7 @@ async fn run_job(shared: Arc<Shared>, job: JobRecord, held: Arc<Held>, slot: Job
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push((job.id, job.attempt));
-        return;
+        return None;
     }
     held.started.store(true, Ordering::Release);
     let queue = job.queue.clone();
@@ -744,7 +782,7 @@ async fn run_job(shared: Arc<Shared>, job: JobRecord, held: Arc<Held>, slot: Job
                 // Told to stop because the worker is shutting down: not a failure. The job stays
                 // held, and shutdown gives it back to the queue at once, attempt counted.
                 tracing::info!(job = job.id, "job stopped for shutdown; giving it back");
-                return;
+                return None;
             }
             match result {
                 // A job that stops early because it was cancelled returns `Ok` as often as not:
@@ -792,8 +830,9 @@ async fn run_job(shared: Arc<Shared>, job: JobRecord, held: Arc<Held>, slot: Job
     };
     metrics::counter!("malaka_jobs_finished_total", "queue" => queue.clone(), "kind" => kind.clone(), "outcome" => label)
         .increment(1);
+    let took = started.elapsed();
     metrics::histogram!("malaka_jobs_run_seconds", "queue" => queue, "kind" => kind)
-        .record(started.elapsed().as_secs_f64());
+        .record(took.as_secs_f64());
     if let Outcome::Discard { error } | Outcome::Retry { error, .. } = &outcome {
         tracing::warn!(job = job.id, attempt = job.attempt, outcome = label, %error, "job failed");
     }
@@ -810,6 +849,7 @@ async fn run_job(shared: Arc<Shared>, job: JobRecord, held: Arc<Held>, slot: Job
             "completer gone; the job's lease will expire and it will run again"
         );
     }
+    Some(took)
 }
 
 /// Writes outcomes in batches: whatever has arrived while the previous batch was written.

@@ -41,6 +41,7 @@ conformance! {
     case_idle_worker_takes_new_jobs => sqlite_idle_worker_takes_new_jobs, postgres_idle_worker_takes_new_jobs;
     case_completed_jobs_deleted_unless_kept => sqlite_completed_jobs_deleted_unless_kept, postgres_completed_jobs_deleted_unless_kept;
     case_snooze_spends_no_attempt => sqlite_snooze_spends_no_attempt, postgres_snooze_spends_no_attempt;
+    case_wakes_up_after_a_backlog => sqlite_wakes_up_after_a_backlog, postgres_wakes_up_after_a_backlog;
 }
 
 /// The queue the workers in these tests work.
@@ -1735,5 +1736,46 @@ async fn case_snooze_spends_no_attempt(b: &Backend) {
     let j = wait_state(b, id, JobState::Completed, Duration::from_secs(5)).await;
     assert_eq!((j.attempt, j.max_attempts), (3, 3), "{j:?}");
     assert!(j.errors.is_empty(), "{j:?}");
+    worker.shutdown().await;
+}
+
+// 18. ------------------------------------------------------------------------------------------
+
+/// After a backlog drains (both claimers at work), new jobs are picked up at once, not at the
+/// next poll: a wake-up is never spent by the claimer that only helps with backlogs.
+async fn case_wakes_up_after_a_backlog(b: &Backend) {
+    let runs: Runs = Arc::default();
+    let r = Arc::clone(&runs);
+    let registry = Registry::new().register_fn("quick", JobOptions::default(), move |_, ctx| {
+        bump(&r, ctx.id);
+        async { Ok(()) }
+    });
+    let worker = start(
+        b,
+        registry,
+        worker_config(8).poll_interval(Duration::from_secs(30)),
+    )
+    .await;
+    for round in 0..3 {
+        let n = if round == 0 { 2000 } else { 20 };
+        let started = Instant::now();
+        let ids = b
+            .queue
+            .enqueue_many((0..n).map(|_| new_job("quick")).collect())
+            .await
+            .unwrap();
+        let r = &runs;
+        let ids = &ids;
+        wait_for("the jobs to run", Duration::from_secs(10), || async move {
+            ids.iter().all(|id| count(r, *id) == 1)
+        })
+        .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "round {round} waited for a poll: {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(ms(100)).await;
+    }
     worker.shutdown().await;
 }

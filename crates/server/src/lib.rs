@@ -8,6 +8,7 @@ pub mod bench;
 pub mod bench_alerts;
 pub mod bench_jobs;
 pub mod bench_movements;
+pub mod bench_notify;
 pub mod config;
 pub mod db;
 pub mod http;

@@ -243,6 +243,8 @@ enum Suite {
     Movements,
     /// From a posting's HTTP response to its stock alert on a WebSocket client (p50/p99).
     Alerts,
+    /// Email and webhook deliveries per second through the notifications queue.
+    Notify,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -288,6 +290,12 @@ struct BenchArgs {
     /// does (default: deleted as they complete, the server's default).
     #[arg(long)]
     keep_completed: bool,
+    /// notify suite: messages per channel.
+    #[arg(long, default_value_t = 2000)]
+    messages: usize,
+    /// notify suite: the SMTP server to send to (`host:port`; default: a sink in the process).
+    #[arg(long, value_name = "HOST:PORT")]
+    smtp: Option<String>,
     /// movements suite: concurrent HTTP clients (and direct posting tasks).
     #[arg(long, default_value_t = 32)]
     clients: usize,
@@ -477,6 +485,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         samples: if args.quick { 20 } else { args.samples },
                     };
                     tokio::spawn(async move { malaka::bench_alerts::alerts_suite(&spec).await })
+                        .await
+                        .context("benchmark task")??
+                }
+                Suite::Notify => {
+                    let spec = malaka::bench_notify::NotifyBench {
+                        backend: match args.backend {
+                            BenchBackend::Sqlite => malaka::bench_jobs::Backend::Sqlite,
+                            BenchBackend::Postgres => malaka::bench_jobs::Backend::Postgres,
+                        },
+                        database_url: args.database_url.clone(),
+                        messages: if args.quick { 50 } else { args.messages },
+                        smtp: args.smtp.clone(),
+                    };
+                    tokio::spawn(async move { malaka::bench_notify::notify_suite(&spec).await })
                         .await
                         .context("benchmark task")??
                 }

@@ -209,6 +209,8 @@ pub struct Notifier {
     sender: send::Sender,
     breakers: Breakers,
     config: NotifyConfig,
+    /// Messages sent by this notifier: email, webhook.
+    sent: [std::sync::atomic::AtomicUsize; 2],
 }
 
 impl Notifier {
@@ -222,7 +224,14 @@ impl Notifier {
             sender: send::Sender::new(config)?,
             breakers: Breakers::default(),
             config: config.clone(),
+            sent: Default::default(),
         })
+    }
+
+    /// Messages this process has sent on `channel` (`email` or `webhook`).
+    pub fn sent(&self, channel: &str) -> usize {
+        let i = usize::from(channel == "webhook");
+        self.sent[i].load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The rules.
@@ -298,6 +307,8 @@ impl Notifier {
         match self.sender.send(&rule, &d, ctx.id).await {
             Ok(()) => {
                 permit.success();
+                self.sent[usize::from(rule.channel == Channel::Webhook)]
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 metrics::counter!("malaka_notify_sent_total", "channel" => channel).increment(1);
                 tracing::info!(job = ctx.id, rule = rule.id, channel, "notification sent");
                 Ok(())
