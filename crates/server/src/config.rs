@@ -327,10 +327,9 @@ impl PoolSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct JobsConfig {
-    /// Queues this node works, by name (default: `default` with concurrency 10). Settings merge
-    /// with the defaults, so `default` and `notifications` (concurrency 32) are always listed;
-    /// give one `concurrency = 0` to leave it to
-    /// other nodes.
+    /// Queues this node works, by name (default: `default` with concurrency 10 and
+    /// `notifications` with 32). Settings merge with the defaults, so both are always listed;
+    /// give one `concurrency = 0` to leave it to other nodes.
     pub queues: BTreeMap<String, JobQueueSettings>,
     /// Lease on each claimed job; a heartbeat renews it every third of it. A job whose worker
     /// dies runs again once its lease has expired.
@@ -612,8 +611,9 @@ mod tests {
             assert_eq!(c.jobs.completed_retention, Duration::ZERO);
             assert_eq!(c.jobs.failed_retention, Duration::from_secs(7 * 24 * 3600));
             assert_eq!(c.jobs.rescue_every, Duration::from_secs(5));
-            assert_eq!(c.jobs.queues.len(), 1);
+            assert_eq!(c.jobs.queues.len(), 2);
             assert_eq!(c.jobs.queues["default"].concurrency, 10);
+            assert_eq!(c.jobs.queues["notifications"].concurrency, 32);
 
             jail.create_file(
                 "malaka.toml",

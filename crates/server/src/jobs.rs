@@ -232,6 +232,7 @@ mod tests {
             },
         );
         c.queues.get_mut("default").unwrap().concurrency = 0;
+        c.queues.get_mut("notifications").unwrap().concurrency = 0;
         c.lease = Duration::from_secs(3);
         let w = worker_config(&c, Duration::from_secs(4));
         assert_eq!(w.queues.len(), 1);
