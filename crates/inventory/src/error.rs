@@ -74,7 +74,7 @@ impl InventoryError {
         )
     }
 
-    pub(crate) fn invalid(field: &str, message: impl Into<String>) -> Self {
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
         Self::Invalid {
             field: field.to_owned(),
             message: message.into(),

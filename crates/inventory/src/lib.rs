@@ -25,6 +25,7 @@
 mod error;
 mod events;
 mod group;
+mod reports;
 mod store;
 mod types;
 mod valuation;
@@ -34,6 +35,7 @@ pub use events::{
     Alert, AlertAction, AlertChange, AlertEffects, AlertFilter, Alerts, EventPool, LevelChange,
     Outbox, Published, SweepReport, TOPIC_ALERT,
 };
+pub use reports::{ReportKind, ReportParams, ReportSink, ReportSummary};
 pub use store::{
     Discrepancy, Inventory, LedgerPage, MAX_BATCH, OutboxEvent, TOPIC_LEVEL_CHANGED,
     TOPIC_MOVEMENT_POSTED, VerifyReport,

@@ -191,6 +191,14 @@ impl Inventory {
         Ok(out)
     }
 
+    /// The pool: SQLite or PostgreSQL.
+    pub(crate) fn pools(&self) -> (Option<&SqlitePool>, Option<&PgPool>) {
+        match &self.db {
+            Db::Sqlite(p) => (Some(p), None),
+            Db::Postgres(p) => (None, Some(p)),
+        }
+    }
+
     /// Notified (one stored permit) after every commit of this process that wrote outbox
     /// events: postings and `min_qty` changes. The outbox relay waits on it.
     pub fn outbox_written(&self) -> std::sync::Arc<tokio::sync::Notify> {

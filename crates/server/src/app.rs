@@ -80,6 +80,7 @@ struct Inner {
     auth: Auth,
     live: crate::live::Live,
     notifier: Arc<crate::notify::Notifier>,
+    reports: Arc<crate::reports::Reports>,
 }
 
 /// What every request handler can reach. Cheap to clone.
@@ -150,6 +151,10 @@ impl AppState {
     pub fn auth(&self) -> &Auth {
         &self.inner.auth
     }
+    /// Reports: requests, files, retention.
+    pub fn reports(&self) -> &Arc<crate::reports::Reports> {
+        &self.inner.reports
+    }
     /// Notification rules and delivery.
     pub fn notifier(&self) -> &Arc<crate::notify::Notifier> {
         &self.inner.notifier
@@ -216,6 +221,7 @@ pub struct Application {
     state: AppState,
     shutdown_timeout: Duration,
     jobs: JobsConfig,
+    prune_every: Duration,
 }
 
 impl Application {
@@ -254,6 +260,7 @@ impl Application {
                 })?;
         let auth = Auth::new(db.clone(), &config.api);
         let live = crate::live::Live::new(&db, &inventory, config).await?;
+        let (db_for_reports, inventory_for_reports) = (db.clone(), inventory.clone());
         let notifier = Arc::new(crate::notify::Notifier::new(
             db.clone(),
             &notify_config(config, listener.local_addr().ok()),
@@ -275,6 +282,11 @@ impl Application {
                 shutting_down: AtomicBool::new(false),
                 live,
                 notifier,
+                reports: Arc::new(crate::reports::Reports::new(
+                    db_for_reports,
+                    inventory_for_reports,
+                    config.reports.retention,
+                )),
             }),
         };
         Ok(Self {
@@ -282,6 +294,7 @@ impl Application {
             state,
             shutdown_timeout: config.shutdown_timeout,
             jobs: config.jobs.clone(),
+            prune_every: config.reports.prune_every,
         })
     }
 
@@ -313,16 +326,22 @@ impl Application {
             state,
             shutdown_timeout,
             jobs,
+            prune_every,
         } = self;
         let runner = JobRunner::start(
             Arc::clone(state.jobs().storage()),
-            crate::jobs::registry(Some(state.notifier())),
+            crate::jobs::registry(Some(state.notifier()), Some(state.reports())),
             &jobs,
             shutdown_timeout,
         )
         .await?;
         *lock(&state.inner.job_pools) = runner.pools().to_vec();
         state.live().start(state.bus(), state.jobs());
+        let prune = tokio::spawn(prune_reports(
+            Arc::clone(state.reports()),
+            prune_every,
+            state.live().stopping(),
+        ));
         let stop = CancellationToken::new();
         let app = crate::http::router(state.clone());
         let serve =
@@ -356,6 +375,7 @@ impl Application {
             }
         };
         tokio::join!(state.live().shutdown(), http);
+        prune.abort();
         let remaining = deadline.saturating_duration_since(Instant::now());
         let pools =
             futures::future::join_all(
@@ -372,6 +392,25 @@ impl Application {
         state.inner.db.close().await;
         tracing::info!("shutdown complete");
         failed.unwrap_or(Ok(()))
+    }
+}
+
+/// Deletes expired reports every `every` until `stop`.
+async fn prune_reports(
+    reports: Arc<crate::reports::Reports>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        match reports.prune().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(reports = n, "expired reports deleted"),
+            Err(e) => tracing::warn!(error = %e, "pruning reports failed"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every.max(Duration::from_millis(100))) => {}
+        }
     }
 }
 

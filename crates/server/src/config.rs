@@ -34,6 +34,30 @@ pub struct Config {
     pub live: LiveConfig,
     /// Notifications: SMTP, webhooks, circuit breakers.
     pub notify: NotifyConfig,
+    /// Reports: how long their files are kept.
+    pub reports: ReportsConfig,
+}
+
+/// Reports (they run on the `reports` job queue: `[jobs.queues.reports] concurrency` limits how
+/// many run at once on each node, default 2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReportsConfig {
+    /// Finished reports (and their files) are deleted this long after they finish.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// How often expired reports are looked for.
+    #[serde(with = "humantime_serde")]
+    pub prune_every: Duration,
+}
+
+impl Default for ReportsConfig {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(7 * 24 * 3600),
+            prune_every: Duration::from_secs(600),
+        }
+    }
 }
 
 /// How notifications are sent.
@@ -190,6 +214,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             live: LiveConfig::default(),
             notify: NotifyConfig::default(),
+            reports: ReportsConfig::default(),
         }
     }
 }
@@ -327,9 +352,9 @@ impl PoolSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct JobsConfig {
-    /// Queues this node works, by name (default: `default` with concurrency 10 and
-    /// `notifications` with 32). Settings merge with the defaults, so both are always listed;
-    /// give one `concurrency = 0` to leave it to other nodes.
+    /// Queues this node works, by name (default: `default` with concurrency 10,
+    /// `notifications` with 32, `reports` with 2). Settings merge with the defaults, so these are
+    /// always listed; give one `concurrency = 0` to leave it to other nodes.
     pub queues: BTreeMap<String, JobQueueSettings>,
     /// Lease on each claimed job; a heartbeat renews it every third of it. A job whose worker
     /// dies runs again once its lease has expired.
@@ -365,6 +390,14 @@ impl Default for JobsConfig {
                     JobQueueSettings {
                         concurrency: 32,
                         ..JobQueueSettings::default()
+                    },
+                ),
+                (
+                    crate::reports::QUEUE.to_owned(),
+                    JobQueueSettings {
+                        concurrency: 2,
+                        min_workers: Some(1),
+                        prefetch: Some(0),
                     },
                 ),
             ]),
@@ -611,7 +644,8 @@ mod tests {
             assert_eq!(c.jobs.completed_retention, Duration::ZERO);
             assert_eq!(c.jobs.failed_retention, Duration::from_secs(7 * 24 * 3600));
             assert_eq!(c.jobs.rescue_every, Duration::from_secs(5));
-            assert_eq!(c.jobs.queues.len(), 2);
+            assert_eq!(c.jobs.queues.len(), 3);
+            assert_eq!(c.jobs.queues["reports"].concurrency, 2);
             assert_eq!(c.jobs.queues["default"].concurrency, 10);
             assert_eq!(c.jobs.queues["notifications"].concurrency, 32);
 

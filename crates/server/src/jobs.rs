@@ -57,18 +57,24 @@ impl Job for Sleep {
     }
 }
 
-/// Every kind this server runs: the built-in ones, and notification deliveries when a
-/// notifier is given.
-pub fn registry(notifier: Option<&Arc<crate::notify::Notifier>>) -> Registry {
-    let r = Registry::new().register::<Sleep>().register_fn(
+/// Every kind this server runs: the built-in ones, and notification deliveries and reports
+/// when they are given.
+pub fn registry(
+    notifier: Option<&Arc<crate::notify::Notifier>>,
+    reports: Option<&Arc<crate::reports::Reports>>,
+) -> Registry {
+    let mut r = Registry::new().register::<Sleep>().register_fn(
         NOOP,
         JobOptions::default(),
         |_payload, _ctx| async { Ok(()) },
     );
-    match notifier {
-        Some(n) => n.register(r),
-        None => r,
+    if let Some(n) = notifier {
+        r = n.register(r);
     }
+    if let Some(rep) = reports {
+        r = rep.register(r);
+    }
+    r
 }
 
 /// The worker settings `[jobs]` describes; queues with concurrency 0 are not worked here.
@@ -190,7 +196,14 @@ pub async fn run_worker(
     )?);
     let runner = JobRunner::start(
         db.job_storage(&config.jobs),
-        registry(Some(&notifier)),
+        registry(
+            Some(&notifier),
+            Some(&Arc::new(crate::reports::Reports::new(
+                db.clone(),
+                db.inventory(),
+                config.reports.retention,
+            ))),
+        ),
         &config.jobs,
         config.shutdown_timeout,
     )
@@ -233,6 +246,7 @@ mod tests {
         );
         c.queues.get_mut("default").unwrap().concurrency = 0;
         c.queues.get_mut("notifications").unwrap().concurrency = 0;
+        c.queues.get_mut("reports").unwrap().concurrency = 0;
         c.lease = Duration::from_secs(3);
         let w = worker_config(&c, Duration::from_secs(4));
         assert_eq!(w.queues.len(), 1);
@@ -245,7 +259,7 @@ mod tests {
         assert_eq!(w.shutdown_timeout, Duration::from_secs(4));
         let m = maintenance_config(&c);
         assert_eq!(m.rescue_every, Duration::from_secs(5));
-        let r = registry(None);
+        let r = registry(None, None);
         let mut kinds: Vec<&str> = r.kinds().collect();
         kinds.sort_unstable();
         assert_eq!(kinds, ["noop", "sleep"]);

@@ -15,6 +15,7 @@ pub mod http;
 pub mod jobs;
 pub mod live;
 pub mod notify;
+pub mod reports;
 pub mod telemetry;
 
 pub use app::{AppState, Application, ServerError};

@@ -12,6 +12,7 @@ mod jobs;
 pub mod json;
 mod notify;
 pub mod openapi;
+mod reports;
 mod tokens;
 mod ws;
 
@@ -94,6 +95,7 @@ pub fn api_routes() -> Router<AppState> {
         .merge(alerts::routes())
         .merge(jobs::routes())
         .merge(notify::routes())
+        .merge(reports::routes())
 }
 
 async fn not_found(req: Request) -> ApiError {

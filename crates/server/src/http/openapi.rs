@@ -54,7 +54,7 @@ impl Modify for Bearer {
     security(("bearer" = [])),
     tags(
         (name = "articles"), (name = "warehouses"), (name = "movements"), (name = "stock"),
-        (name = "tokens"), (name = "alerts"), (name = "jobs"), (name = "live"), (name = "notifications")
+        (name = "tokens"), (name = "alerts"), (name = "jobs"), (name = "live"), (name = "notifications"), (name = "reports")
     )
 )]
 struct ApiDoc;
@@ -68,6 +68,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.merge(super::jobs::ApiDoc::openapi());
     doc.merge(super::ws::ApiDoc::openapi());
     doc.merge(super::notify::ApiDoc::openapi());
+    doc.merge(super::reports::ApiDoc::openapi());
     doc
 }
 

@@ -92,6 +92,32 @@ pub fn jobs_for(change: &AlertChange, rules: &[Rule], max_attempts: i32) -> Vec<
         .collect()
 }
 
+/// The delivery jobs for a finished report (`report.ready` payload): one per rule that wants
+/// `report_ready`, medium priority, unique per (report, rule).
+pub fn jobs_for_report(event: &serde_json::Value, rules: &[Rule]) -> Vec<NewJob> {
+    let id = event["report_id"].as_str().unwrap_or_default();
+    rules
+        .iter()
+        .filter(|r| r.wants_report())
+        .map(|r| {
+            let payload = Delivery {
+                rule: r.id,
+                event: "report_ready".to_owned(),
+                data: event.clone(),
+            };
+            NewJob::new(
+                KIND,
+                serde_json::to_value(&payload).unwrap_or(serde_json::Value::Null),
+            )
+            .queue(QUEUE)
+            .priority(PRIORITY_MEDIUM)
+            .unique_key(format!("notify:report:{id}:{}", r.id))
+            .tag(r.channel.as_str())
+            .tag("report_ready")
+        })
+        .collect()
+}
+
 /// Enqueues alert notifications inside the alert's transaction.
 #[derive(Debug, Clone, Copy)]
 pub struct NotifyEffects {

@@ -1,0 +1,512 @@
+//! Reports an accountant needs: stock balance, ledger, valuation, low stock and ageing. Each
+//! reads one consistent snapshot (one read transaction) and streams its rows to a
+//! [`ReportSink`] in batches, so memory stays bounded however long the ledger is.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use futures::TryStreamExt;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use crate::error::InventoryError;
+use crate::store::Inventory;
+use crate::types::{Sku, ValuationMethod, WarehouseCode};
+
+/// Rows handed to the sink at a time.
+pub(crate) const BATCH: usize = 1000;
+
+/// Which report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportKind {
+    /// Per article and warehouse, now: qty, rate, value, level; total value.
+    StockBalance,
+    /// Ledger rows between two times, with the running quantity and value.
+    Ledger,
+    /// Per article and warehouse: method, qty, rate, value; the grand total.
+    Valuation,
+    /// Every balance below NORMAL with a suggested order quantity.
+    LowStock,
+    /// Stock by age of the receipts it came from: 0-30, 31-60, 61-90, over 90 days.
+    Ageing,
+}
+
+impl ReportKind {
+    /// Every kind.
+    pub const ALL: [Self; 5] = [
+        Self::StockBalance,
+        Self::Ledger,
+        Self::Valuation,
+        Self::LowStock,
+        Self::Ageing,
+    ];
+
+    /// The name (`stock_balance`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::StockBalance => "stock_balance",
+            Self::Ledger => "ledger",
+            Self::Valuation => "valuation",
+            Self::LowStock => "low_stock",
+            Self::Ageing => "ageing",
+        }
+    }
+
+    /// The columns of its rows.
+    pub fn columns(self) -> &'static [&'static str] {
+        match self {
+            Self::StockBalance => &[
+                "sku",
+                "name",
+                "warehouse",
+                "qty",
+                "rate",
+                "value",
+                "min_qty",
+                "level",
+            ],
+            Self::Ledger => &[
+                "id",
+                "posted_at",
+                "movement_id",
+                "type",
+                "sku",
+                "warehouse",
+                "qty_change",
+                "unit_cost",
+                "value_change",
+                "running_qty",
+                "running_value",
+                "reference",
+                "posted_by",
+            ],
+            Self::Valuation => &["sku", "name", "warehouse", "method", "qty", "rate", "value"],
+            Self::LowStock => &[
+                "sku",
+                "name",
+                "warehouse",
+                "qty",
+                "min_qty",
+                "reorder_qty",
+                "level",
+                "suggested_order_qty",
+            ],
+            Self::Ageing => &[
+                "sku",
+                "warehouse",
+                "method",
+                "qty",
+                "value",
+                "qty_0_30",
+                "qty_31_60",
+                "qty_61_90",
+                "qty_over_90",
+                "value_0_30",
+                "value_31_60",
+                "value_61_90",
+                "value_over_90",
+            ],
+        }
+    }
+}
+
+impl FromStr for ReportKind {
+    type Err = InventoryError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                InventoryError::invalid(
+                    "type",
+                    format!(
+                        "unknown report type {s:?}: use stock_balance, ledger, valuation, low_stock or ageing"
+                    ),
+                )
+            })
+    }
+}
+
+/// What a report covers; every field optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReportParams {
+    /// One article.
+    pub sku: Option<Sku>,
+    /// One warehouse.
+    pub warehouse: Option<WarehouseCode>,
+    /// Ledger rows posted at or after.
+    pub from: Option<DateTime<Utc>>,
+    /// Ledger rows posted before.
+    pub to: Option<DateTime<Utc>>,
+}
+
+/// What a report found besides its rows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReportSummary {
+    /// Rows written.
+    pub rows: u64,
+    /// Named totals (`total_value`, ...), as decimals in text.
+    pub totals: BTreeMap<String, String>,
+    /// Things the reader should know (how ageing treats moving-average articles).
+    pub notes: Vec<String>,
+    /// The moment the report's snapshot shows.
+    pub as_of: DateTime<Utc>,
+}
+
+/// Where a report's rows go.
+#[async_trait::async_trait]
+pub trait ReportSink: Send {
+    /// A batch of rows (cells as text, in [`ReportKind::columns`] order).
+    ///
+    /// # Errors
+    /// The sink failed or was cancelled: the report stops.
+    async fn rows(&mut self, rows: Vec<Vec<String>>) -> Result<(), InventoryError>;
+    /// How far along the report is.
+    ///
+    /// # Errors
+    /// As for [`Self::rows`].
+    async fn progress(&mut self, done: u64, total: u64) -> Result<(), InventoryError>;
+}
+
+fn text(d: Decimal) -> String {
+    d.normalize().to_string()
+}
+
+fn dec(field: &str, s: &str) -> Result<Decimal, InventoryError> {
+    Decimal::from_str(s).map_err(|e| InventoryError::Corrupt(format!("{field} {s:?}: {e}")))
+}
+
+/// Rows collected for the sink, flushed every [`BATCH`].
+struct Batcher<'a> {
+    sink: &'a mut dyn ReportSink,
+    rows: Vec<Vec<String>>,
+    done: u64,
+    total: u64,
+}
+
+impl<'a> Batcher<'a> {
+    fn new(sink: &'a mut dyn ReportSink, total: u64) -> Self {
+        Self {
+            sink,
+            rows: Vec::with_capacity(BATCH),
+            done: 0,
+            total,
+        }
+    }
+
+    async fn push(&mut self, row: Vec<String>) -> Result<(), InventoryError> {
+        self.rows.push(row);
+        self.done += 1;
+        if self.rows.len() >= BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), InventoryError> {
+        if !self.rows.is_empty() {
+            let rows = std::mem::replace(&mut self.rows, Vec::with_capacity(BATCH));
+            self.sink.rows(rows).await?;
+            self.sink
+                .progress(self.done, self.total.max(self.done))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The age buckets, in days: 0-30, 31-60, 61-90, over 90.
+fn bucket(age_days: i64) -> usize {
+    match age_days {
+        ..=30 => 0,
+        31..=60 => 1,
+        61..=90 => 2,
+        _ => 3,
+    }
+}
+
+/// Splits `qty` in stock over the receipts it came from (newest first, as FIFO consumes the
+/// oldest): quantities and values per age bucket. Each receipt is (qty, unit cost, posted at);
+/// `rate` values the moving-average ones (`None`: FIFO, at each receipt's own cost).
+fn age(
+    qty: Decimal,
+    receipts: &[(Decimal, Decimal, DateTime<Utc>)],
+    rate: Option<Decimal>,
+    now: DateTime<Utc>,
+) -> ([Decimal; 4], [Decimal; 4]) {
+    let mut q = [Decimal::ZERO; 4];
+    let mut v = [Decimal::ZERO; 4];
+    let mut left = qty;
+    for (rq, cost, at) in receipts {
+        if left <= Decimal::ZERO {
+            break;
+        }
+        let take = (*rq).min(left);
+        left -= take;
+        let b = bucket((now - *at).num_days());
+        q[b] += take;
+        v[b] += take * rate.unwrap_or(*cost);
+    }
+    // Stock the receipts do not explain (negative stock allowed earlier, say): the oldest bucket.
+    if left > Decimal::ZERO {
+        q[3] += left;
+        v[3] += left * rate.unwrap_or(Decimal::ZERO);
+    }
+    (q, v)
+}
+
+macro_rules! backend {
+    ($module:ident, $pool:ty, begin = $begin:literal) => {
+        mod $module {
+            use super::*;
+
+            pub(super) async fn run(
+                pool: &$pool,
+                kind: ReportKind,
+                p: &ReportParams,
+                sink: &mut dyn ReportSink,
+            ) -> Result<ReportSummary, InventoryError> {
+                let mut tx = pool.begin_with($begin).await?;
+                // The snapshot starts with the first read: its time is the report's.
+                let as_of = Utc::now();
+                let sku = p.sku.as_ref().map(Sku::as_str);
+                let wh = p.warehouse.as_ref().map(WarehouseCode::as_str);
+                let mut s = ReportSummary {
+                    as_of,
+                    ..ReportSummary::default()
+                };
+                match kind {
+                    ReportKind::Ledger => {
+                        let total: i64 = sqlx::query_scalar(
+                            "SELECT COUNT(*) FROM inv_ledger WHERE ($1 IS NULL OR sku = $1) \
+                             AND ($2 IS NULL OR warehouse = $2) AND ($3 IS NULL OR posted_at >= $3) \
+                             AND ($4 IS NULL OR posted_at < $4)",
+                        )
+                        .bind(sku)
+                        .bind(wh)
+                        .bind(p.from)
+                        .bind(p.to)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        let mut out = Batcher::new(sink, u64::try_from(total).unwrap_or(0));
+                        {
+                            let mut rows = sqlx::query(
+                                "SELECT id, posted_at, movement_id, kind, sku, warehouse, qty_change, \
+                                        unit_cost, value_change, qty_after, value_after, reference, posted_by \
+                                 FROM inv_ledger WHERE ($1 IS NULL OR sku = $1) \
+                                 AND ($2 IS NULL OR warehouse = $2) AND ($3 IS NULL OR posted_at >= $3) \
+                                 AND ($4 IS NULL OR posted_at < $4) ORDER BY id",
+                            )
+                            .bind(sku)
+                            .bind(wh)
+                            .bind(p.from)
+                            .bind(p.to)
+                            .fetch(&mut *tx);
+                            while let Some(r) = rows.try_next().await? {
+                                let at: DateTime<Utc> = r.try_get("posted_at")?;
+                                let row = vec![
+                                    r.try_get::<i64, _>("id")?.to_string(),
+                                    at.to_rfc3339_opts(SecondsFormat::Micros, true),
+                                    r.try_get("movement_id")?,
+                                    r.try_get("kind")?,
+                                    r.try_get("sku")?,
+                                    r.try_get("warehouse")?,
+                                    r.try_get("qty_change")?,
+                                    r.try_get("unit_cost")?,
+                                    r.try_get("value_change")?,
+                                    r.try_get("qty_after")?,
+                                    r.try_get("value_after")?,
+                                    r.try_get::<Option<String>, _>("reference")?.unwrap_or_default(),
+                                    r.try_get("posted_by")?,
+                                ];
+                                out.push(row).await?;
+                            }
+                        }
+                        out.flush().await?;
+                        s.rows = out.done;
+                    }
+                    ReportKind::StockBalance | ReportKind::Valuation | ReportKind::LowStock | ReportKind::Ageing => {
+                        let low = kind == ReportKind::LowStock;
+                        let rows = sqlx::query(
+                            "SELECT b.sku, a.name, b.warehouse, b.qty, b.rate, b.value, b.level, \
+                                    a.min_qty, a.reorder_qty, a.valuation \
+                             FROM inv_balances b JOIN inv_articles a ON a.sku = b.sku \
+                             WHERE ($1 IS NULL OR b.sku = $1) AND ($2 IS NULL OR b.warehouse = $2) \
+                               AND (NOT $3 OR b.level <> 'NORMAL') \
+                             ORDER BY b.sku, b.warehouse",
+                        )
+                        .bind(sku)
+                        .bind(wh)
+                        .bind(low)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                        let mut out = Batcher::new(sink, rows.len() as u64);
+                        let mut total_value = Decimal::ZERO;
+                        let mut aged = [Decimal::ZERO; 8];
+                        let mut any_ma = false;
+                        for r in &rows {
+                            let g = |c: &str| -> Result<String, InventoryError> { Ok(r.try_get(c)?) };
+                            let (sku, name, warehouse) = (g("sku")?, g("name")?, g("warehouse")?);
+                            let (qty_s, rate_s, value_s, level) = (g("qty")?, g("rate")?, g("value")?, g("level")?);
+                            let value = dec("value", &value_s)?;
+                            let method: ValuationMethod = g("valuation")?
+                                .parse()
+                                .map_err(|e: InventoryError| InventoryError::Corrupt(e.to_string()))?;
+                            let row = match kind {
+                                ReportKind::StockBalance => {
+                                    total_value += value;
+                                    vec![sku, name, warehouse, qty_s, rate_s, value_s, g("min_qty")?, level]
+                                }
+                                ReportKind::Valuation => {
+                                    total_value += value;
+                                    vec![sku, name, warehouse, method.as_str().to_owned(), qty_s, rate_s, value_s]
+                                }
+                                ReportKind::LowStock => {
+                                    let qty = dec("qty", &qty_s)?;
+                                    let min = dec("min_qty", &g("min_qty")?)?;
+                                    let reorder = dec("reorder_qty", &g("reorder_qty")?)?;
+                                    let suggested = reorder.max(min * Decimal::TWO - qty).max(Decimal::ZERO);
+                                    vec![sku, name, warehouse, qty_s, text(min), text(reorder), level, text(suggested)]
+                                }
+                                ReportKind::Ageing => {
+                                    let qty = dec("qty", &qty_s)?;
+                                    if qty <= Decimal::ZERO {
+                                        continue;
+                                    }
+                                    let receipts: Vec<(Decimal, Decimal, DateTime<Utc>)> = sqlx::query(
+                                        "SELECT qty_change, unit_cost, posted_at FROM inv_ledger \
+                                         WHERE sku = $1 AND warehouse = $2 ORDER BY id DESC",
+                                    )
+                                    .bind(&sku)
+                                    .bind(&warehouse)
+                                    .fetch_all(&mut *tx)
+                                    .await?
+                                    .iter()
+                                    .filter_map(|l| {
+                                        let q = l.try_get::<String, _>("qty_change").ok()?;
+                                        let q = Decimal::from_str(&q).ok()?;
+                                        (q > Decimal::ZERO).then_some(())?;
+                                        let c = Decimal::from_str(&l.try_get::<String, _>("unit_cost").ok()?).ok()?;
+                                        Some((q, c, l.try_get("posted_at").ok()?))
+                                    })
+                                    .collect();
+                                    let ma = method == ValuationMethod::MovingAverage;
+                                    any_ma |= ma;
+                                    let rate = ma.then(|| dec("rate", &rate_s)).transpose()?;
+                                    let (q, v) = age(qty, &receipts, rate, as_of);
+                                    // Values per bucket are rounded; the last takes the rest so
+                                    // the buckets add up to the balance's value.
+                                    let mut v: Vec<Decimal> = v.iter().map(|x| x.round_dp(6)).collect();
+                                    let diff = value - v.iter().copied().sum::<Decimal>();
+                                    let last = v.iter().rposition(|x| !x.is_zero()).unwrap_or(3);
+                                    v[last] += diff;
+                                    for i in 0..4 {
+                                        aged[i] += q[i];
+                                        aged[4 + i] += v[i];
+                                    }
+                                    total_value += value;
+                                    let mut row = vec![sku, warehouse, method.as_str().to_owned(), qty_s, value_s];
+                                    row.extend(q.iter().map(|x| text(*x)));
+                                    row.extend(v.iter().map(|x| text(*x)));
+                                    row
+                                }
+                                ReportKind::Ledger => unreachable!("handled above"),
+                            };
+                            out.push(row).await?;
+                        }
+                        out.flush().await?;
+                        s.rows = out.done;
+                        if kind != ReportKind::LowStock {
+                            s.totals.insert("total_value".into(), text(total_value));
+                        }
+                        if kind == ReportKind::Ageing {
+                            for (i, name) in ["0_30", "31_60", "61_90", "over_90"].iter().enumerate() {
+                                s.totals.insert(format!("qty_{name}"), text(aged[i]));
+                                s.totals.insert(format!("value_{name}"), text(aged[4 + i]));
+                            }
+                            s.notes.push(
+                                "FIFO articles are aged by their stock layers; moving-average articles \
+                                 by the receipts still in stock under a FIFO assumption, valued at the \
+                                 average rate."
+                                    .to_owned(),
+                            );
+                            if !any_ma {
+                                s.notes.clear();
+                                s.notes.push("Ages are days since the receipt, as of the report.".into());
+                            }
+                        }
+                    }
+                }
+                s.totals.insert("rows".into(), s.rows.to_string());
+                tx.rollback().await?;
+                Ok(s)
+            }
+        }
+    };
+}
+
+backend!(sqlite, sqlx::SqlitePool, begin = "BEGIN");
+backend!(
+    postgres,
+    sqlx::PgPool,
+    begin = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+);
+
+impl Inventory {
+    /// Runs report `kind` over one snapshot, handing its rows to `sink` in batches.
+    ///
+    /// # Errors
+    /// A database error, or the sink's.
+    pub async fn report(
+        &self,
+        kind: ReportKind,
+        params: &ReportParams,
+        sink: &mut dyn ReportSink,
+    ) -> Result<ReportSummary, InventoryError> {
+        match self.pools() {
+            (Some(p), None) => sqlite::run(p, kind, params, sink).await,
+            (None, Some(p)) => postgres::run(p, kind, params, sink).await,
+            _ => Err(InventoryError::Corrupt("no database".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal::dec;
+
+    #[test]
+    fn stock_is_aged_by_the_newest_receipts() {
+        let now = Utc::now();
+        let days = |d: i64| now - chrono::Duration::days(d);
+        // Newest first: 5 received 10 days ago, 10 received 45 days ago, 10 received 100 days ago.
+        let receipts = [
+            (dec!(5), dec!(2), days(10)),
+            (dec!(10), dec!(1), days(45)),
+            (dec!(10), dec!(1.5), days(100)),
+        ];
+        let (q, v) = age(dec!(18), &receipts, None, now);
+        assert_eq!(q, [dec!(5), dec!(10), dec!(0), dec!(3)]);
+        assert_eq!(v, [dec!(10), dec!(10), dec!(0), dec!(4.5)]);
+        // Moving average: same quantities, valued at the rate.
+        let (q2, v2) = age(dec!(18), &receipts, Some(dec!(1)), now);
+        assert_eq!(q2, q);
+        assert_eq!(v2, [dec!(5), dec!(10), dec!(0), dec!(3)]);
+        // More stock than receipts explain: the rest is oldest.
+        let (q3, _) = age(dec!(30), &receipts, Some(dec!(1)), now);
+        assert_eq!(q3[3], dec!(15));
+    }
+
+    #[test]
+    fn kinds_parse_and_name_their_columns() {
+        for k in ReportKind::ALL {
+            assert_eq!(k.as_str().parse::<ReportKind>().unwrap(), k);
+            assert!(!k.columns().is_empty());
+        }
+        assert!("balance".parse::<ReportKind>().is_err());
+    }
+}
