@@ -5,7 +5,7 @@ CREATE TABLE malaka_reports (
     params       TEXT        NOT NULL,
     format       TEXT        NOT NULL CHECK (format IN ('csv', 'json')),
     state        TEXT        NOT NULL CHECK (state IN ('queued', 'running', 'completed', 'failed', 'cancelled')),
-    progress     INTEGER     NOT NULL DEFAULT 0,
+    progress     BIGINT      NOT NULL DEFAULT 0,
     rows         BIGINT,
     bytes        BIGINT,
     summary      TEXT,

@@ -187,8 +187,10 @@ mod tests {
     use super::*;
 
     fn summary() -> ReportSummary {
-        let mut s = ReportSummary::default();
-        s.rows = 2;
+        let mut s = ReportSummary {
+            rows: 2,
+            ..ReportSummary::default()
+        };
         s.totals.insert("total_value".into(), "30".into());
         s
     }

@@ -105,10 +105,7 @@ impl StoredParams {
         if let (Some(f), Some(t)) = (self.from, self.to)
             && f > t
         {
-            return Err(InventoryError::invalid(
-                "params.from",
-                "from must not be after to",
-            ));
+            return Err(InventoryError::invalid("from", "from must not be after to"));
         }
         Ok(ReportParams {
             sku: self.sku.as_deref().map(Sku::parse).transpose()?,
@@ -331,10 +328,9 @@ impl Reports {
                 tx.commit().await?;
             }
         }
-        Ok(self
-            .get(&id)
+        self.get(&id)
             .await?
-            .ok_or_else(|| ReportError::Write("the report vanished".into()))?)
+            .ok_or_else(|| ReportError::Write("the report vanished".into()))
     }
 
     /// One report.
