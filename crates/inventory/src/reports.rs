@@ -5,8 +5,7 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use futures::TryStreamExt;
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -159,11 +158,12 @@ pub struct ReportSummary {
 /// Where a report's rows go.
 #[async_trait::async_trait]
 pub trait ReportSink: Send {
-    /// A batch of rows (cells as text, in [`ReportKind::columns`] order).
+    /// A batch of rows: their cells as text, row after row, each row as many cells as
+    /// [`ReportKind::columns`] has, in that order.
     ///
     /// # Errors
     /// The sink failed or was cancelled: the report stops.
-    async fn rows(&mut self, rows: Vec<Vec<String>>) -> Result<(), InventoryError>;
+    async fn rows(&mut self, cells: &[&str]) -> Result<(), InventoryError>;
     /// How far along the report is.
     ///
     /// # Errors
@@ -182,39 +182,92 @@ fn dec(field: &str, s: &str) -> Result<Decimal, InventoryError> {
 /// Rows collected for the sink, flushed every [`BATCH`].
 struct Batcher<'a> {
     sink: &'a mut dyn ReportSink,
-    rows: Vec<Vec<String>>,
+    cells: Vec<String>,
+    width: usize,
     done: u64,
     total: u64,
 }
 
 impl<'a> Batcher<'a> {
-    fn new(sink: &'a mut dyn ReportSink, total: u64) -> Self {
+    fn new(sink: &'a mut dyn ReportSink, width: usize, total: u64) -> Self {
         Self {
             sink,
-            rows: Vec::with_capacity(BATCH),
+            cells: Vec::with_capacity(BATCH * width),
+            width,
             done: 0,
             total,
         }
     }
 
     async fn push(&mut self, row: Vec<String>) -> Result<(), InventoryError> {
-        self.rows.push(row);
+        debug_assert_eq!(row.len(), self.width);
+        self.cells.extend(row);
         self.done += 1;
-        if self.rows.len() >= BATCH {
+        if self.cells.len() >= BATCH * self.width {
             self.flush().await?;
         }
         Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), InventoryError> {
-        if !self.rows.is_empty() {
-            let rows = std::mem::replace(&mut self.rows, Vec::with_capacity(BATCH));
-            self.sink.rows(rows).await?;
+        if !self.cells.is_empty() {
+            let cells: Vec<&str> = self.cells.iter().map(String::as_str).collect();
+            self.sink.rows(&cells).await?;
+            drop(cells);
+            self.cells.clear();
             self.sink
                 .progress(self.done, self.total.max(self.done))
                 .await?;
         }
         Ok(())
+    }
+
+    /// Hands on rows packed by the database: rows separated by U+001E, cells by U+001F (text
+    /// fields cannot hold control characters, so neither occurs in the data).
+    async fn packed(&mut self, packed: &str, rows: u64) -> Result<(), InventoryError> {
+        let mut cells: Vec<&str> = Vec::with_capacity(BATCH * self.width);
+        for line in packed.split('\u{1e}') {
+            cells.extend(line.split('\u{1f}'));
+        }
+        if cells.len() != rows as usize * self.width {
+            return Err(InventoryError::Corrupt(format!(
+                "a packed batch of {rows} rows held {} cells",
+                cells.len()
+            )));
+        }
+        // SQLite keeps the time as it was written (`+00:00`); both backends show `Z`.
+        let fixed: Vec<String>;
+        let cells: Vec<&str> = if cells
+            .iter()
+            .skip(1)
+            .step_by(self.width)
+            .any(|c| c.ends_with("+00:00"))
+        {
+            fixed = cells
+                .iter()
+                .skip(1)
+                .step_by(self.width)
+                .map(|c| format!("{}Z", c.trim_end_matches("+00:00")))
+                .collect();
+            cells
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    if i % self.width == 1 {
+                        fixed[i / self.width].as_str()
+                    } else {
+                        c
+                    }
+                })
+                .collect()
+        } else {
+            cells
+        };
+        self.sink.rows(&cells).await?;
+        self.done += rows;
+        self.sink
+            .progress(self.done, self.total.max(self.done))
+            .await
     }
 }
 
@@ -259,7 +312,7 @@ fn age(
 }
 
 macro_rules! backend {
-    ($module:ident, $pool:ty, begin = $begin:literal) => {
+    ($module:ident, $pool:ty, begin = $begin:literal, agg = $agg:literal, line = $line:literal) => {
         mod $module {
             use super::*;
 
@@ -291,41 +344,40 @@ macro_rules! backend {
                         .bind(p.to)
                         .fetch_one(&mut *tx)
                         .await?;
-                        let mut out = Batcher::new(sink, u64::try_from(total).unwrap_or(0));
-                        {
-                            let mut rows = sqlx::query(
-                                "SELECT id, posted_at, movement_id, kind, sku, warehouse, qty_change, \
-                                        unit_cost, value_change, qty_after, value_after, reference, posted_by \
-                                 FROM inv_ledger WHERE ($1 IS NULL OR sku = $1) \
-                                 AND ($2 IS NULL OR warehouse = $2) AND ($3 IS NULL OR posted_at >= $3) \
-                                 AND ($4 IS NULL OR posted_at < $4) ORDER BY id",
-                            )
-                            .bind(sku)
-                            .bind(wh)
-                            .bind(p.from)
-                            .bind(p.to)
-                            .fetch(&mut *tx);
-                            while let Some(r) = rows.try_next().await? {
-                                let at: DateTime<Utc> = r.try_get("posted_at")?;
-                                let row = vec![
-                                    r.try_get::<i64, _>("id")?.to_string(),
-                                    at.to_rfc3339_opts(SecondsFormat::Micros, true),
-                                    r.try_get("movement_id")?,
-                                    r.try_get("kind")?,
-                                    r.try_get("sku")?,
-                                    r.try_get("warehouse")?,
-                                    r.try_get("qty_change")?,
-                                    r.try_get("unit_cost")?,
-                                    r.try_get("value_change")?,
-                                    r.try_get("qty_after")?,
-                                    r.try_get("value_after")?,
-                                    r.try_get::<Option<String>, _>("reference")?.unwrap_or_default(),
-                                    r.try_get("posted_by")?,
-                                ];
-                                out.push(row).await?;
+                        let width = kind.columns().len();
+                        let mut out = Batcher::new(sink, width, u64::try_from(total).unwrap_or(0));
+                        // Pages of 1,000 rows, each packed into one text by the database: one
+                        // row crosses from the database per page, not one per ledger row.
+                        let page = format!(
+                            "SELECT max(id) AS last, count(*) AS n, {agg} AS packed FROM ( \
+                               SELECT id, {line} AS line FROM inv_ledger \
+                               WHERE id > $1 AND ($2 IS NULL OR sku = $2) AND ($3 IS NULL OR warehouse = $3) \
+                                 AND ($4 IS NULL OR posted_at >= $4) AND ($5 IS NULL OR posted_at < $5) \
+                               ORDER BY id LIMIT {BATCH}) AS page",
+                            agg = $agg,
+                            line = $line,
+                        );
+                        let mut after = 0i64;
+                        loop {
+                            let r = sqlx::query(sqlx::AssertSqlSafe(page.clone()))
+                                .bind(after)
+                                .bind(sku)
+                                .bind(wh)
+                                .bind(p.from)
+                                .bind(p.to)
+                                .fetch_one(&mut *tx)
+                                .await?;
+                            let n: i64 = r.try_get("n")?;
+                            if n == 0 {
+                                break;
+                            }
+                            after = r.try_get("last")?;
+                            let packed: String = r.try_get("packed")?;
+                            out.packed(&packed, u64::try_from(n).unwrap_or(0)).await?;
+                            if n < BATCH as i64 {
+                                break;
                             }
                         }
-                        out.flush().await?;
                         s.rows = out.done;
                     }
                     ReportKind::StockBalance | ReportKind::Valuation | ReportKind::LowStock | ReportKind::Ageing => {
@@ -343,7 +395,7 @@ macro_rules! backend {
                         .bind(low)
                         .fetch_all(&mut *tx)
                         .await?;
-                        let mut out = Batcher::new(sink, rows.len() as u64);
+                        let mut out = Batcher::new(sink, kind.columns().len(), rows.len() as u64);
                         let mut total_value = Decimal::ZERO;
                         let mut aged = [Decimal::ZERO; 8];
                         let mut any_ma = false;
@@ -448,11 +500,25 @@ macro_rules! backend {
     };
 }
 
-backend!(sqlite, sqlx::SqlitePool, begin = "BEGIN");
+backend!(
+    sqlite,
+    sqlx::SqlitePool,
+    begin = "BEGIN",
+    agg = "group_concat(line, char(30) ORDER BY id)",
+    line = "id || char(31) || posted_at || char(31) || movement_id || char(31) || kind || char(31) || \
+            sku || char(31) || warehouse || char(31) || qty_change || char(31) || unit_cost || char(31) || \
+            value_change || char(31) || qty_after || char(31) || value_after || char(31) || \
+            coalesce(reference, '') || char(31) || posted_by"
+);
 backend!(
     postgres,
     sqlx::PgPool,
-    begin = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+    begin = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+    agg = "string_agg(line, chr(30) ORDER BY id)",
+    line = "id::text || chr(31) || to_char(posted_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') || \
+            chr(31) || movement_id || chr(31) || kind || chr(31) || sku || chr(31) || warehouse || chr(31) || \
+            qty_change || chr(31) || unit_cost || chr(31) || value_change || chr(31) || qty_after || chr(31) || \
+            value_after || chr(31) || coalesce(reference, '') || chr(31) || posted_by"
 );
 
 impl Inventory {

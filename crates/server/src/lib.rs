@@ -9,6 +9,7 @@ pub mod bench_alerts;
 pub mod bench_jobs;
 pub mod bench_movements;
 pub mod bench_notify;
+pub mod bench_reports;
 pub mod config;
 pub mod db;
 pub mod http;

@@ -1,6 +1,7 @@
 //! The `malaka` command: serve the API, run job workers, manage jobs, run migrations, print the
 //! configuration, run benchmarks.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -47,6 +48,45 @@ enum Command {
     Token(TokenArgs),
     /// Notifications: send a test message through a rule.
     Notify(NotifyArgs),
+    /// Run a report now (not through the queue), with a progress bar, to a file or stdout.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ReportArgs {
+    /// stock_balance, ledger, valuation, low_stock or ageing.
+    #[arg(value_name = "TYPE")]
+    kind: String,
+    /// csv or json.
+    #[arg(long, default_value = "csv")]
+    format: String,
+    /// Write here instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Only this article.
+    #[arg(long)]
+    sku: Option<String>,
+    /// Only this warehouse.
+    #[arg(long)]
+    warehouse: Option<String>,
+    /// Ledger rows posted at or after (RFC 3339 or YYYY-MM-DD).
+    #[arg(long, value_parser = report_time)]
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    /// Ledger rows posted before (RFC 3339 or YYYY-MM-DD).
+    #[arg(long, value_parser = report_time)]
+    to: Option<chrono::DateTime<chrono::Utc>>,
+    #[command(flatten)]
+    db: DbArgs,
+}
+
+fn report_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .or_else(|_| {
+            chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc())
+        })
+        .map_err(|_| format!("{s:?} is neither an RFC 3339 time nor a YYYY-MM-DD date"))
 }
 
 #[derive(Debug, clap::Args)]
@@ -245,6 +285,8 @@ enum Suite {
     Alerts,
     /// Email and webhook deliveries per second through the notifications queue.
     Notify,
+    /// Valuation, stock balance and full ledger export times on a seeded ledger; peak memory.
+    Reports,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -290,6 +332,9 @@ struct BenchArgs {
     /// does (default: deleted as they complete, the server's default).
     #[arg(long)]
     keep_completed: bool,
+    /// reports suite: ledger rows to seed.
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: usize,
     /// notify suite: messages per channel.
     #[arg(long, default_value_t = 2000)]
     messages: usize,
@@ -410,6 +455,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Jobs(args) => jobs_command(&cli, args).await?,
         Command::Token(args) => token_command(&cli, args).await?,
         Command::Notify(args) => notify_command(&cli, args).await?,
+        Command::Report(args) => report_command(&cli, args).await?,
         Command::Bench(args) => {
             telemetry::init_logging(&malaka::config::LogConfig {
                 format: cli.log_format.unwrap_or(LogFormat::Text),
@@ -502,6 +548,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .await
                         .context("benchmark task")??
                 }
+                Suite::Reports => {
+                    let spec = malaka::bench_reports::ReportsBench {
+                        backend: match args.backend {
+                            BenchBackend::Sqlite => malaka::bench_jobs::Backend::Sqlite,
+                            BenchBackend::Postgres => malaka::bench_jobs::Backend::Postgres,
+                        },
+                        database_url: args.database_url.clone(),
+                        rows: if args.quick { 5_000 } else { args.rows },
+                    };
+                    tokio::spawn(async move { malaka::bench_reports::reports_suite(&spec).await })
+                        .await
+                        .context("benchmark task")??
+                }
             };
             if args.json {
                 println!("{}", figures.to_json());
@@ -534,6 +593,75 @@ async fn bootstrap_token(app: &Application) -> anyhow::Result<()> {
             );
             println!("admin token (shown once): {token}");
         }
+    }
+    Ok(())
+}
+
+async fn report_command(cli: &Cli, args: &ReportArgs) -> anyhow::Result<()> {
+    let kind: malaka_inventory::ReportKind =
+        args.kind.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let format = malaka::reports::Format::parse(&args.format)
+        .ok_or_else(|| anyhow::anyhow!("--format must be csv or json, not {:?}", args.format))?;
+    let config = Config::load(cli.config.as_deref(), &overrides(cli, None, Some(&args.db)))?;
+    telemetry::init_logging(&malaka::config::LogConfig {
+        format: config.log.format,
+        filter: "warn".to_owned(),
+    });
+    let database = malaka::db::Database::connect(&config.database_url(), &config.database)
+        .await
+        .context("connecting to the database")?;
+    database.migrate().await.context("migrating")?;
+    let reports = malaka::reports::Reports::new(
+        database.clone(),
+        database.inventory(),
+        config.reports.retention,
+    );
+    let params = malaka::reports::StoredParams {
+        sku: args.sku.clone(),
+        warehouse: args.warehouse.clone(),
+        from: args.from,
+        to: args.to,
+    };
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:40}] {pos}/{len} rows ({per_sec}, {eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(kind.as_str());
+    let progress = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let mut out: Box<dyn std::io::Write + Send> = match &args.out {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout())),
+    };
+    let result = reports
+        .run_to(kind, &params, format, &mut *out, &progress)
+        .await;
+    database.close().await;
+    let summary = result.context("running the report")?;
+    bar.finish_and_clear();
+    let totals: Vec<String> = summary
+        .totals
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    // The summary goes to stderr, so that stdout holds only the report.
+    let mut err = std::io::stderr().lock();
+    writeln!(
+        err,
+        "{}: {} (as of {})",
+        kind.as_str(),
+        totals.join(", "),
+        summary.as_of
+    )?;
+    for n in &summary.notes {
+        writeln!(err, "note: {n}")?;
     }
     Ok(())
 }

@@ -97,15 +97,15 @@ impl Writer {
     ///
     /// # Errors
     /// Never in practice (writing to memory).
-    pub fn rows(&mut self, rows: &[Vec<String>]) -> Result<(), ReportError> {
+    pub fn rows(&mut self, cells: &[&str]) -> Result<(), ReportError> {
+        let cols = self.kind.columns();
         if let Some(c) = &mut self.csv {
-            for r in rows {
+            for r in cells.chunks(cols.len()) {
                 c.write_record(r).map_err(io)?;
             }
             return Ok(());
         }
-        let cols = self.kind.columns();
-        for r in rows {
+        for r in cells.chunks(cols.len()) {
             if !self.first {
                 self.json.push(b',');
             }
@@ -195,19 +195,23 @@ mod tests {
         s
     }
 
-    fn rows() -> Vec<Vec<String>> {
-        let r = |sku: &str, v: &str| {
-            vec![
-                sku.into(),
-                "Bolt, \"M8\"".into(),
-                "MAIN".into(),
-                "fifo".into(),
-                "1".into(),
-                v.into(),
-                v.into(),
-            ]
-        };
-        vec![r("A", "10"), r("B", "20")]
+    fn rows() -> Vec<&'static str> {
+        vec![
+            "A",
+            "Bolt, \"M8\"",
+            "MAIN",
+            "fifo",
+            "1",
+            "10",
+            "10", // first row
+            "B",
+            "Bolt, \"M8\"",
+            "MAIN",
+            "fifo",
+            "1",
+            "20",
+            "20",
+        ]
     }
 
     #[test]
@@ -225,9 +229,9 @@ mod tests {
     #[test]
     fn json_is_one_document() {
         let mut w = Writer::new(Format::Json, ReportKind::Valuation).unwrap();
-        w.rows(&rows()[..1]).unwrap();
+        w.rows(&rows()[..7]).unwrap();
         let mut out = w.take();
-        w.rows(&rows()[1..]).unwrap();
+        w.rows(&rows()[7..]).unwrap();
         w.finish(&summary()).unwrap();
         out.extend(w.take());
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();

@@ -593,9 +593,9 @@ impl Reports {
         }
         #[async_trait::async_trait]
         impl ReportSink for Direct<'_> {
-            async fn rows(&mut self, rows: Vec<Vec<String>>) -> Result<(), InventoryError> {
+            async fn rows(&mut self, cells: &[&str]) -> Result<(), InventoryError> {
                 self.writer
-                    .rows(&rows)
+                    .rows(cells)
                     .map_err(|e| InventoryError::Unavailable(e.to_string()))?;
                 let bytes = self.writer.take();
                 self.out
@@ -656,14 +656,14 @@ impl ChunkSink<'_> {
 
 #[async_trait::async_trait]
 impl ReportSink for ChunkSink<'_> {
-    async fn rows(&mut self, rows: Vec<Vec<String>>) -> Result<(), InventoryError> {
+    async fn rows(&mut self, cells: &[&str]) -> Result<(), InventoryError> {
         if self.ctx.is_some_and(JobContext::is_cancelled) {
             return Err(InventoryError::Unavailable(
                 "the report was cancelled".into(),
             ));
         }
         self.writer
-            .rows(&rows)
+            .rows(cells)
             .map_err(|e| InventoryError::Unavailable(e.to_string()))?;
         if self.writer.buffered() >= CHUNK {
             let data = self.writer.take();
