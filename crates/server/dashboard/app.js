@@ -200,6 +200,66 @@ function onMovement(m) {
   balancesSoon();
 }
 
+// ---- reports ---------------------------------------------------------------------------------
+
+async function loadReports() {
+  const page = await api("GET", "/reports?limit=10");
+  const mayDelete = (r) => state.role === "admin" || r.requested_by === state.name;
+  $("#reports").replaceChildren(...page.items.map((r) => {
+    const li = el("li", { "data-report-id": r.id, "data-state": r.state },
+      el("span", { class: "what" }, `${r.type.replace(/_/g, " ")} (${r.format})${r.rows != null ? `, ${r.rows} rows` : ""}`),
+      el("span", { class: "when" }, when(r.created_at)));
+    if (r.state === "running" || r.state === "queued") {
+      li.append(el("progress", { max: "100", value: String(r.progress) }));
+    } else if (r.state === "completed") {
+      li.append(el("button", { class: "small", onclick: () => downloadReport(r) }, "Download"));
+    } else {
+      li.append(el("span", { class: "when" }, r.state + (r.error ? `: ${r.error}` : "")));
+    }
+    if (mayDelete(r)) {
+      const label = r.state === "running" || r.state === "queued" ? "Cancel" : "Delete";
+      li.append(el("button", { class: "small ghost", onclick: () => deleteReport(r.id) }, label));
+    }
+    return li;
+  }));
+  $("#reports-empty").hidden = page.items.length > 0;
+  clearTimeout(state.reportTimer);
+  if (page.items.some((r) => r.state === "running" || r.state === "queued")) {
+    state.reportTimer = setTimeout(() => loadReports().catch(failed), 1000);
+  }
+}
+
+async function downloadReport(r) {
+  const resp = await fetch(r.download, { headers: { Authorization: `Bearer ${state.token}` } });
+  if (!resp.ok) { toast(`Download failed: HTTP ${resp.status}`); return; }
+  const url = URL.createObjectURL(await resp.blob());
+  const a = el("a", { href: url, download: `${r.type}-${r.id}.${r.format}` });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+async function deleteReport(id) {
+  try {
+    await api("DELETE", `/reports/${id}`);
+    await loadReports();
+  } catch (e) { toast(`Failed: ${e.message}`); }
+}
+
+$("#report-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const params = {};
+  const sku = $("#r-sku").value.trim();
+  if (sku) params.sku = sku;
+  if ($("#r-from").value) params.from = `${$("#r-from").value}T00:00:00Z`;
+  if ($("#r-to").value) params.to = `${$("#r-to").value}T00:00:00Z`;
+  try {
+    await api("POST", "/reports", { type: $("#r-type").value, format: $("#r-format").value, params });
+    await loadReports();
+  } catch (e) { toast(`Report refused: ${e.message}`); }
+});
+
 // ---- live ------------------------------------------------------------------------------------
 
 function setLive(on) {
@@ -230,7 +290,7 @@ async function connect() {
       case "stock_alert": onAlert(m.data); balancesSoon(); break;
       case "stock_changed": onMovement(m.data); break;
       case "job_update": renderQueues(m.data); jobsSoon(); break;
-      case "report_ready": toast(`Report ready: ${m.data.kind || ""}`); break;
+      case "report_ready": toast(`Report ready: ${(m.data.kind || "").replace(/_/g, " ")}`); loadReports().catch(failed); break;
       case "resync": state.lastId = null; loadAll().catch(failed); break;
       default: break;
     }
@@ -256,13 +316,14 @@ function failed(e) {
 }
 
 async function loadAll() {
-  await Promise.all([loadBalances(), loadAlerts(), loadJobs(), loadMovements()]);
+  await Promise.all([loadBalances(), loadAlerts(), loadJobs(), loadMovements(), loadReports()]);
 }
 
 async function signIn(token) {
   state.token = token;
   const me = await api("GET", "/me").catch((e) => { if (e.status === 404) return null; throw e; });
   state.role = me ? me.role : null;
+  state.name = me ? me.name : null;
   $("#who").textContent = me ? `${me.name} (${me.role})` : "";
   await loadAll();
   localStorage.setItem("malaka.token", token);

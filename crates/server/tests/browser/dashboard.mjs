@@ -68,6 +68,14 @@ try {
   await page.click("#waiting li[data-job-id] button");
   await page.waitForFunction(() => document.querySelector("#toast").textContent.includes("cancelled"));
   result.cancelled = true;
+  // A report is requested from the page, followed, and offered for download.
+  await page.selectOption("#r-type", "valuation");
+  await page.click("#report-form button");
+  await page.waitForSelector('#reports li[data-state="completed"] button', { timeout: 10000 });
+  const download = page.waitForEvent("download");
+  await page.click('#reports li[data-state="completed"] button');
+  const file = await download;
+  result.report_download = file.suggestedFilename();
   await page.screenshot({ path: `${shots}/dashboard.png`, fullPage: true });
 
   // Readable on a phone: one column, nothing wider than the screen.
