@@ -24,6 +24,7 @@ type Reply = oneshot::Sender<Result<Vec<Movement>, InventoryError>>;
 struct Request {
     movements: Vec<NewMovement>,
     by: String,
+    inbox: Option<crate::store::InboxEntry>,
     reply: Reply,
 }
 
@@ -54,6 +55,7 @@ impl Committer {
         &self,
         movements: Vec<NewMovement>,
         by: String,
+        inbox: Option<crate::store::InboxEntry>,
     ) -> Result<Vec<Movement>, InventoryError> {
         let tx = self.tx.get_or_init(|| {
             // Bounded: when the disk cannot keep up, posters wait here for room.
@@ -65,6 +67,7 @@ impl Committer {
         tx.send(Request {
             movements,
             by,
+            inbox,
             reply,
         })
         .await
@@ -98,8 +101,15 @@ async fn commit_group(pool: &SqlitePool, group: &mut Vec<Request>) {
     let mut session = crate::store::Session::default();
     let mut requests = group.drain(..);
     while let Some(req) = requests.next() {
-        match crate::store::sqlite::post_in(&mut conn, &req.movements, &req.by, &mut session, true)
-            .await
+        match crate::store::sqlite::post_in(
+            &mut conn,
+            &req.movements,
+            &req.by,
+            &mut session,
+            true,
+            req.inbox.as_ref(),
+        )
+        .await
         {
             Ok(posted) => done.push((req.reply, posted)),
             // Refused while computing: nothing was written, the session is as it was.

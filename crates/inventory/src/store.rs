@@ -61,6 +61,40 @@ pub struct LedgerPage {
     pub next: Option<i64>,
 }
 
+/// A message from another system, as the inbox records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxEntry {
+    /// Its id (the sender's event id): unique.
+    pub id: String,
+    /// Who sent it.
+    pub source: String,
+    /// Its type.
+    pub kind: String,
+    /// Its body.
+    pub payload: String,
+}
+
+/// A recorded message.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct InboxRecord {
+    /// Id.
+    pub id: String,
+    /// Sender.
+    pub source: String,
+    /// Type.
+    pub kind: String,
+    /// Body.
+    pub payload: String,
+    /// `processed`, `ignored`, `malformed` or `refused`.
+    pub outcome: String,
+    /// Why, when it posted nothing.
+    pub error: Option<String>,
+    /// The movements it posted.
+    pub movements: Vec<String>,
+    /// When.
+    pub received_at: DateTime<Utc>,
+}
+
 /// An outbox event as stored.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct OutboxEvent {
@@ -278,7 +312,7 @@ impl Inventory {
     /// As [`Self::post`].
     pub async fn post_alone(&self, m: &NewMovement, by: &str) -> Result<Movement, InventoryError> {
         let ms = std::slice::from_ref(m);
-        let mut out = dispatch!(self.post_batch(ms, by))?;
+        let mut out = dispatch!(self.post_batch(ms, by, None))?;
         out.pop()
             .ok_or_else(|| InventoryError::Corrupt("a posting returned no movement".into()))
     }
@@ -292,6 +326,21 @@ impl Inventory {
         ms: &[NewMovement],
         by: &str,
     ) -> Result<Vec<Movement>, InventoryError> {
+        self.post_batch_from(ms, by, None).await
+    }
+
+    /// Posts a batch on behalf of a message from another system: the message is recorded in
+    /// the inbox in the same transaction, and a message already recorded posts nothing
+    /// (`Conflict` with code `duplicate_message`).
+    ///
+    /// # Errors
+    /// As [`Self::post_batch`], and `duplicate_message`.
+    pub async fn post_batch_from(
+        &self,
+        ms: &[NewMovement],
+        by: &str,
+        inbox: Option<&InboxEntry>,
+    ) -> Result<Vec<Movement>, InventoryError> {
         if ms.is_empty() || ms.len() > MAX_BATCH {
             return Err(InventoryError::invalid(
                 "movements",
@@ -299,11 +348,33 @@ impl Inventory {
             ));
         }
         let out = match &self.committer {
-            Some(c) => c.post(ms.to_vec(), by.to_owned()).await,
-            None => dispatch!(self.post_batch(ms, by)),
+            Some(c) => c.post(ms.to_vec(), by.to_owned(), inbox.cloned()).await,
+            None => dispatch!(self.post_batch(ms, by, inbox)),
         }?;
         self.written.notify_one();
         Ok(out)
+    }
+
+    /// Records a message that posted nothing (`ignored`, `malformed` or `refused`, with why);
+    /// `false` when it was already recorded.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn record_inbox(
+        &self,
+        entry: &InboxEntry,
+        outcome: &str,
+        error: Option<&str>,
+    ) -> Result<bool, InventoryError> {
+        dispatch!(self.record_inbox(entry, outcome, error))
+    }
+
+    /// A recorded message.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn inbox(&self, id: &str) -> Result<Option<InboxRecord>, InventoryError> {
+        dispatch!(self.inbox(id))
     }
 
     /// Balances matching `filter`, by article and warehouse.
@@ -933,12 +1004,62 @@ macro_rules! backend {
                 pool: &$pool,
                 ms: &[NewMovement],
                 by: &str,
+                inbox: Option<&InboxEntry>,
             ) -> Result<Vec<Movement>, InventoryError> {
                 let mut tx = pool.begin_with($begin).await?;
                 let mut session = Session::default();
-                let out = post_in(&mut tx, ms, by, &mut session, false).await?;
+                let out = post_in(&mut tx, ms, by, &mut session, false, inbox).await?;
                 tx.commit().await?;
                 Ok(out)
+            }
+
+            pub(crate) async fn record_inbox(
+                pool: &$pool,
+                e: &InboxEntry,
+                outcome: &str,
+                error: Option<&str>,
+            ) -> Result<bool, InventoryError> {
+                let n = sqlx::query(
+                    "INSERT INTO malaka_inbox (id, source, kind, payload, outcome, error, received_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(&e.id)
+                .bind(&e.source)
+                .bind(&e.kind)
+                .bind(&e.payload)
+                .bind(outcome)
+                .bind(error)
+                .bind(Utc::now())
+                .execute(pool)
+                .await?
+                .rows_affected();
+                Ok(n == 1)
+            }
+
+            pub(crate) async fn inbox(
+                pool: &$pool,
+                id: &str,
+            ) -> Result<Option<InboxRecord>, InventoryError> {
+                let row = sqlx::query(
+                    "SELECT id, source, kind, payload, outcome, error, movements, received_at \
+                     FROM malaka_inbox WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(pool)
+                .await?;
+                row.map(|r| {
+                    Ok(InboxRecord {
+                        id: r.try_get("id")?,
+                        source: r.try_get("source")?,
+                        kind: r.try_get("kind")?,
+                        payload: r.try_get("payload")?,
+                        outcome: r.try_get("outcome")?,
+                        error: r.try_get("error")?,
+                        movements: serde_json::from_str(&r.try_get::<String, _>("movements")?)?,
+                        received_at: r.try_get("received_at")?,
+                    })
+                })
+                .transpose()
             }
 
             /// Posts `ms` through `conn`, which is inside a write transaction, in two phases:
@@ -952,8 +1073,22 @@ macro_rules! backend {
                 by: &str,
                 session: &mut Session,
                 defer_balances: bool,
+                inbox: Option<&InboxEntry>,
             ) -> Result<Vec<Movement>, InventoryError> {
                 let now = Utc::now();
+                if let Some(e) = inbox {
+                    let seen: Option<String> =
+                        sqlx::query_scalar("SELECT outcome FROM malaka_inbox WHERE id = $1")
+                            .bind(&e.id)
+                            .fetch_optional(&mut *conn)
+                            .await?;
+                    if let Some(outcome) = seen {
+                        return Err(InventoryError::Conflict {
+                            code: "duplicate_message",
+                            message: format!("message {} was already received ({outcome})", e.id),
+                        });
+                    }
+                }
                 // Articles and warehouses: they exist and take movements.
                 let mut keys: Vec<(Sku, WarehouseCode)> = Vec::new();
                 let mut codes: Vec<WarehouseCode> = Vec::new();
@@ -1170,6 +1305,21 @@ macro_rules! backend {
                     events.push((TOPIC_MOVEMENT_POSTED, movement_event(&movement)));
                     events.extend(levels);
                     out.push(movement);
+                }
+                if let Some(e) = inbox {
+                    let ids: Vec<&str> = out.iter().map(|m: &Movement| m.id.as_str()).collect();
+                    sqlx::query(
+                        "INSERT INTO malaka_inbox (id, source, kind, payload, outcome, movements, received_at) \
+                         VALUES ($1, $2, $3, $4, 'processed', $5, $6)",
+                    )
+                    .bind(&e.id)
+                    .bind(&e.source)
+                    .bind(&e.kind)
+                    .bind(&e.payload)
+                    .bind(serde_json::to_string(&ids)?)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?;
                 }
                 if !defer_balances {
                     write_balances(&mut *conn, session, now).await?;

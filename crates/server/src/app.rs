@@ -49,6 +49,9 @@ pub enum ServerError {
     /// The notification settings are unusable.
     #[error("notifications: {0}")]
     Notify(#[from] crate::notify::NotifyError),
+    /// SQS could not start.
+    #[error("SQS: {0}")]
+    Sqs(#[from] malaka_sqs::SqsError),
 }
 
 /// `[notify]` with the dashboard link filled in (from the address the server listens on).
@@ -222,6 +225,7 @@ pub struct Application {
     shutdown_timeout: Duration,
     jobs: JobsConfig,
     prune_every: Duration,
+    sqs: crate::config::SqsConfig,
 }
 
 impl Application {
@@ -295,6 +299,7 @@ impl Application {
             shutdown_timeout: config.shutdown_timeout,
             jobs: config.jobs.clone(),
             prune_every: config.reports.prune_every,
+            sqs: config.sqs.clone(),
         })
     }
 
@@ -327,6 +332,7 @@ impl Application {
             shutdown_timeout,
             jobs,
             prune_every,
+            sqs,
         } = self;
         let runner = JobRunner::start(
             Arc::clone(state.jobs().storage()),
@@ -337,6 +343,15 @@ impl Application {
         .await?;
         *lock(&state.inner.job_pools) = runner.pools().to_vec();
         state.live().start(state.bus(), state.jobs());
+        let changed = state.clone();
+        let sqs = crate::sqs::SqsBridge::start(
+            &sqs,
+            state.db(),
+            state.inventory(),
+            state.bus(),
+            Arc::new(move || changed.balances_changed()),
+        )
+        .await?;
         let prune = tokio::spawn(prune_reports(
             Arc::clone(state.reports()),
             prune_every,
@@ -383,7 +398,12 @@ impl Application {
                     (p.name().to_owned(), p.shutdown_within(remaining).await)
                 }),
             );
-        let (reports, _jobs) = tokio::join!(pools, runner.shutdown_within(remaining));
+        let sqs_stop = async {
+            if let Some(b) = sqs {
+                b.shutdown(remaining).await;
+            }
+        };
+        let (reports, _jobs, ()) = tokio::join!(pools, runner.shutdown_within(remaining), sqs_stop);
         for (pool, report) in reports {
             if report.abandoned > 0 {
                 tracing::warn!(%pool, abandoned = report.abandoned, "pool work abandoned at shutdown");

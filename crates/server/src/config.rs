@@ -36,6 +36,70 @@ pub struct Config {
     pub notify: NotifyConfig,
     /// Reports: how long their files are kept.
     pub reports: ReportsConfig,
+    /// Amazon SQS: inbound command queues, the outbound event queue.
+    pub sqs: SqsConfig,
+}
+
+/// Amazon SQS. Nothing runs unless a queue is configured. Credentials come from the standard
+/// AWS chain (environment, profile, instance role) unless `access_key_id` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqsConfig {
+    /// AWS region.
+    pub region: String,
+    /// A local or SQS-compatible server's address (empty: AWS).
+    pub endpoint_url: String,
+    /// Static credentials (empty: the standard chain).
+    pub access_key_id: String,
+    /// Its secret.
+    pub secret_access_key: String,
+    /// Queues of commands from other systems.
+    pub inbound: Vec<InboundQueue>,
+    /// The queue outbox events are published to (empty: none).
+    pub outbound_url: String,
+    /// Long-poll wait per receive.
+    #[serde(with = "humantime_serde")]
+    pub wait: Duration,
+}
+
+impl Default for SqsConfig {
+    fn default() -> Self {
+        Self {
+            region: "us-east-1".to_owned(),
+            endpoint_url: String::new(),
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            inbound: Vec::new(),
+            outbound_url: String::new(),
+            wait: Duration::from_secs(20),
+        }
+    }
+}
+
+/// One inbound queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InboundQueue {
+    /// The queue's URL.
+    pub url: String,
+    /// Messages handled at once.
+    pub concurrency: usize,
+    /// Concurrent receive loops.
+    pub pollers: usize,
+    /// Visibility timeout asked for, renewed while a message is handled.
+    #[serde(with = "humantime_serde")]
+    pub visibility: Duration,
+}
+
+impl Default for InboundQueue {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            concurrency: 16,
+            pollers: 2,
+            visibility: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Reports (they run on the `reports` job queue: `[jobs.queues.reports] concurrency` limits how
@@ -215,6 +279,7 @@ impl Default for Config {
             live: LiveConfig::default(),
             notify: NotifyConfig::default(),
             reports: ReportsConfig::default(),
+            sqs: SqsConfig::default(),
         }
     }
 }

@@ -235,6 +235,32 @@ impl Database {
         Ok(value)
     }
 
+    /// Sets `key` in `malaka_meta` to `value`.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn set_meta(&self, key: &str, value: &str) -> Result<(), DbError> {
+        const UPSERT: &str = "INSERT INTO malaka_meta (key, value) VALUES ($1, $2) \
+                              ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+        match self {
+            Self::Sqlite(pool) => {
+                sqlx::query(UPSERT)
+                    .bind(key)
+                    .bind(value)
+                    .execute(pool)
+                    .await?;
+            }
+            Self::Postgres(pool) => {
+                sqlx::query(UPSERT)
+                    .bind(key)
+                    .bind(value)
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// A small pool for work done after a posting commits (the outbox relay, stock alerts,
     /// notification jobs), whose commits do not wait for the disk: SQLite `synchronous=NORMAL`
     /// (WAL: a process crash loses nothing; a power cut may lose the last commits, never

@@ -213,9 +213,29 @@ pub async fn run_worker(
         database = db.backend().as_str(),
         "malaka worker is running"
     );
+    let bus = malaka_runtime::EventBus::new(malaka_runtime::WorkerPool::new(
+        config
+            .pools
+            .events
+            .to_pool_config("events", config.shutdown_timeout),
+    )?);
+    // A worker consumes the inbound queues; publishing stays with `serve` (one publisher per
+    // SQLite file; on PostgreSQL `serve` nodes share it by lock).
+    let inbound_only = crate::config::SqsConfig {
+        outbound_url: String::new(),
+        ..config.sqs.clone()
+    };
+    let sqs =
+        crate::sqs::SqsBridge::start(&inbound_only, &db, &db.inventory(), &bus, Arc::new(|| {}))
+            .await?;
     signal.await;
     tracing::info!(timeout = ?config.shutdown_timeout, "shutting down: draining running jobs");
-    runner.shutdown_within(config.shutdown_timeout).await;
+    let sqs_stop = async {
+        if let Some(b) = sqs {
+            b.shutdown(config.shutdown_timeout).await;
+        }
+    };
+    tokio::join!(runner.shutdown_within(config.shutdown_timeout), sqs_stop);
     db.close().await;
     tracing::info!("shutdown complete");
     Ok(())

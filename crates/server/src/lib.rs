@@ -17,6 +17,7 @@ pub mod jobs;
 pub mod live;
 pub mod notify;
 pub mod reports;
+pub mod sqs;
 pub mod telemetry;
 
 pub use app::{AppState, Application, ServerError};

@@ -5,6 +5,8 @@
 pub mod hub;
 mod relay;
 
+pub use relay::{Leader, leader_lock};
+
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 

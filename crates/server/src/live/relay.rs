@@ -36,8 +36,42 @@ pub(crate) struct Relay {
     pub(crate) config: LiveConfig,
 }
 
-/// Leadership on PostgreSQL: the connection that holds the advisory lock.
-struct Leader(Option<PgConnection>);
+/// Leadership: on PostgreSQL, the connection that holds an advisory lock (dropping it lets the
+/// lock go); on SQLite there is one node, always leader.
+#[derive(Debug)]
+pub struct Leader(Option<PgConnection>);
+
+/// Waits until this node holds advisory lock `key` on PostgreSQL (trying every `every`), at
+/// once on SQLite. `None` when stopped first.
+pub async fn leader_lock(
+    db: &Database,
+    key: i64,
+    every: Duration,
+    stop: &CancellationToken,
+) -> Option<Leader> {
+    let Database::Postgres(pool) = db else {
+        return Some(Leader(None));
+    };
+    loop {
+        let attempt = async {
+            let mut conn = PgConnection::connect_with(&pool.connect_options()).await?;
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(key)
+                .fetch_one(&mut conn)
+                .await?;
+            Ok::<_, sqlx::Error>(got.then_some(conn))
+        };
+        match attempt.await {
+            Ok(Some(conn)) => return Some(Leader(Some(conn))),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot reach the database for a leader lock"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
 
 impl Leader {
     /// Still leader? On PostgreSQL, asks the lock's connection (a broken one lost the lock).
@@ -77,28 +111,7 @@ impl Relay {
     /// Becomes the relay: at once on SQLite, on PostgreSQL once the advisory lock is ours
     /// (trying every poll interval). `None` when stopped first.
     async fn lead(&self, stop: &CancellationToken) -> Option<Leader> {
-        let Database::Postgres(pool) = &self.db else {
-            return Some(Leader(None));
-        };
-        loop {
-            let attempt = async {
-                let mut conn = PgConnection::connect_with(&pool.connect_options()).await?;
-                let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                    .bind(RELAY_LOCK)
-                    .fetch_one(&mut conn)
-                    .await?;
-                Ok::<_, sqlx::Error>(got.then_some(conn))
-            };
-            match attempt.await {
-                Ok(Some(conn)) => return Some(Leader(Some(conn))),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "outbox relay: cannot reach the database"),
-            }
-            tokio::select! {
-                () = stop.cancelled() => return None,
-                () = tokio::time::sleep(self.config.poll_interval) => {}
-            }
-        }
+        leader_lock(&self.db, RELAY_LOCK, self.config.poll_interval, stop).await
     }
 
     /// Relays while leader; returns `true` when leadership was lost, `false` when stopped.
