@@ -10,6 +10,7 @@ pub mod bench_jobs;
 pub mod bench_movements;
 pub mod bench_notify;
 pub mod bench_reports;
+pub mod bench_sqs;
 pub mod config;
 pub mod db;
 pub mod http;

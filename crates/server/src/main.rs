@@ -287,6 +287,8 @@ enum Suite {
     Notify,
     /// Valuation, stock balance and full ledger export times on a seeded ledger; peak memory.
     Reports,
+    /// SQS messages consumed into postings per second, against a bare receive-and-delete loop.
+    Sqs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -332,6 +334,9 @@ struct BenchArgs {
     /// does (default: deleted as they complete, the server's default).
     #[arg(long)]
     keep_completed: bool,
+    /// sqs suite: the SQS-compatible server (e.g. moto: scripts/bench-sqs starts one).
+    #[arg(long, value_name = "URL")]
+    sqs_endpoint: Option<String>,
     /// reports suite: ledger rows to seed.
     #[arg(long, default_value_t = 1_000_000)]
     rows: usize,
@@ -545,6 +550,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         smtp: args.smtp.clone(),
                     };
                     tokio::spawn(async move { malaka::bench_notify::notify_suite(&spec).await })
+                        .await
+                        .context("benchmark task")??
+                }
+                Suite::Sqs => {
+                    let spec = malaka::bench_sqs::SqsBench {
+                        backend: match args.backend {
+                            BenchBackend::Sqlite => malaka::bench_jobs::Backend::Sqlite,
+                            BenchBackend::Postgres => malaka::bench_jobs::Backend::Postgres,
+                        },
+                        database_url: args.database_url.clone(),
+                        endpoint: args
+                            .sqs_endpoint
+                            .clone()
+                            .context("the sqs suite needs --sqs-endpoint URL (scripts/bench-sqs starts moto)")?,
+                        messages: if args.quick { 50 } else { args.messages.min(5000) },
+                    };
+                    tokio::spawn(async move { malaka::bench_sqs::sqs_suite(&spec).await })
                         .await
                         .context("benchmark task")??
                 }

@@ -290,12 +290,10 @@ impl SqsBridge {
         if config.inbound.is_empty() && config.outbound_url.is_empty() {
             return Ok(None);
         }
-        let creds = (!config.access_key_id.is_empty()).then(|| {
-            (
-                config.access_key_id.as_str(),
-                config.secret_access_key.as_str(),
-            )
-        });
+        let creds = (!config.access_key_id.is_empty()).then_some((
+            config.access_key_id.as_str(),
+            config.secret_access_key.as_str(),
+        ));
         let endpoint = (!config.endpoint_url.is_empty()).then_some(config.endpoint_url.as_str());
         let client = malaka_sqs::client_with(&config.region, endpoint, creds).await;
         let mut consumers = Vec::new();

@@ -43,6 +43,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// The SDK, for what this crate does not wrap.
+pub use aws_sdk_sqs as sdk;
 pub use aws_sdk_sqs::Client;
 
 /// What went wrong.

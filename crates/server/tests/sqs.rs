@@ -1,0 +1,340 @@
+//! SQS through the real server against a local SQS-compatible server (moto): commands become
+//! postings exactly once, malformed and unknown messages are recorded and deleted, an order with
+//! an unavailable line posts nothing, and outbox events arrive on the outbound queue in order
+//! per article.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Backend, TestApp, spawn_app_with};
+use malaka_sqs::{Outgoing, Publisher, admin};
+use serde_json::{Value, json};
+
+struct Moto {
+    endpoint: String,
+    child: Child,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn moto() -> Option<Moto> {
+    let bin = std::env::var("MALAKA_TEST_PYTHON")
+        .map(|p| PathBuf::from(p).with_file_name("moto_server"))
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/moto_server")
+        });
+    if !bin.exists() {
+        assert!(
+            !common::in_ci_pub(),
+            "SQS tests must run under CI: {} is missing",
+            bin.display()
+        );
+        eprintln!("skipping an SQS test: no moto_server");
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(bin)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "moto did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(Moto {
+        endpoint: format!("http://127.0.0.1:{port}"),
+        child,
+    })
+}
+
+struct Setup {
+    _moto: Moto,
+    app: TestApp,
+    client: malaka_sqs::Client,
+    inbound: String,
+    outbound: String,
+    token: String,
+}
+
+async fn setup(backend: Backend) -> Option<Setup> {
+    let m = moto()?;
+    let client =
+        malaka_sqs::client_with("us-east-1", Some(&m.endpoint), Some(("test", "test"))).await;
+    let inbound = admin::create(&client, "malaka-in", 5, None).await.unwrap();
+    let outbound = admin::create(&client, "malaka-out.fifo", 30, None)
+        .await
+        .unwrap();
+    let (endpoint, inb, out) = (m.endpoint.clone(), inbound.clone(), outbound.clone());
+    let app = spawn_app_with(backend, move |c| {
+        c.api.rate_limit_per_second = 0;
+        c.sqs.endpoint_url = endpoint;
+        c.sqs.access_key_id = "test".into();
+        c.sqs.secret_access_key = "test".into();
+        c.sqs.wait = Duration::from_secs(1);
+        c.sqs.inbound = vec![malaka::config::InboundQueue {
+            url: inb,
+            ..Default::default()
+        }];
+        c.sqs.outbound_url = out;
+    })
+    .await?;
+    let token = app.admin_token().await;
+    for (path, body) in [
+        (
+            "/api/v1/warehouses",
+            json!({"code": "MAIN", "name": "Main"}),
+        ),
+        (
+            "/api/v1/articles",
+            json!({"sku": "A-1", "name": "A", "min_qty": "5"}),
+        ),
+        ("/api/v1/articles", json!({"sku": "B-1", "name": "B"})),
+    ] {
+        assert_eq!(app.post_json(&token, path, &body).await.status(), 201);
+    }
+    Some(Setup {
+        _moto: m,
+        app,
+        client,
+        inbound,
+        outbound,
+        token,
+    })
+}
+
+async fn send(s: &Setup, bodies: &[String]) {
+    let msgs: Vec<Outgoing> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, b)| Outgoing {
+            id: i.to_string(),
+            group: "g".into(),
+            body: b.clone(),
+        })
+        .collect();
+    Publisher::new(s.client.clone(), &s.inbound)
+        .send(&msgs)
+        .await
+        .unwrap();
+}
+
+fn envelope(id: &str, kind: &str, data: Value) -> String {
+    json!({"id": id, "type": kind, "source": "pos-1", "occurred_at": "2026-12-01T10:00:00Z", "data": data}).to_string()
+}
+
+async fn ledger(s: &Setup) -> Vec<Value> {
+    let v: Value = s
+        .app
+        .get_as(&s.token, "/api/v1/ledger?limit=1000")
+        .await
+        .json()
+        .await
+        .unwrap();
+    v["items"].as_array().unwrap().clone()
+}
+
+async fn until(limit: Duration, what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !f().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn drained(s: &Setup) -> bool {
+    admin::counts(&s.client, &s.inbound).await.unwrap() == (0, 0)
+}
+
+async fn inbox(s: &Setup, id: &str) -> Option<malaka_inventory::InboxRecord> {
+    s.app.state.inventory().inbox(id).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_receipt_message_posts_once_however_often_it_arrives() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let Some(s) = setup(backend).await else {
+            continue;
+        };
+        let m = envelope(
+            "evt-1",
+            "stock.receipt",
+            json!({"sku": "A-1", "warehouse": "MAIN", "qty": "12", "unit_cost": "2.5", "reference": "PO-7"}),
+        );
+        // The same event three times (a sender's retries, SQS redeliveries).
+        send(&s, &[m.clone(), m.clone(), m]).await;
+        until(Duration::from_secs(20), "the queue drained", async || {
+            drained(&s).await
+        })
+        .await;
+        let rows = ledger(&s).await;
+        assert_eq!(rows.len(), 1, "posted once: {rows:?}");
+        assert_eq!(rows[0]["qty_change"], "12");
+        assert_eq!(rows[0]["reference"], "PO-7");
+        assert_eq!(rows[0]["posted_by"], "sqs:pos-1");
+        let rec = inbox(&s, "evt-1").await.unwrap();
+        assert_eq!(rec.outcome, "processed");
+        assert_eq!(rec.movements.len(), 1);
+        assert_eq!(rec.movements[0], rows[0]["movement_id"].as_str().unwrap());
+        s.app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_unknown_and_refused_messages_are_recorded_and_deleted() {
+    let Some(s) = setup(Backend::Sqlite).await else {
+        return;
+    };
+    send(
+        &s,
+        &[
+            "this is not JSON".to_owned(),
+            envelope("evt-unknown", "customer.created", json!({"name": "Ada"})),
+            envelope(
+                "evt-bad",
+                "stock.issue",
+                json!({"sku": "A-1", "warehouse": "MAIN"}),
+            ),
+            // One line cannot be served: nothing of the sale is posted.
+            envelope(
+                "evt-sale",
+                "sale.completed",
+                json!({"reference": "POS-42", "lines": [
+                {"sku": "A-1", "warehouse": "MAIN", "qty": "1"},
+                {"sku": "B-1", "warehouse": "MAIN", "qty": "1"}]}),
+            ),
+        ],
+    )
+    .await;
+    until(Duration::from_secs(20), "the queue drained", async || {
+        drained(&s).await
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(ledger(&s).await.is_empty(), "nothing posted");
+    assert_eq!(inbox(&s, "evt-unknown").await.unwrap().outcome, "ignored");
+    let bad = inbox(&s, "evt-bad").await.unwrap();
+    assert_eq!(bad.outcome, "refused");
+    assert!(bad.error.unwrap().contains("data.qty"));
+    let sale = inbox(&s, "evt-sale").await.unwrap();
+    assert_eq!(sale.outcome, "refused");
+    let why = sale.error.unwrap();
+    assert!(why.contains("insufficient stock of A-1"), "{why}");
+    // The malformed one is kept under its SQS id.
+    let db = s.app.state.db().clone();
+    let malaka::db::Database::Sqlite(pool) = &db else {
+        unreachable!()
+    };
+    let (payload, outcome): (String, String) =
+        sqlx::query_as("SELECT payload, outcome FROM malaka_inbox WHERE kind = 'malformed'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (payload.as_str(), outcome.as_str()),
+        ("this is not JSON", "malformed")
+    );
+
+    // A purchase whose lines all fit posts every line.
+    send(
+        &s,
+        &[envelope(
+            "evt-po",
+            "purchase.received",
+            json!({"reference": "PO-1", "lines": [
+        {"sku": "A-1", "warehouse": "MAIN", "qty": "10", "unit_cost": "1"},
+        {"sku": "B-1", "warehouse": "MAIN", "qty": "4", "unit_cost": "3"}]}),
+        )],
+    )
+    .await;
+    until(Duration::from_secs(20), "the purchase posted", async || {
+        ledger(&s).await.len() == 2
+    })
+    .await;
+    assert_eq!(inbox(&s, "evt-po").await.unwrap().movements.len(), 2);
+    s.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn outbox_events_arrive_on_the_outbound_queue_in_order_per_article() {
+    let Some(s) = setup(Backend::Sqlite).await else {
+        return;
+    };
+    // Interleaved postings on two articles through the API.
+    let mut posted: HashMap<String, Vec<String>> = HashMap::new();
+    for i in 0..12 {
+        let sku = if i % 2 == 0 { "A-1" } else { "B-1" };
+        let r = s
+            .app
+            .post_json(&s.token, "/api/v1/movements", &json!({"type": "receipt", "sku": sku, "warehouse": "MAIN", "qty": "1", "unit_cost": "1"}))
+            .await;
+        assert_eq!(r.status(), 201);
+        let v: Value = r.json().await.unwrap();
+        posted
+            .entry(sku.to_owned())
+            .or_default()
+            .push(v["id"].as_str().unwrap().to_owned());
+    }
+    let mut got: HashMap<String, Vec<String>> = HashMap::new();
+    let mut types: HashMap<String, usize> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while got.values().map(Vec::len).sum::<usize>() < 12 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "outbound events missing: {got:?}"
+        );
+        let out = s
+            .client
+            .receive_message()
+            .queue_url(&s.outbound)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        for m in out.messages.unwrap_or_default() {
+            let v: Value = serde_json::from_str(m.body.as_deref().unwrap()).unwrap();
+            *types
+                .entry(v["type"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+            if v["type"] == "movement.posted" {
+                got.entry(v["data"]["sku"].as_str().unwrap().to_owned())
+                    .or_default()
+                    .push(v["data"]["movement_id"].as_str().unwrap().to_owned());
+            }
+            s.client
+                .delete_message()
+                .queue_url(&s.outbound)
+                .receipt_handle(m.receipt_handle.unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(got, posted, "each article's movements in posting order");
+    // The first receipt took A-1 from nothing to CRITICAL (min 5): a level change and an alert.
+    assert!(
+        types.get("stock.level_changed").copied().unwrap_or(0) >= 1,
+        "{types:?}"
+    );
+    s.app.stop().await;
+}
