@@ -492,7 +492,8 @@ async fn serve_and_measure(
     }));
     let measured = measure(b, &state, addr).await;
     drop(state);
-    let _ = stop.send(());
+    // The server task waits on this; if it already ended, there is nothing to stop.
+    let _already_stopped = stop.send(());
     let finished = tokio::time::timeout(config.shutdown_timeout * 2, server)
         .await
         .map_err(|_| MovementsBenchError::Setup("the server did not stop in time".into()))?

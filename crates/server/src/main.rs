@@ -619,12 +619,10 @@ async fn bootstrap_token(app: &Application) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn report_command(cli: &Cli, args: &ReportArgs) -> anyhow::Result<()> {
-    let kind: malaka_inventory::ReportKind =
-        args.kind.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let format = malaka::reports::Format::parse(&args.format)
-        .ok_or_else(|| anyhow::anyhow!("--format must be csv or json, not {:?}", args.format))?;
-    let config = Config::load(cli.config.as_deref(), &overrides(cli, None, Some(&args.db)))?;
+/// For the admin commands: the configuration (warnings only in the log) and the migrated
+/// database it names.
+async fn open_quietly(cli: &Cli, db: &DbArgs) -> anyhow::Result<(Config, malaka::db::Database)> {
+    let config = Config::load(cli.config.as_deref(), &overrides(cli, None, Some(db)))?;
     telemetry::init_logging(&malaka::config::LogConfig {
         format: config.log.format,
         filter: "warn".to_owned(),
@@ -633,6 +631,15 @@ async fn report_command(cli: &Cli, args: &ReportArgs) -> anyhow::Result<()> {
         .await
         .context("connecting to the database")?;
     database.migrate().await.context("migrating")?;
+    Ok((config, database))
+}
+
+async fn report_command(cli: &Cli, args: &ReportArgs) -> anyhow::Result<()> {
+    let kind: malaka_inventory::ReportKind =
+        args.kind.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let format = malaka::reports::Format::parse(&args.format)
+        .ok_or_else(|| anyhow::anyhow!("--format must be csv or json, not {:?}", args.format))?;
+    let (config, database) = open_quietly(cli, &args.db).await?;
     let reports = malaka::reports::Reports::new(
         database.clone(),
         database.inventory(),
@@ -690,15 +697,7 @@ async fn report_command(cli: &Cli, args: &ReportArgs) -> anyhow::Result<()> {
 
 async fn notify_command(cli: &Cli, args: &NotifyArgs) -> anyhow::Result<()> {
     let NotifyCommand::Test { rule, db } = &args.command;
-    let config = Config::load(cli.config.as_deref(), &overrides(cli, None, Some(db)))?;
-    telemetry::init_logging(&malaka::config::LogConfig {
-        format: config.log.format,
-        filter: "warn".to_owned(),
-    });
-    let database = malaka::db::Database::connect(&config.database_url(), &config.database)
-        .await
-        .context("connecting to the database")?;
-    database.migrate().await.context("migrating")?;
+    let (config, database) = open_quietly(cli, db).await?;
     let notifier =
         malaka::notify::Notifier::new(database.clone(), &malaka::app::notify_config(&config, None))
             .context("notification settings")?;
@@ -710,15 +709,7 @@ async fn notify_command(cli: &Cli, args: &NotifyArgs) -> anyhow::Result<()> {
 }
 
 async fn token_command(cli: &Cli, args: &TokenArgs) -> anyhow::Result<()> {
-    let config = Config::load(cli.config.as_deref(), &overrides(cli, None, Some(&args.db)))?;
-    telemetry::init_logging(&malaka::config::LogConfig {
-        format: config.log.format,
-        filter: "warn".to_owned(),
-    });
-    let database = malaka::db::Database::connect(&config.database_url(), &config.database)
-        .await
-        .context("connecting to the database")?;
-    database.migrate().await.context("migrating")?;
+    let (_config, database) = open_quietly(cli, &args.db).await?;
     let tokens = malaka::auth::TokenStore::new(database.clone());
     let result = match &args.command {
         TokenCommand::Create { name, role } => {
