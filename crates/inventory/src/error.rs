@@ -14,6 +14,15 @@ pub enum InventoryError {
         /// What is wrong, for a person.
         message: String,
     },
+    /// A figure is beyond the documented limits (`MAX_QTY`, `MAX_UNIT_COST`, `MAX_VALUE`, at
+    /// most 6 decimal places), given or as a posting would leave it; `field` names the input.
+    #[error("{message}")]
+    OutOfRange {
+        /// The offending field.
+        field: String,
+        /// What is wrong, for a person.
+        message: String,
+    },
     /// The thing does not exist.
     #[error("{what} {key:?} not found")]
     NotFound {
@@ -47,9 +56,14 @@ pub enum InventoryError {
     /// A stored value could not be read back (a bug or a hand-edited database).
     #[error("corrupt stored value: {0}")]
     Corrupt(String),
-    /// The posting could not be committed (the database failed); nothing of it was written.
+    /// The posting could not be committed (the database failed, or the committer is
+    /// restarting); nothing of it was written and the same request may be sent again.
     #[error("{0}")]
     Unavailable(String),
+    /// The posting itself failed (not the database): a bug, a panic, a stored value that cannot
+    /// be read. Nothing of it was written; other postings were not affected.
+    #[error("the posting failed: {0}")]
+    Failed(String),
     /// The database failed.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
@@ -68,16 +82,79 @@ impl InventoryError {
         matches!(
             self,
             Self::Invalid { .. }
+                | Self::OutOfRange { .. }
                 | Self::NotFound { .. }
                 | Self::Conflict { .. }
                 | Self::InsufficientStock { .. }
         )
     }
 
+    /// A failure of the database itself (unreachable, disk full, I/O, locked, pool exhausted)
+    /// that the same request may get past later, as opposed to one of the request's own making.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Unavailable(_) => true,
+            Self::Database(e) => is_transient_db(e),
+            _ => false,
+        }
+    }
+
+    /// The same error with its field prefixed by `at` (`movements[3]`, `data.lines[1]`).
+    #[must_use]
+    pub fn in_field(self, at: &str) -> Self {
+        let join = |field: String| match (at.trim_end_matches('.'), field.as_str()) {
+            (a, "") => a.to_owned(),
+            ("", _) => field,
+            (a, f) => format!("{a}.{f}"),
+        };
+        match self {
+            Self::Invalid { field, message } => Self::Invalid {
+                field: join(field),
+                message,
+            },
+            Self::OutOfRange { field, message } => Self::OutOfRange {
+                field: join(field),
+                message,
+            },
+            other => other,
+        }
+    }
+
+    /// An `Invalid` error naming `field`.
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
         Self::Invalid {
             field: field.to_owned(),
             message: message.into(),
         }
+    }
+}
+
+/// Whether a database error is a failure of the database rather than of one statement: the
+/// connection or pool failed, or SQLite/PostgreSQL reported a resource, I/O or availability
+/// error. Constraint violations and decoding errors are the statement's own.
+pub(crate) fn is_transient_db(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            if let Ok(n) = code.parse::<u32>() {
+                // SQLite result codes (primary code in the low byte): BUSY 5, LOCKED 6,
+                // NOMEM 7, READONLY 8, IOERR 10, CORRUPT 11, FULL 13, CANTOPEN 14,
+                // PROTOCOL 15, NOTADB 26.
+                matches!(n & 0xff, 5 | 6 | 7 | 8 | 10 | 11 | 13 | 14 | 15 | 26)
+            } else {
+                // PostgreSQL SQLSTATE classes: 08 connection, 53 resources, 57 operator
+                // intervention (shutdown, cancel), 58 system (I/O), 40001/40P01 retryable.
+                matches!(&code[..code.len().min(2)], "08" | "53" | "57" | "58")
+                    || code == "40001"
+                    || code == "40P01"
+            }
+        }
+        _ => false,
     }
 }

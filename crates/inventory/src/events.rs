@@ -14,7 +14,7 @@ use sqlx::postgres::PgPool;
 use sqlx::sqlite::SqlitePool;
 
 use crate::error::InventoryError;
-use crate::store::OutboxEvent;
+use crate::store::{OutboxEvent, dec, text};
 use crate::types::AlertLevel;
 
 /// Topic of the event an alert's change writes.
@@ -314,15 +314,6 @@ impl std::fmt::Debug for Alerts {
     }
 }
 
-fn severity(l: AlertLevel) -> u8 {
-    match l {
-        AlertLevel::Normal => 0,
-        AlertLevel::Low => 1,
-        AlertLevel::Critical => 2,
-        AlertLevel::OutOfStock => 3,
-    }
-}
-
 /// How an open alert (or none) moves to `to`: the action and the level before, or `None`
 /// when nothing changes.
 fn transition(
@@ -334,7 +325,7 @@ fn transition(
         (None, _) => Some((AlertAction::Raised, None)),
         (Some(from), AlertLevel::Normal) => Some((AlertAction::Cleared, Some(from))),
         (Some(from), to) if from == to => None,
-        (Some(from), to) if severity(to) > severity(from) => {
+        (Some(from), to) if to.severity() > from.severity() => {
             Some((AlertAction::Escalated, Some(from)))
         }
         (Some(from), _) => Some((AlertAction::Eased, Some(from))),
@@ -404,14 +395,6 @@ impl Alerts {
     pub async fn acknowledge(&self, id: i64, by: &str) -> Result<Alert, InventoryError> {
         on!(self.acknowledge(id, by))
     }
-}
-
-fn dec(field: &str, s: &str) -> Result<Decimal, InventoryError> {
-    Decimal::from_str(s).map_err(|e| InventoryError::Corrupt(format!("{field} {s:?}: {e}")))
-}
-
-fn text(d: Decimal) -> String {
-    d.normalize().to_string()
 }
 
 macro_rules! backend {

@@ -38,11 +38,12 @@ pub use events::{
 pub use reports::{ReportKind, ReportParams, ReportSink, ReportSummary};
 pub use store::{
     Discrepancy, InboxEntry, InboxRecord, Inventory, LedgerPage, MAX_BATCH, OutboxEvent,
-    TOPIC_LEVEL_CHANGED, TOPIC_MOVEMENT_POSTED, VerifyReport,
+    PostingHook, TOPIC_LEVEL_CHANGED, TOPIC_MOVEMENT_POSTED, VerifyReport,
 };
 pub use types::{
     AlertLevel, Article, ArticlePatch, Balance, BalanceFilter, Layer, LedgerFilter, LedgerRow,
-    MONEY_SCALE, Money, Movement, MovementKind, NewArticle, NewMovement, QTY_SCALE, Quantity, Sku,
-    ValuationMethod, Warehouse, WarehouseCode, round_money,
+    MAX_DECIMAL_TEXT, MAX_QTY, MAX_UNIT_COST, MAX_VALUE, MONEY_SCALE, Money, Movement,
+    MovementKind, MovementText, NewArticle, NewMovement, QTY_SCALE, Quantity, Sku, ValuationMethod,
+    Warehouse, WarehouseCode, parse_decimal, round_money,
 };
-pub use valuation::{Change, Insufficient, Stock};
+pub use valuation::{Change, Stock, ValuationError};

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use crate::error::InventoryError;
-use crate::store::Inventory;
+use crate::store::{Inventory, dec, text};
 use crate::types::{Sku, ValuationMethod, WarehouseCode};
 
 /// Rows handed to the sink at a time.
@@ -171,14 +171,6 @@ pub trait ReportSink: Send {
     async fn progress(&mut self, done: u64, total: u64) -> Result<(), InventoryError>;
 }
 
-fn text(d: Decimal) -> String {
-    d.normalize().to_string()
-}
-
-fn dec(field: &str, s: &str) -> Result<Decimal, InventoryError> {
-    Decimal::from_str(s).map_err(|e| InventoryError::Corrupt(format!("{field} {s:?}: {e}")))
-}
-
 /// Rows collected for the sink, flushed every [`BATCH`].
 struct Batcher<'a> {
     sink: &'a mut dyn ReportSink,
@@ -289,7 +281,7 @@ fn age(
     receipts: &[(Decimal, Decimal, DateTime<Utc>)],
     rate: Option<Decimal>,
     now: DateTime<Utc>,
-) -> ([Decimal; 4], [Decimal; 4]) {
+) -> Result<([Decimal; 4], [Decimal; 4]), InventoryError> {
     let mut q = [Decimal::ZERO; 4];
     let mut v = [Decimal::ZERO; 4];
     let mut left = qty;
@@ -298,17 +290,38 @@ fn age(
             break;
         }
         let take = (*rq).min(left);
-        left -= take;
+        left = minus(left, take)?;
         let b = bucket((now - *at).num_days());
-        q[b] += take;
-        v[b] += take * rate.unwrap_or(*cost);
+        plus(&mut q[b], take)?;
+        plus(&mut v[b], times(take, rate.unwrap_or(*cost))?)?;
     }
     // Stock the receipts do not explain (negative stock allowed earlier, say): the oldest bucket.
     if left > Decimal::ZERO {
-        q[3] += left;
-        v[3] += left * rate.unwrap_or(Decimal::ZERO);
+        plus(&mut q[3], left)?;
+        plus(&mut v[3], times(left, rate.unwrap_or(Decimal::ZERO))?)?;
     }
-    (q, v)
+    Ok((q, v))
+}
+
+fn overflow() -> InventoryError {
+    InventoryError::OutOfRange {
+        field: "total".to_owned(),
+        message: "a report total is beyond what can be computed".to_owned(),
+    }
+}
+
+/// `*total += x`, checked.
+fn plus(total: &mut Decimal, x: Decimal) -> Result<(), InventoryError> {
+    *total = total.checked_add(x).ok_or_else(overflow)?;
+    Ok(())
+}
+
+fn minus(a: Decimal, b: Decimal) -> Result<Decimal, InventoryError> {
+    a.checked_sub(b).ok_or_else(overflow)
+}
+
+fn times(a: Decimal, b: Decimal) -> Result<Decimal, InventoryError> {
+    a.checked_mul(b).ok_or_else(overflow)
 }
 
 macro_rules! backend {
@@ -409,18 +422,20 @@ macro_rules! backend {
                                 .map_err(|e: InventoryError| InventoryError::Corrupt(e.to_string()))?;
                             let row = match kind {
                                 ReportKind::StockBalance => {
-                                    total_value += value;
+                                    plus(&mut total_value, value)?;
                                     vec![sku, name, warehouse, qty_s, rate_s, value_s, g("min_qty")?, level]
                                 }
                                 ReportKind::Valuation => {
-                                    total_value += value;
+                                    plus(&mut total_value, value)?;
                                     vec![sku, name, warehouse, method.as_str().to_owned(), qty_s, rate_s, value_s]
                                 }
                                 ReportKind::LowStock => {
                                     let qty = dec("qty", &qty_s)?;
                                     let min = dec("min_qty", &g("min_qty")?)?;
                                     let reorder = dec("reorder_qty", &g("reorder_qty")?)?;
-                                    let suggested = reorder.max(min * Decimal::TWO - qty).max(Decimal::ZERO);
+                                    let suggested = reorder
+                                        .max(minus(times(min, Decimal::TWO)?, qty)?)
+                                        .max(Decimal::ZERO);
                                     vec![sku, name, warehouse, qty_s, text(min), text(reorder), level, text(suggested)]
                                 }
                                 ReportKind::Ageing => {
@@ -448,18 +463,22 @@ macro_rules! backend {
                                     let ma = method == ValuationMethod::MovingAverage;
                                     any_ma |= ma;
                                     let rate = ma.then(|| dec("rate", &rate_s)).transpose()?;
-                                    let (q, v) = age(qty, &receipts, rate, as_of);
+                                    let (q, v) = age(qty, &receipts, rate, as_of)?;
                                     // Values per bucket are rounded; the last takes the rest so
                                     // the buckets add up to the balance's value.
                                     let mut v: Vec<Decimal> = v.iter().map(|x| x.round_dp(6)).collect();
-                                    let diff = value - v.iter().copied().sum::<Decimal>();
-                                    let last = v.iter().rposition(|x| !x.is_zero()).unwrap_or(3);
-                                    v[last] += diff;
-                                    for i in 0..4 {
-                                        aged[i] += q[i];
-                                        aged[4 + i] += v[i];
+                                    let mut sum = Decimal::ZERO;
+                                    for x in &v {
+                                        plus(&mut sum, *x)?;
                                     }
-                                    total_value += value;
+                                    let diff = minus(value, sum)?;
+                                    let last = v.iter().rposition(|x| !x.is_zero()).unwrap_or(3);
+                                    plus(&mut v[last], diff)?;
+                                    for i in 0..4 {
+                                        plus(&mut aged[i], q[i])?;
+                                        plus(&mut aged[4 + i], v[i])?;
+                                    }
+                                    plus(&mut total_value, value)?;
                                     let mut row = vec![sku, warehouse, method.as_str().to_owned(), qty_s, value_s];
                                     row.extend(q.iter().map(|x| text(*x)));
                                     row.extend(v.iter().map(|x| text(*x)));
@@ -555,15 +574,15 @@ mod tests {
             (dec!(10), dec!(1), days(45)),
             (dec!(10), dec!(1.5), days(100)),
         ];
-        let (q, v) = age(dec!(18), &receipts, None, now);
+        let (q, v) = age(dec!(18), &receipts, None, now).unwrap();
         assert_eq!(q, [dec!(5), dec!(10), dec!(0), dec!(3)]);
         assert_eq!(v, [dec!(10), dec!(10), dec!(0), dec!(4.5)]);
         // Moving average: same quantities, valued at the rate.
-        let (q2, v2) = age(dec!(18), &receipts, Some(dec!(1)), now);
+        let (q2, v2) = age(dec!(18), &receipts, Some(dec!(1)), now).unwrap();
         assert_eq!(q2, q);
         assert_eq!(v2, [dec!(5), dec!(10), dec!(0), dec!(3)]);
         // More stock than receipts explain: the rest is oldest.
-        let (q3, _) = age(dec!(30), &receipts, Some(dec!(1)), now);
+        let (q3, _) = age(dec!(30), &receipts, Some(dec!(1)), now).unwrap();
         assert_eq!(q3[3], dec!(15));
     }
 

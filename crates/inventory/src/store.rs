@@ -18,7 +18,8 @@ use crate::types::{
     MovementKind, NewArticle, NewMovement, Sku, ValuationMethod, Warehouse, WarehouseCode,
     parse_text,
 };
-use crate::valuation::{Change, Stock};
+use crate::types::{MAX_QTY, MAX_UNIT_COST, MAX_VALUE};
+use crate::valuation::{Change, Stock, ValuationError};
 
 /// Most movements in one batch.
 pub const MAX_BATCH: usize = 1000;
@@ -139,11 +140,21 @@ macro_rules! dispatch {
 
 impl Inventory {
     /// The inventory in an SQLite database. Postings are committed in groups by one task
-    /// (started on first use): one write transaction, one disk flush, for all the postings that
-    /// arrived meanwhile, each in a savepoint of its own.
+    /// (started on first use, or by [`Self::start`]): one write transaction, one disk flush, for
+    /// all the postings that arrived meanwhile, each in a savepoint of its own. The task runs
+    /// under a supervisor of its own; see [`Self::sqlite_supervised`].
     pub fn sqlite(pool: SqlitePool) -> Self {
+        Self::sqlite_supervised(pool, &malaka_runtime::Supervisor::default())
+    }
+
+    /// As [`Self::sqlite`], with the committer (task `inventory.committer`, critical) under
+    /// `supervisor`, so a readiness check sees it.
+    pub fn sqlite_supervised(pool: SqlitePool, supervisor: &malaka_runtime::Supervisor) -> Self {
         Self {
-            committer: Some(crate::group::Committer::new(pool.clone())),
+            committer: Some(crate::group::Committer::new(
+                pool.clone(),
+                supervisor.clone(),
+            )),
             db: Db::Sqlite(pool),
             written: std::sync::Arc::default(),
         }
@@ -156,6 +167,14 @@ impl Inventory {
             db: Db::Postgres(pool),
             committer: None,
             written: std::sync::Arc::default(),
+        }
+    }
+
+    /// Starts the SQLite group committer now rather than with the first posting (nothing to do
+    /// on PostgreSQL). Needs a tokio runtime.
+    pub fn start(&self) {
+        if let Some(c) = &self.committer {
+            c.start();
         }
     }
 
@@ -312,7 +331,7 @@ impl Inventory {
     /// As [`Self::post`].
     pub async fn post_alone(&self, m: &NewMovement, by: &str) -> Result<Movement, InventoryError> {
         let ms = std::slice::from_ref(m);
-        let mut out = dispatch!(self.post_batch(ms, by, None))?;
+        let mut out = dispatch!(self.post_batch(ms, by, None, None))?;
         out.pop()
             .ok_or_else(|| InventoryError::Corrupt("a posting returned no movement".into()))
     }
@@ -341,6 +360,21 @@ impl Inventory {
         by: &str,
         inbox: Option<&InboxEntry>,
     ) -> Result<Vec<Movement>, InventoryError> {
+        self.post_batch_with(ms, by, inbox, None).await
+    }
+
+    /// Posts a batch (all or nothing), with the inbox record of the message that asked for it
+    /// and a `hook` whose writes commit with it (see [`PostingHook`]).
+    ///
+    /// # Errors
+    /// As [`Self::post_batch_from`], and whatever the hook returns.
+    pub async fn post_batch_with(
+        &self,
+        ms: &[NewMovement],
+        by: &str,
+        inbox: Option<&InboxEntry>,
+        hook: Option<std::sync::Arc<dyn PostingHook>>,
+    ) -> Result<Vec<Movement>, InventoryError> {
         if ms.is_empty() || ms.len() > MAX_BATCH {
             return Err(InventoryError::invalid(
                 "movements",
@@ -348,8 +382,14 @@ impl Inventory {
             ));
         }
         let out = match &self.committer {
-            Some(c) => c.post(ms.to_vec(), by.to_owned(), inbox.cloned()).await,
-            None => dispatch!(self.post_batch(ms, by, inbox)),
+            Some(c) => {
+                c.post(ms.to_vec(), by.to_owned(), inbox.cloned(), hook)
+                    .await
+            }
+            None => {
+                let hook = hook.as_deref();
+                dispatch!(self.post_batch(ms, by, inbox, hook))
+            }
         }?;
         self.written.notify_one();
         Ok(out)
@@ -418,11 +458,13 @@ impl Inventory {
     }
 }
 
-fn dec(field: &str, s: &str) -> Result<Decimal, InventoryError> {
+/// A stored decimal read back (a bad one is `Corrupt`, naming the field).
+pub(crate) fn dec(field: &str, s: &str) -> Result<Decimal, InventoryError> {
     Decimal::from_str(s).map_err(|e| InventoryError::Corrupt(format!("{field} {s:?}: {e}")))
 }
 
-fn text(d: Decimal) -> String {
+/// A decimal as stored: canonical text.
+pub(crate) fn text(d: Decimal) -> String {
     d.normalize().to_string()
 }
 
@@ -433,7 +475,7 @@ fn stored<T: FromStr<Err = InventoryError>>(s: &str) -> Result<T, InventoryError
 
 /// A balance being changed inside a posting transaction.
 #[derive(Debug, Clone)]
-struct Working {
+pub(crate) struct Working {
     stock: Stock,
     level: AlertLevel,
     min_qty: Decimal,
@@ -463,6 +505,59 @@ pub(crate) struct Session {
     facts: BTreeMap<Sku, ArticleFacts>,
     warehouses: std::collections::BTreeSet<WarehouseCode>,
     work: BTreeMap<(Sku, WarehouseCode), Working>,
+}
+
+/// The balances a posting may change, as they were before it (`None`: not loaded yet).
+pub(crate) type Saved = Vec<((Sku, WarehouseCode), Option<Working>)>;
+
+impl Session {
+    /// What `keys` hold now, to put back with [`Self::restore`] if the posting fails.
+    pub(crate) fn save(&self, keys: &[(Sku, WarehouseCode)]) -> Saved {
+        keys.iter()
+            .map(|k| (k.clone(), self.work.get(k).cloned()))
+            .collect()
+    }
+
+    /// Puts back what [`Self::save`] saw.
+    pub(crate) fn restore(&mut self, saved: Saved) {
+        for (k, w) in saved {
+            match w {
+                Some(w) => {
+                    self.work.insert(k, w);
+                }
+                None => {
+                    self.work.remove(&k);
+                }
+            }
+        }
+    }
+}
+
+/// Writes that must commit with a posting, inside its transaction: an idempotency record, an
+/// order's or an import's own rows. It runs after the posting's movements, ledger rows and inbox
+/// record are written (balances and events may follow); an error rolls the posting back and is
+/// its caller's answer. On SQLite it runs inside the group committer, in the posting's
+/// savepoint.
+#[async_trait::async_trait]
+pub trait PostingHook: Send + Sync + 'static {
+    /// On SQLite.
+    ///
+    /// # Errors
+    /// Any error rolls the posting back.
+    async fn sqlite(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        posted: &[Movement],
+    ) -> Result<(), InventoryError>;
+    /// On PostgreSQL.
+    ///
+    /// # Errors
+    /// Any error rolls the posting back.
+    async fn postgres(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        posted: &[Movement],
+    ) -> Result<(), InventoryError>;
 }
 
 /// A movement computed but not written: its id, ledger rows to write and level events.
@@ -537,30 +632,82 @@ fn plan_all<'a>(
     Ok(planned)
 }
 
-/// Largest quantity a balance may hold (either sign).
-const MAX_BALANCE_QTY: i64 = 1_000_000_000_000_000;
-/// Largest value a balance may hold (either sign): far inside `Decimal`'s range, so no sum of
-/// postings can overflow it.
-const MAX_BALANCE_VALUE: i128 = 1_000_000_000_000_000_000_000_000;
+/// The error for a posting whose figures would leave the limits.
+fn beyond(field: &str, m: &NewMovement, wh: &WarehouseCode, what: String) -> InventoryError {
+    InventoryError::OutOfRange {
+        field: field.to_owned(),
+        message: format!(
+            "this {} of {} in {wh} would take {what}",
+            m.kind.as_str(),
+            m.sku
+        ),
+    }
+}
 
-/// Refuses a movement that would take a balance beyond [`MAX_BALANCE_QTY`] or
-/// [`MAX_BALANCE_VALUE`] (each term is below 10^24, so checking cannot overflow either).
-fn within_limits(m: &NewMovement, s: &Stock, qty: Decimal) -> Result<(), InventoryError> {
-    let rate = m
-        .unit_cost
-        .map_or(s.rate.abs(), |c| c.get().max(s.rate.abs()));
-    if s.qty.abs() + qty > Decimal::from(MAX_BALANCE_QTY)
-        || s.value.abs() + qty * rate > Decimal::from_i128_with_scale(MAX_BALANCE_VALUE, 0)
-    {
-        return Err(InventoryError::invalid(
+/// Refuses a result that leaves the documented limits: quantities below [`MAX_QTY`], values
+/// (of the balance and of the change) below [`MAX_VALUE`], rates below [`MAX_UNIT_COST`], in
+/// magnitude. The field named is the input that carried it there: `qty`, or `unit_cost` for a
+/// value reached at a given cost.
+fn check_limits(
+    m: &NewMovement,
+    wh: &WarehouseCode,
+    s: &Stock,
+    change: &Change,
+) -> Result<(), InventoryError> {
+    let value_field = if m.unit_cost.is_some() {
+        "unit_cost"
+    } else {
+        "qty"
+    };
+    if s.qty.abs() >= MAX_QTY {
+        return Err(beyond(
             "qty",
+            m,
+            wh,
             format!(
-                "the balance of {} in {} would exceed 10^18 units or 10^24 in value",
-                m.sku, m.warehouse
+                "the balance to {} units; a balance stays below 10^12",
+                s.qty
             ),
         ));
     }
+    if s.value.abs() >= MAX_VALUE || change.value.abs() >= MAX_VALUE {
+        return Err(beyond(
+            value_field,
+            m,
+            wh,
+            format!(
+                "the value to {} (a change of {}); values stay below 10^16",
+                s.value, change.value
+            ),
+        ));
+    }
+    if s.rate.abs() >= MAX_UNIT_COST {
+        return Err(beyond(
+            value_field,
+            m,
+            wh,
+            format!("the rate to {}; rates stay below 10^12", s.rate),
+        ));
+    }
     Ok(())
+}
+
+/// A valuation refusal as the store reports it.
+fn refused(m: &NewMovement, wh: &WarehouseCode, e: ValuationError) -> InventoryError {
+    match e {
+        ValuationError::Insufficient { available } => InventoryError::InsufficientStock {
+            sku: m.sku.to_string(),
+            warehouse: wh.to_string(),
+            available,
+            requested: m.qty.get(),
+        },
+        ValuationError::OutOfRange => beyond(
+            "qty",
+            m,
+            wh,
+            "a figure beyond what can be computed; the balance is past the limits".to_owned(),
+        ),
+    }
 }
 
 fn plan_movement(
@@ -575,15 +722,7 @@ fn plan_movement(
         .ok_or_else(|| InventoryError::Corrupt("balance not locked".into()))?;
     let mut rows = Vec::with_capacity(2);
     let qty = m.qty.get();
-    within_limits(m, &w.stock, qty)?;
-    if let Some(to) = &m.to_warehouse
-        && let Some(dest) = work.get(&(m.sku.clone(), to.clone()))
-    {
-        within_limits(m, &dest.stock, qty)?;
-    }
-    let w = work
-        .get_mut(&key)
-        .ok_or_else(|| InventoryError::Corrupt("balance not locked".into()))?;
+    let before = w.stock.clone();
     let change = match m.kind {
         MovementKind::Receipt => {
             let cost = m
@@ -592,20 +731,19 @@ fn plan_movement(
                 .unwrap_or_default();
             w.stock.receive(method, qty, cost)
         }
-        MovementKind::Issue | MovementKind::Transfer => w
-            .stock
-            .issue(method, qty, facts.allow_negative)
-            .map_err(|e| InventoryError::InsufficientStock {
-                sku: m.sku.to_string(),
-                warehouse: m.warehouse.to_string(),
-                available: e.available,
-                requested: qty,
-            })?,
+        MovementKind::Issue | MovementKind::Transfer => {
+            w.stock.issue(method, qty, facts.allow_negative)
+        }
         MovementKind::Count => {
             w.stock
                 .count(method, qty, m.unit_cost.map(crate::types::Money::get))
         }
-    };
+    }
+    .map_err(|e| refused(m, &m.warehouse, e))?;
+    if let Err(e) = check_limits(m, &m.warehouse, &w.stock, &change) {
+        w.stock = before;
+        return Err(e);
+    }
     w.changed = true;
     rows.push(PendingRow {
         warehouse: m.warehouse.clone(),
@@ -617,9 +755,23 @@ fn plan_movement(
             .get_mut(&(m.sku.clone(), to.clone()))
             .ok_or_else(|| InventoryError::Corrupt("balance not locked".into()))?;
         // Exactly the value the source gave up: rounding must not make or lose value.
-        let inn = dest
+        let value = -change.value;
+        let dest_before = dest.stock.clone();
+        let checked = dest
             .stock
-            .receive_transfer(method, &change.consumed, -change.value);
+            .receive_transfer(method, &change.consumed, value)
+            .map_err(|e| refused(m, to, e))
+            .and_then(|inn| check_limits(m, to, &dest.stock, &inn).map(|()| inn));
+        let inn = match checked {
+            Ok(inn) => inn,
+            Err(e) => {
+                dest.stock = dest_before;
+                if let Some(src) = work.get_mut(&key) {
+                    src.stock = before;
+                }
+                return Err(e);
+            }
+        };
         dest.changed = true;
         rows.push(PendingRow {
             warehouse: to.clone(),
@@ -631,7 +783,7 @@ fn plan_movement(
 }
 
 macro_rules! backend {
-    ($module:ident, $pool:ty, $conn:ty, begin = $begin:literal, lock = $lock:literal, share = $share:literal, create_first = $create_first:literal) => {
+    ($module:ident, $pool:ty, $conn:ty, begin = $begin:literal, lock = $lock:literal, share = $share:literal, create_first = $create_first:literal, hook = $hook:ident) => {
         pub(crate) mod $module {
             use super::*;
             use sqlx::Row;
@@ -1005,10 +1157,11 @@ macro_rules! backend {
                 ms: &[NewMovement],
                 by: &str,
                 inbox: Option<&InboxEntry>,
+                hook: Option<&dyn PostingHook>,
             ) -> Result<Vec<Movement>, InventoryError> {
                 let mut tx = pool.begin_with($begin).await?;
                 let mut session = Session::default();
-                let out = post_in(&mut tx, ms, by, &mut session, false, inbox).await?;
+                let out = post_in(&mut tx, ms, by, &mut session, false, inbox, hook).await?;
                 tx.commit().await?;
                 Ok(out)
             }
@@ -1074,6 +1227,7 @@ macro_rules! backend {
                 session: &mut Session,
                 defer_balances: bool,
                 inbox: Option<&InboxEntry>,
+                hook: Option<&dyn PostingHook>,
             ) -> Result<Vec<Movement>, InventoryError> {
                 let now = Utc::now();
                 if let Some(e) = inbox {
@@ -1321,6 +1475,9 @@ macro_rules! backend {
                     .execute(&mut *conn)
                     .await?;
                 }
+                if let Some(h) = hook {
+                    h.$hook(&mut *conn, &out).await?;
+                }
                 if !defer_balances {
                     write_balances(&mut *conn, session, now).await?;
                 }
@@ -1543,7 +1700,8 @@ backend!(
     begin = "BEGIN IMMEDIATE",
     lock = "",
     share = "",
-    create_first = false
+    create_first = false,
+    hook = sqlite
 );
 backend!(
     postgres,
@@ -1552,7 +1710,8 @@ backend!(
     begin = "BEGIN",
     lock = " FOR UPDATE",
     share = " FOR SHARE",
-    create_first = true
+    create_first = true,
+    hook = postgres
 );
 
 /// The `movement.posted` payload.
@@ -1584,35 +1743,82 @@ mod tests {
     use super::*;
     use rust_decimal::dec;
 
-    #[test]
-    fn balances_stay_far_inside_decimal_range() {
-        let big = dec!(999999999999);
-        let m = NewMovement::parse("receipt", "A", "W", None, big, Some(big), None, None).unwrap();
-        let key = (m.sku.clone(), m.warehouse.clone());
-        let facts = ArticleFacts {
-            valuation: ValuationMethod::MovingAverage,
-            min_qty: Decimal::ZERO,
-            allow_negative: false,
-        };
-        let mut work = BTreeMap::from([(
-            key.clone(),
+    fn work_for(m: &NewMovement) -> BTreeMap<(Sku, WarehouseCode), Working> {
+        BTreeMap::from([(
+            (m.sku.clone(), m.warehouse.clone()),
             Working {
                 stock: Stock::default(),
                 level: AlertLevel::OutOfStock,
                 min_qty: Decimal::ZERO,
                 changed: false,
             },
-        )]);
-        // Each receipt adds ~10^24 of value: the first fits, the second is refused, cleanly.
-        assert!(plan_movement(&m, &facts, &mut work).is_ok());
-        let err = plan_movement(&m, &facts, &mut work).unwrap_err();
-        assert!(
-            matches!(err, InventoryError::Invalid { ref field, .. } if field == "qty"),
-            "{err}"
-        );
+        )])
+    }
+
+    fn facts() -> ArticleFacts {
+        ArticleFacts {
+            valuation: ValuationMethod::MovingAverage,
+            min_qty: Decimal::ZERO,
+            allow_negative: false,
+        }
+    }
+
+    fn field_of(e: InventoryError) -> String {
+        match e {
+            InventoryError::OutOfRange { field, .. } => field,
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn postings_that_would_leave_the_limits_are_refused_and_change_nothing() {
+        let big = dec!(999999999999);
+        let m = NewMovement::parse("receipt", "A", "W", None, big, Some(dec!(1000)), None, None)
+            .unwrap();
+        let key = (m.sku.clone(), m.warehouse.clone());
+        let mut work = work_for(&m);
+        // ~10^15 of value fits; a second receipt takes the quantity past 10^12.
+        assert!(plan_movement(&m, &facts(), &mut work).is_ok());
+        let err = plan_movement(&m, &facts(), &mut work).unwrap_err();
+        assert_eq!(field_of(err), "qty");
+        // Values stay below 10^16: a costly receipt names its unit cost.
+        let mut fresh = work_for(&m);
+        let dear = NewMovement::parse(
+            "receipt",
+            "A",
+            "W",
+            None,
+            dec!(100000),
+            Some(dec!(999999999999)),
+            None,
+            None,
+        )
+        .unwrap();
         assert_eq!(
-            work[&key].stock.qty, big,
-            "a refused movement changes nothing"
+            field_of(plan_movement(&dear, &facts(), &mut fresh).unwrap_err()),
+            "unit_cost"
         );
+        assert_eq!(fresh[&key].stock, Stock::default());
+    }
+
+    #[test]
+    fn a_balance_past_the_limits_refuses_issues_instead_of_panicking() {
+        // What an older version accepted: 10^12 units worth 5 x 10^23.
+        let m =
+            NewMovement::parse("issue", "A", "W", None, dec!(200000), None, None, None).unwrap();
+        let mut work = work_for(&m);
+        let key = (m.sku.clone(), m.warehouse.clone());
+        if let Some(w) = work.get_mut(&key) {
+            w.stock = Stock {
+                qty: dec!(999999999999),
+                value: dec!(499999999999500000000000),
+                rate: dec!(500000000000),
+                layers: VecDeque::new(),
+            };
+        }
+        let before = work[&key].stock.clone();
+        let err = plan_movement(&m, &facts(), &mut work).unwrap_err();
+        assert_eq!(field_of(err), "qty");
+        assert_eq!(work[&key].stock, before);
     }
 }

@@ -14,14 +14,144 @@ use crate::error::InventoryError;
 pub const QTY_SCALE: u32 = 6;
 /// Decimal places kept for money (values and rates).
 pub const MONEY_SCALE: u32 = 6;
-/// Largest quantity or amount accepted (keeps every product within `Decimal`'s range).
-const LIMIT: i64 = 1_000_000_000_000;
+/// Quantities (of a movement, a count, a minimum, and of every balance) stay below this:
+/// 10^12.
+pub const MAX_QTY: Decimal = rust_decimal::dec!(1_000_000_000_000);
+/// Unit costs (and every valuation rate) stay below this: 10^12.
+pub const MAX_UNIT_COST: Decimal = rust_decimal::dec!(1_000_000_000_000);
+/// The value of a balance, and of one movement, stays below this in magnitude: 10^16. With
+/// quantities below 10^12 every intermediate product (quantity x value) stays inside `Decimal`'s
+/// range of about 7.9 x 10^28, so no valuation can overflow.
+pub const MAX_VALUE: Decimal = rust_decimal::dec!(10_000_000_000_000_000);
+/// Longest text accepted for one decimal input.
+pub const MAX_DECIMAL_TEXT: usize = 64;
 
 fn invalid(field: &str, message: impl Into<String>) -> InventoryError {
     InventoryError::Invalid {
         field: field.to_owned(),
         message: message.into(),
     }
+}
+
+fn out_of_range(field: &str, message: impl Into<String>) -> InventoryError {
+    InventoryError::OutOfRange {
+        field: field.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// Parses a decimal given as text: a JSON number's own text, or a JSON string holding one. One
+/// grammar for both, the JSON number's: `-?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?`, no
+/// spaces. The value is exact: at most [`QTY_SCALE`] decimal places once trailing zeros are
+/// dropped (more is refused, never rounded) and below 10^12 in magnitude; beyond either, or
+/// longer than [`MAX_DECIMAL_TEXT`], is `OutOfRange`; anything else that is not a number is
+/// `Invalid`. Both name `field`.
+///
+/// # Errors
+/// See above.
+pub fn parse_decimal(field: &str, text: &str) -> Result<Decimal, InventoryError> {
+    if text.len() > MAX_DECIMAL_TEXT {
+        return Err(out_of_range(
+            field,
+            format!("{field} is longer than {MAX_DECIMAL_TEXT} characters"),
+        ));
+    }
+    let not_a_number = || {
+        invalid(
+            field,
+            format!("{field} must be a decimal number such as 12.5, not {text:?}"),
+        )
+    };
+    let b = text.as_bytes();
+    let mut i = 0;
+    let negative = b.first() == Some(&b'-');
+    if negative {
+        i += 1;
+    }
+    let digits_from = |mut i: usize| {
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        i
+    };
+    let int_start = i;
+    match b.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => i = digits_from(i),
+        _ => return Err(not_a_number()),
+    }
+    let int = &text[int_start..i];
+    let mut frac = "";
+    if b.get(i) == Some(&b'.') {
+        let start = i + 1;
+        i = digits_from(start);
+        if i == start {
+            return Err(not_a_number());
+        }
+        frac = &text[start..i];
+    }
+    let mut exp: i64 = 0;
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        let sign = match b.get(i) {
+            Some(b'-') => {
+                i += 1;
+                -1
+            }
+            Some(b'+') => {
+                i += 1;
+                1
+            }
+            _ => 1,
+        };
+        let start = i;
+        i = digits_from(start);
+        if i == start {
+            return Err(not_a_number());
+        }
+        // At most 64 characters in all, so this fits.
+        exp = sign * text[start..i].parse::<i64>().map_err(|_| not_a_number())?;
+    }
+    if i != b.len() {
+        return Err(not_a_number());
+    }
+    // The value is `digits` x 10^-scale.
+    let digits: String = int.chars().chain(frac.chars()).collect();
+    let digits = digits.trim_start_matches('0');
+    let mut scale = i64::try_from(frac.len()).map_err(|_| not_a_number())? - exp;
+    let mut digits = digits.to_owned();
+    if digits.is_empty() {
+        return Ok(Decimal::ZERO);
+    }
+    let int_digits = i64::try_from(digits.len()).map_err(|_| not_a_number())? - scale;
+    if int_digits > 12 {
+        return Err(out_of_range(
+            field,
+            format!("{field} must be less than 10^12 in magnitude"),
+        ));
+    }
+    while scale > 0 && digits.ends_with('0') {
+        digits.pop();
+        scale -= 1;
+    }
+    if scale > i64::from(QTY_SCALE) {
+        return Err(out_of_range(
+            field,
+            format!("{field} has more than {QTY_SCALE} decimal places"),
+        ));
+    }
+    if scale < 0 {
+        digits.extend(std::iter::repeat_n(
+            '0',
+            usize::try_from(-scale).unwrap_or(0),
+        ));
+        scale = 0;
+    }
+    // At most 12 integer and 6 decimal digits: fits an i64.
+    let mantissa: i64 = digits.parse().map_err(|_| not_a_number())?;
+    let scale = u32::try_from(scale).map_err(|_| not_a_number())?;
+    let d = Decimal::new(mantissa, scale);
+    Ok(if negative { -d } else { d })
 }
 
 /// Rounds an amount of money to [`MONEY_SCALE`] places, halves away from zero.
@@ -110,7 +240,7 @@ impl fmt::Display for WarehouseCode {
     }
 }
 
-/// A non-negative quantity with at most [`QTY_SCALE`] decimal places, below 10^12.
+/// A non-negative quantity with at most [`QTY_SCALE`] decimal places, below [`MAX_QTY`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Default)]
 #[serde(transparent)]
 pub struct Quantity(Decimal);
@@ -128,15 +258,26 @@ impl Quantity {
             return Err(invalid(field, format!("{field} must be greater than 0")));
         }
         if d.normalize().scale() > QTY_SCALE {
-            return Err(invalid(
+            return Err(out_of_range(
                 field,
                 format!("{field} has more than {QTY_SCALE} decimal places"),
             ));
         }
-        if d >= Decimal::from(LIMIT) {
-            return Err(invalid(field, format!("{field} must be below 10^12")));
+        if d >= MAX_QTY {
+            return Err(out_of_range(
+                field,
+                format!("{field} must be less than 10^12"),
+            ));
         }
         Ok(Self(d.normalize()))
+    }
+
+    /// Parses a quantity given as text (see [`parse_decimal`]).
+    ///
+    /// # Errors
+    /// As [`parse_decimal`] and [`Self::parse`].
+    pub fn parse_text(field: &str, text: &str, positive: bool) -> Result<Self, InventoryError> {
+        Self::parse(field, parse_decimal(field, text)?, positive)
     }
 
     /// The value.
@@ -146,7 +287,7 @@ impl Quantity {
 }
 
 /// A non-negative amount of money (a unit cost) with at most [`MONEY_SCALE`] decimal places,
-/// below 10^12.
+/// below [`MAX_UNIT_COST`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct Money(Decimal);
@@ -161,15 +302,26 @@ impl Money {
             return Err(invalid(field, format!("{field} must not be negative")));
         }
         if d.normalize().scale() > MONEY_SCALE {
-            return Err(invalid(
+            return Err(out_of_range(
                 field,
                 format!("{field} has more than {MONEY_SCALE} decimal places"),
             ));
         }
-        if d >= Decimal::from(LIMIT) {
-            return Err(invalid(field, format!("{field} must be below 10^12")));
+        if d >= MAX_UNIT_COST {
+            return Err(out_of_range(
+                field,
+                format!("{field} must be less than 10^12"),
+            ));
         }
         Ok(Self(d.normalize()))
+    }
+
+    /// Parses an amount given as text (see [`parse_decimal`]).
+    ///
+    /// # Errors
+    /// As [`parse_decimal`] and [`Self::parse`].
+    pub fn parse_text(field: &str, text: &str) -> Result<Self, InventoryError> {
+        Self::parse(field, parse_decimal(field, text)?)
     }
 
     /// The value.
@@ -275,6 +427,16 @@ impl AlertLevel {
             Self::Critical => "CRITICAL",
             Self::Low => "LOW",
             Self::Normal => "NORMAL",
+        }
+    }
+
+    /// How bad it is: 0 for `Normal` up to 3 for `OutOfStock`.
+    pub fn severity(self) -> u8 {
+        match self {
+            Self::Normal => 0,
+            Self::Low => 1,
+            Self::Critical => 2,
+            Self::OutOfStock => 3,
         }
     }
 
@@ -574,6 +736,56 @@ impl NewMovement {
     }
 }
 
+/// A movement as text, the way every edge (HTTP, SQS, imports) receives one: decimals as the
+/// text they were sent as (see [`parse_decimal`]). [`NewMovement::from_text`] parses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MovementText<'a> {
+    /// `receipt`, `issue`, `transfer` or `count`.
+    pub kind: &'a str,
+    /// Article.
+    pub sku: &'a str,
+    /// Warehouse (the source of a transfer).
+    pub warehouse: &'a str,
+    /// Destination of a transfer.
+    pub to_warehouse: Option<&'a str>,
+    /// Quantity.
+    pub qty: &'a str,
+    /// Unit cost.
+    pub unit_cost: Option<&'a str>,
+    /// Reference.
+    pub reference: Option<&'a str>,
+    /// Note.
+    pub note: Option<&'a str>,
+}
+
+impl NewMovement {
+    /// Parses a movement given as text: the one parser of every edge. Fields are checked in
+    /// order (type, sku, warehouse, qty, unit cost, ...); the error names the first bad one.
+    ///
+    /// # Errors
+    /// An invalid or out-of-range field, or a combination its kind does not allow.
+    pub fn from_text(t: &MovementText<'_>) -> Result<Self, InventoryError> {
+        let kind: MovementKind = t.kind.parse()?;
+        Sku::parse(t.sku)?;
+        WarehouseCode::parse_field("warehouse", t.warehouse)?;
+        let qty = parse_decimal("qty", t.qty)?;
+        let unit_cost = t
+            .unit_cost
+            .map(|c| parse_decimal("unit_cost", c))
+            .transpose()?;
+        Self::parse(
+            kind.as_str(),
+            t.sku,
+            t.warehouse,
+            t.to_warehouse,
+            qty,
+            unit_cost,
+            t.reference,
+            t.note,
+        )
+    }
+}
+
 /// A FIFO layer: a quantity still in stock at the rate it came in at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Layer {
@@ -720,6 +932,90 @@ mod tests {
             Sku::parse("ABC").unwrap(),
             "case-sensitive"
         );
+    }
+
+    #[test]
+    fn decimal_text_is_exact_and_bounded() {
+        let ok = |t: &str, d: Decimal| assert_eq!(parse_decimal("qty", t).unwrap(), d, "{t}");
+        ok("0", dec!(0));
+        ok("-0", dec!(0));
+        ok("12", dec!(12));
+        ok("12.5", dec!(12.5));
+        ok("123456789012.123456", dec!(123456789012.123456));
+        ok("999999999999.999999", dec!(999999999999.999999));
+        ok("1.5000000000", dec!(1.5)); // trailing zeros are not decimal places
+        ok("1e3", dec!(1000));
+        ok("1.5E+2", dec!(150));
+        ok("15e-1", dec!(1.5));
+        ok("0.000001", dec!(0.000001));
+        ok("-3.25", dec!(-3.25));
+        ok("0e999999", dec!(0));
+        let code = |t: &str| match parse_decimal("qty", t) {
+            Err(InventoryError::Invalid { field, .. }) => ("invalid", field),
+            Err(InventoryError::OutOfRange { field, .. }) => ("out_of_range", field),
+            other => panic!("{t}: {other:?}"),
+        };
+        for bad in [
+            "", " 1", "1 ", "+1", "01", "1.", ".5", "1e", "1e+", "--1", "1,5", "0x10", "NaN",
+            "Infinity", "1_000", "١", "1.2.3",
+        ] {
+            assert_eq!(code(bad), ("invalid", "qty".to_owned()), "{bad:?}");
+        }
+        for far in [
+            "0.0000001",
+            "1.1234567",
+            "1000000000000",
+            "1e12",
+            "99999999999999999999999999999999",
+            "1e300",
+            "1e-300",
+            &"1".repeat(65),
+        ] {
+            assert_eq!(code(far), ("out_of_range", "qty".to_owned()), "{far:?}");
+        }
+    }
+
+    #[test]
+    fn movements_from_text_follow_the_same_rules() {
+        let t = MovementText {
+            kind: "receipt",
+            sku: "A",
+            warehouse: "W1",
+            qty: "123456789012.123456",
+            unit_cost: Some("0.5"),
+            ..MovementText::default()
+        };
+        let m = NewMovement::from_text(&t).unwrap();
+        assert_eq!(m.qty.get(), dec!(123456789012.123456));
+        let field = |t: MovementText<'_>| match NewMovement::from_text(&t) {
+            Err(
+                InventoryError::Invalid { field, .. } | InventoryError::OutOfRange { field, .. },
+            ) => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(field(MovementText { kind: "move", ..t }), "type");
+        assert_eq!(
+            field(MovementText {
+                qty: "1.0000001",
+                ..t
+            }),
+            "qty"
+        );
+        assert_eq!(
+            field(MovementText {
+                unit_cost: Some("1e12"),
+                ..t
+            }),
+            "unit_cost"
+        );
+        assert_eq!(
+            field(MovementText {
+                unit_cost: None,
+                ..t
+            }),
+            "unit_cost"
+        );
+        assert_eq!(field(MovementText { sku: "", ..t }), "sku");
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! The valuation engine: how receipts, issues, transfers and counts change one balance's
-//! quantity, value, rate and FIFO layers. Pure arithmetic on `Decimal`; the store persists it.
+//! quantity, value, rate and FIFO layers. Pure arithmetic on `Decimal`, every operation checked:
+//! a figure that leaves `Decimal`'s range is a `ValuationError::OutOfRange`, never a panic, and
+//! a refused operation leaves the stock as it was. The store persists the result and checks it
+//! against the documented limits (`crate::types::MAX_QTY`, `MAX_VALUE`, ...).
 
 use std::collections::VecDeque;
 
@@ -33,50 +36,95 @@ pub struct Change {
     pub consumed: Vec<Layer>,
 }
 
-/// An issue asked for more than is in stock and the article does not allow negative stock.
+/// Why the engine refused an operation; the stock is unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Insufficient {
-    /// In stock.
-    pub available: Decimal,
+pub enum ValuationError {
+    /// An issue asked for more than is in stock and the article does not allow negative stock.
+    Insufficient {
+        /// In stock.
+        available: Decimal,
+    },
+    /// A figure would leave `Decimal`'s range (only reachable with figures far beyond the
+    /// limits the store enforces, such as balances stored before those limits existed).
+    OutOfRange,
+}
+
+type Checked<T> = Result<T, ValuationError>;
+
+fn add(a: Decimal, b: Decimal) -> Checked<Decimal> {
+    a.checked_add(b).ok_or(ValuationError::OutOfRange)
+}
+
+fn sub(a: Decimal, b: Decimal) -> Checked<Decimal> {
+    a.checked_sub(b).ok_or(ValuationError::OutOfRange)
+}
+
+fn mul(a: Decimal, b: Decimal) -> Checked<Decimal> {
+    a.checked_mul(b).ok_or(ValuationError::OutOfRange)
+}
+
+fn div(a: Decimal, b: Decimal) -> Checked<Decimal> {
+    a.checked_div(b).ok_or(ValuationError::OutOfRange)
+}
+
+/// `qty * rate`, rounded to money.
+fn worth(qty: Decimal, rate: Decimal) -> Checked<Decimal> {
+    mul(qty, rate).map(round_money)
+}
+
+fn zero_change(rate: Decimal) -> Change {
+    Change {
+        qty: Decimal::ZERO,
+        unit_cost: rate,
+        value: Decimal::ZERO,
+        consumed: Vec::new(),
+    }
 }
 
 impl Stock {
     /// Sets the rate after a change: value per unit while stock is positive, else unchanged.
-    fn settle(&mut self) {
+    fn settle(&mut self) -> Checked<()> {
         if self.qty.is_zero() {
             // Nothing left: nothing is worth anything, whatever rounding left behind.
             self.value = Decimal::ZERO;
             self.layers.clear();
         } else if self.qty > Decimal::ZERO {
-            self.rate = round_money(self.value / self.qty);
+            self.rate = round_money(div(self.value, self.qty)?);
         }
+        Ok(())
     }
 
     /// Goods in: `qty` (> 0) at `unit_cost`.
-    pub fn receive(&mut self, method: ValuationMethod, qty: Decimal, unit_cost: Decimal) -> Change {
+    ///
+    /// # Errors
+    /// `OutOfRange` when a figure leaves `Decimal`'s range; the stock is unchanged then.
+    pub fn receive(
+        &mut self,
+        method: ValuationMethod,
+        qty: Decimal,
+        unit_cost: Decimal,
+    ) -> Checked<Change> {
         let layers = [Layer {
             qty,
             rate: unit_cost,
         }];
-        self.receive_layers(method, &layers)
-    }
-
-    /// Goods in as layers, worth what they add up to (rounded to money).
-    pub fn receive_layers(&mut self, method: ValuationMethod, layers: &[Layer]) -> Change {
-        let value = round_money(layers.iter().map(|l| l.qty * l.rate).sum());
-        self.receive_valued(method, layers, value)
+        let value = worth(qty, unit_cost)?;
+        self.receive_valued(method, &layers, value)
     }
 
     /// Goods in from a transfer: the source's consumed `layers`, worth exactly `value`, what the
     /// source gave up (its issue's value change, negated). Re-pricing the layers instead can
     /// differ from that by rounding (a moving-average rate is rounded), and a transfer would then
     /// make or lose value.
+    ///
+    /// # Errors
+    /// As [`Self::receive`].
     pub fn receive_transfer(
         &mut self,
         method: ValuationMethod,
         layers: &[Layer],
         value: Decimal,
-    ) -> Change {
+    ) -> Checked<Change> {
         self.receive_valued(method, layers, value)
     }
 
@@ -85,27 +133,41 @@ impl Stock {
         method: ValuationMethod,
         layers: &[Layer],
         value: Decimal,
-    ) -> Change {
+    ) -> Checked<Change> {
+        let mut next = self.clone();
+        let change = next.receive_into(method, layers, value)?;
+        *self = next;
+        Ok(change)
+    }
+
+    fn receive_into(
+        &mut self,
+        method: ValuationMethod,
+        layers: &[Layer],
+        value: Decimal,
+    ) -> Checked<Change> {
         let before = self.value;
-        let qty: Decimal = layers.iter().map(|l| l.qty).sum();
+        let qty = layers
+            .iter()
+            .try_fold(Decimal::ZERO, |s, l| add(s, l.qty))?;
         let last_rate = layers.last().map_or(self.rate, |l| l.rate);
         if self.qty >= Decimal::ZERO {
-            self.qty += qty;
-            self.value += value;
+            self.qty = add(self.qty, qty)?;
+            self.value = add(self.value, value)?;
             if method == ValuationMethod::Fifo {
                 self.layers.extend(layers.iter().copied());
             }
         } else {
             // Negative stock: the receipt first covers what was issued ahead of it; what is
             // left is valued at the receipt's own rate.
-            self.qty += qty;
+            self.qty = add(self.qty, qty)?;
             let rate = if qty.is_zero() {
                 last_rate
             } else {
-                round_money(value / qty)
+                round_money(div(value, qty)?)
             };
             self.rate = rate;
-            self.value = round_money(self.qty * rate);
+            self.value = worth(self.qty, rate)?;
             self.layers.clear();
             if method == ValuationMethod::Fifo && self.qty > Decimal::ZERO {
                 self.layers.push_back(Layer {
@@ -117,48 +179,55 @@ impl Stock {
         if self.qty <= Decimal::ZERO {
             self.rate = last_rate;
         }
-        self.settle();
-        let change = self.value - before;
-        Change {
+        self.settle()?;
+        let change = sub(self.value, before)?;
+        Ok(Change {
             qty,
             unit_cost: if qty.is_zero() {
                 self.rate
             } else {
-                round_money(change / qty)
+                round_money(div(change, qty)?)
             },
             value: change,
             consumed: Vec::new(),
-        }
+        })
     }
 
     /// Goods out: `qty` (> 0), valued by `method`. Refused beyond the stock unless
     /// `allow_negative`.
     ///
     /// # Errors
-    /// Not enough stock.
+    /// `Insufficient` (not enough stock) or `OutOfRange`; the stock is unchanged then.
     pub fn issue(
         &mut self,
         method: ValuationMethod,
         qty: Decimal,
         allow_negative: bool,
-    ) -> Result<Change, Insufficient> {
+    ) -> Checked<Change> {
         if qty > self.qty && !allow_negative {
-            return Err(Insufficient {
+            return Err(ValuationError::Insufficient {
                 available: self.qty.max(Decimal::ZERO),
             });
         }
+        let mut next = self.clone();
+        let change = next.issue_into(method, qty)?;
+        *self = next;
+        Ok(change)
+    }
+
+    fn issue_into(&mut self, method: ValuationMethod, qty: Decimal) -> Checked<Change> {
         let before = self.value;
         let in_stock = self.qty.max(Decimal::ZERO).min(qty);
-        let beyond = qty - in_stock;
+        let beyond = sub(qty, in_stock)?;
         let mut consumed = Vec::new();
         let mut out = Decimal::ZERO;
         match method {
             ValuationMethod::MovingAverage => {
                 if in_stock > Decimal::ZERO {
-                    out += if in_stock == self.qty {
+                    out = if in_stock == self.qty {
                         self.value
                     } else {
-                        round_money(in_stock * self.value / self.qty)
+                        round_money(div(mul(in_stock, self.value)?, self.qty)?)
                     };
                     consumed.push(Layer {
                         qty: in_stock,
@@ -173,13 +242,13 @@ impl Stock {
                         break;
                     };
                     let take = want.min(front.qty);
-                    out += take * front.rate;
+                    out = add(out, mul(take, front.rate)?)?;
                     consumed.push(Layer {
                         qty: take,
                         rate: front.rate,
                     });
-                    front.qty -= take;
-                    want -= take;
+                    front.qty = sub(front.qty, take)?;
+                    want = sub(want, take)?;
                     if front.qty.is_zero() {
                         self.layers.pop_front();
                     }
@@ -193,23 +262,23 @@ impl Stock {
         }
         if beyond > Decimal::ZERO {
             // Issued ahead of stock: at the last known rate.
-            out += round_money(beyond * self.rate);
+            out = add(out, worth(beyond, self.rate)?)?;
             consumed.push(Layer {
                 qty: beyond,
                 rate: self.rate,
             });
         }
-        self.qty -= qty;
-        self.value -= out;
+        self.qty = sub(self.qty, qty)?;
+        self.value = sub(self.value, out)?;
         if self.qty < Decimal::ZERO {
-            self.value = round_money(self.qty * self.rate);
+            self.value = worth(self.qty, self.rate)?;
             self.layers.clear();
         }
-        self.settle();
-        let change = self.value - before;
+        self.settle()?;
+        let change = sub(self.value, before)?;
         Ok(Change {
             qty: -qty,
-            unit_cost: round_money(-change / qty),
+            unit_cost: round_money(div(-change, qty)?),
             value: change,
             consumed,
         })
@@ -217,31 +286,24 @@ impl Stock {
 
     /// A stock count: `counted` becomes the quantity. A gain is valued at `unit_cost` if given,
     /// else at the current rate; a loss is issued by the method.
+    ///
+    /// # Errors
+    /// `OutOfRange`; the stock is unchanged then.
     pub fn count(
         &mut self,
         method: ValuationMethod,
         counted: Decimal,
         unit_cost: Option<Decimal>,
-    ) -> Change {
-        let diff = counted - self.qty;
+    ) -> Checked<Change> {
+        let diff = sub(counted, self.qty)?;
         if diff > Decimal::ZERO {
             let cost = unit_cost.unwrap_or(self.rate);
             self.receive(method, diff, cost)
         } else if diff < Decimal::ZERO {
-            // Down to `counted` >= 0: never below zero, so never refused.
-            self.issue(method, -diff, true).unwrap_or_else(|_| Change {
-                qty: Decimal::ZERO,
-                unit_cost: self.rate,
-                value: Decimal::ZERO,
-                consumed: Vec::new(),
-            })
+            // Down to `counted` >= 0: never below zero, so never refused for stock.
+            self.issue(method, -diff, true)
         } else {
-            Change {
-                qty: Decimal::ZERO,
-                unit_cost: self.rate,
-                value: Decimal::ZERO,
-                consumed: Vec::new(),
-            }
+            Ok(zero_change(self.rate))
         }
     }
 }
@@ -257,8 +319,8 @@ mod tests {
     #[test]
     fn moving_average_receipts_average_and_issues_keep_the_rate() {
         let mut s = Stock::default();
-        s.receive(MovingAverage, dec!(10), dec!(100));
-        s.receive(MovingAverage, dec!(10), dec!(120));
+        s.receive(MovingAverage, dec!(10), dec!(100)).unwrap();
+        s.receive(MovingAverage, dec!(10), dec!(120)).unwrap();
         assert_eq!((s.qty, s.value, s.rate), (dec!(20), dec!(2200), dec!(110)));
         let c = s.issue(MovingAverage, dec!(15), false).unwrap();
         assert_eq!(c.value, dec!(-1650));
@@ -269,8 +331,8 @@ mod tests {
     #[test]
     fn fifo_issues_consume_the_oldest_layers() {
         let mut s = Stock::default();
-        s.receive(Fifo, dec!(10), dec!(100));
-        s.receive(Fifo, dec!(10), dec!(120));
+        s.receive(Fifo, dec!(10), dec!(100)).unwrap();
+        s.receive(Fifo, dec!(10), dec!(120)).unwrap();
         let c = s.issue(Fifo, dec!(15), false).unwrap();
         assert_eq!(c.value, dec!(-1600));
         assert_eq!((s.qty, s.value, s.rate), (dec!(5), dec!(600), dec!(120)));
@@ -287,43 +349,45 @@ mod tests {
     #[test]
     fn refuses_negative_stock_unless_allowed() {
         let mut s = Stock::default();
-        s.receive(Fifo, dec!(3), dec!(2));
+        s.receive(Fifo, dec!(3), dec!(2)).unwrap();
         assert_eq!(
             s.issue(Fifo, dec!(4), false),
-            Err(Insufficient { available: dec!(3) })
+            Err(ValuationError::Insufficient { available: dec!(3) })
         );
         assert_eq!(s.qty, dec!(3), "a refused issue changes nothing");
         let c = s.issue(Fifo, dec!(4), true).unwrap();
         assert_eq!(c.value, dec!(-8));
         assert_eq!((s.qty, s.value), (dec!(-1), dec!(-2)));
         // A receipt covers the shortfall; the rest is valued at the receipt's rate.
-        s.receive(Fifo, dec!(5), dec!(3));
+        s.receive(Fifo, dec!(5), dec!(3)).unwrap();
         assert_eq!((s.qty, s.value, s.rate), (dec!(4), dec!(12), dec!(3)));
     }
 
     #[test]
     fn counts_adjust_to_the_counted_quantity() {
         let mut s = Stock::default();
-        s.receive(MovingAverage, dec!(10), dec!(5));
-        let c = s.count(MovingAverage, dec!(12), None);
+        s.receive(MovingAverage, dec!(10), dec!(5)).unwrap();
+        let c = s.count(MovingAverage, dec!(12), None).unwrap();
         assert_eq!((c.qty, c.value), (dec!(2), dec!(10)));
-        let c = s.count(MovingAverage, dec!(12), None);
+        let c = s.count(MovingAverage, dec!(12), None).unwrap();
         assert_eq!((c.qty, c.value), (dec!(0), dec!(0)));
-        let c = s.count(MovingAverage, dec!(0), None);
+        let c = s.count(MovingAverage, dec!(0), None).unwrap();
         assert_eq!((c.qty, c.value), (dec!(-12), dec!(-60)));
         assert_eq!((s.qty, s.value), (dec!(0), dec!(0)));
-        let c = s.count(Fifo, dec!(4), Some(dec!(7)));
+        let c = s.count(Fifo, dec!(4), Some(dec!(7))).unwrap();
         assert_eq!((c.qty, c.value, s.rate), (dec!(4), dec!(28), dec!(7)));
     }
 
     #[test]
     fn transfers_carry_value_and_layers() {
         let mut from = Stock::default();
-        from.receive(Fifo, dec!(10), dec!(100));
-        from.receive(Fifo, dec!(10), dec!(120));
+        from.receive(Fifo, dec!(10), dec!(100)).unwrap();
+        from.receive(Fifo, dec!(10), dec!(120)).unwrap();
         let out = from.issue(Fifo, dec!(15), false).unwrap();
         let mut to = Stock::default();
-        let inn = to.receive_transfer(Fifo, &out.consumed, -out.value);
+        let inn = to
+            .receive_transfer(Fifo, &out.consumed, -out.value)
+            .unwrap();
         assert_eq!(inn.value, -out.value);
         assert_eq!(to.layers.len(), 2);
         assert_eq!(from.value + to.value, dec!(2200));
@@ -333,25 +397,63 @@ mod tests {
     fn transfers_neither_make_nor_lose_value_through_rounding() {
         // 3 units worth 4: the moving-average rate 1.333333 is rounded.
         let mut from = Stock::default();
-        from.receive(MovingAverage, dec!(1), dec!(1));
-        from.receive(MovingAverage, dec!(1), dec!(1));
-        from.receive(MovingAverage, dec!(1), dec!(2));
+        from.receive(MovingAverage, dec!(1), dec!(1)).unwrap();
+        from.receive(MovingAverage, dec!(1), dec!(1)).unwrap();
+        from.receive(MovingAverage, dec!(1), dec!(2)).unwrap();
         let out = from.issue(MovingAverage, dec!(2), false).unwrap();
         assert_eq!(out.value, dec!(-2.666667));
         let mut to = Stock::default();
-        let inn = to.receive_transfer(MovingAverage, &out.consumed, -out.value);
+        let inn = to
+            .receive_transfer(MovingAverage, &out.consumed, -out.value)
+            .unwrap();
         assert_eq!(inn.value, dec!(2.666667));
         assert_eq!(from.value + to.value, dec!(4));
         // Re-pricing the consumed layers would have lost a millionth.
-        let mut repriced = Stock::default();
+        let repriced: Decimal = out.consumed.iter().map(|l| l.qty * l.rate).sum();
+        assert_eq!(round_money(repriced), dec!(2.666666));
+    }
+
+    #[test]
+    fn figures_beyond_decimal_range_are_refused_not_panics() {
+        // What an API without limits once accepted: 10^12 units worth 5 * 10^23.
+        let mut s = Stock::default();
+        s.receive(MovingAverage, dec!(999999999999), dec!(500000000000))
+            .unwrap();
+        let before = s.clone();
+        // 200000 * 5e23 does not fit in a Decimal.
         assert_eq!(
-            repriced.receive_layers(MovingAverage, &out.consumed).value,
-            dec!(2.666666)
+            s.issue(MovingAverage, dec!(200000), false),
+            Err(ValuationError::OutOfRange)
         );
+        assert_eq!(s, before, "a refused operation changes nothing");
+        let huge = Decimal::MAX;
+        assert_eq!(s.receive(Fifo, huge, huge), Err(ValuationError::OutOfRange));
+        assert_eq!(
+            s.count(MovingAverage, Decimal::MIN, None),
+            Err(ValuationError::OutOfRange)
+        );
+        assert_eq!(s, before);
     }
 
     fn op() -> impl Strategy<Value = (u8, u32, u32)> {
         (0u8..3, 1u32..5000, 0u32..100_000)
+    }
+
+    /// Any decimal, from tiny to `Decimal`'s extremes.
+    fn extreme() -> impl Strategy<Value = Decimal> {
+        prop_oneof![
+            Just(Decimal::MAX),
+            Just(Decimal::MIN),
+            Just(Decimal::ZERO),
+            Just(dec!(0.000001)),
+            Just(dec!(999999999999.999999)),
+            (any::<i64>(), 0u32..=28).prop_map(|(m, s)| Decimal::new(m, s)),
+            (any::<i128>(), 0u32..=28).prop_map(|(m, s)| Decimal::try_from_i128_with_scale(
+                m >> 32,
+                s
+            )
+            .unwrap_or_default()),
+        ]
     }
 
     proptest! {
@@ -366,9 +468,9 @@ mod tests {
                 let qty = Decimal::new(i64::from(qty), 2);
                 let cost = Decimal::new(i64::from(cost), 3);
                 let c = match kind {
-                    0 => s.receive(method, qty, cost),
+                    0 => s.receive(method, qty, cost).unwrap(),
                     1 => match s.issue(method, qty, neg) { Ok(c) => c, Err(_) => continue },
-                    _ => s.count(method, qty, Some(cost)),
+                    _ => s.count(method, qty, Some(cost)).unwrap(),
                 };
                 q += c.qty;
                 v += c.value;
@@ -380,6 +482,31 @@ mod tests {
                     prop_assert_eq!(lq, s.qty);
                     let lv: Decimal = s.layers.iter().map(|l| l.qty * l.rate).sum();
                     prop_assert!((lv - s.value).abs() < dec!(0.01), "layers {} vs value {}", lv, s.value);
+                }
+            }
+        }
+
+        /// Extreme figures never panic: each operation succeeds or is refused and leaves the
+        /// stock as it was.
+        #[test]
+        fn extreme_figures_never_panic(
+            ops in proptest::collection::vec((0u8..4, extreme(), extreme()), 1..40),
+            fifo in any::<bool>(),
+        ) {
+            let method = if fifo { Fifo } else { MovingAverage };
+            let mut s = Stock::default();
+            let mut other = Stock::default();
+            for (kind, a, b) in ops {
+                let before = s.clone();
+                let r = match kind {
+                    0 => s.receive(method, a.abs(), b.abs()),
+                    1 => s.issue(method, a.abs().max(dec!(0.000001)), true),
+                    2 => s.count(method, a.abs(), Some(b.abs())),
+                    _ => s.issue(method, a.abs().max(dec!(0.000001)), true)
+                        .and_then(|c| other.receive_transfer(method, &c.consumed, -c.value)),
+                };
+                if r.is_err() && kind != 3 {
+                    prop_assert_eq!(&s, &before);
                 }
             }
         }

@@ -104,7 +104,8 @@
 //! # }
 //! ```
 //!
-//! The [`CircuitBreaker`], [`Pipeline`] and [`Shutdown`] types carry their own examples.
+//! The [`CircuitBreaker`], [`Pipeline`], [`Shutdown`] and [`Supervisor`] types carry their own
+//! examples.
 
 mod bus;
 mod circuit;
@@ -115,6 +116,7 @@ mod pipeline;
 mod pool;
 mod retry;
 mod shutdown;
+mod supervise;
 
 pub use bus::{
     DeliveryError, DispatchReport, Event, EventBus, JsonEvent, Listener, ListenerError, ListenerId,
@@ -129,3 +131,7 @@ pub use pipeline::{Pipeline, PipelineError};
 pub use pool::{PoolConfig, PoolMetrics, ShutdownReport, TaskHandle, TaskOutput, WorkerPool};
 pub use retry::{Failure, Jitter, RetryError, RetryPolicy, retry, retry_if};
 pub use shutdown::{CancellationToken, Shutdown};
+pub use supervise::{
+    Supervised, Supervisor, SupervisorConfig, TaskContext, TaskResult, TaskSpec, TaskState,
+    TaskStatus,
+};

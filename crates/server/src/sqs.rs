@@ -13,14 +13,15 @@ use chrono::{DateTime, Utc};
 use malaka_inventory::{InboxEntry, Inventory, InventoryError, NewMovement, Outbox};
 use malaka_runtime::{EventBus, JsonEvent};
 use malaka_sqs::{Consumer, ConsumerConfig, Handler, Message, Outcome, Outgoing, Publisher};
-use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SqsConfig;
 use crate::db::Database;
+use crate::input::{JsonError, MovementIn, from_json};
 
 /// Outbox topics sent to the outbound queue.
 pub const OUTBOUND_TOPICS: [&str; 3] = ["movement.posted", "stock.level_changed", "stock.alert"];
@@ -42,80 +43,70 @@ pub struct Envelope {
     /// When.
     #[serde(default)]
     pub occurred_at: Option<DateTime<Utc>>,
-    /// The payload.
+    /// The payload, as sent (its numbers keep every digit).
     #[serde(default)]
-    pub data: Value,
+    pub data: Option<Box<RawValue>>,
 }
 
-fn field<'a>(v: &'a Value, k: &str, at: &str) -> Result<&'a str, InventoryError> {
-    v[k].as_str().ok_or_else(|| {
-        InventoryError::invalid(&format!("{at}{k}"), format!("{at}{k} is required (text)"))
-    })
-}
+impl Envelope {
+    /// Parses a message body.
+    ///
+    /// # Errors
+    /// Not JSON, or not an envelope (the field is named).
+    pub fn parse(body: &str) -> Result<Self, JsonError> {
+        from_json(body, "")
+    }
 
-fn decimal(v: &Value, k: &str, at: &str) -> Result<Option<Decimal>, InventoryError> {
-    let f = format!("{at}{k}");
-    match &v[k] {
-        Value::Null => Ok(None),
-        Value::String(s) => s
-            .parse()
-            .map(Some)
-            .map_err(|_| InventoryError::invalid(&f, format!("{f} is not a decimal"))),
-        Value::Number(n) => n
-            .to_string()
-            .parse()
-            .map(Some)
-            .map_err(|_| InventoryError::invalid(&f, format!("{f} is not a decimal"))),
-        _ => Err(InventoryError::invalid(
-            &f,
-            format!("{f} must be a decimal"),
-        )),
+    /// The payload's JSON text (`null` when absent).
+    pub fn data_json(&self) -> &str {
+        self.data.as_deref().map_or("null", RawValue::get)
+    }
+
+    /// The payload as a JSON value, for bus listeners.
+    pub fn data_value(&self) -> Value {
+        serde_json::from_str(self.data_json()).unwrap_or(Value::Null)
     }
 }
 
-/// One movement from a JSON object shaped like the REST API's body, its type given.
-fn movement(kind: &str, v: &Value, at: &str) -> Result<NewMovement, InventoryError> {
-    let qty = decimal(v, "qty", at)?.ok_or_else(|| {
-        InventoryError::invalid(&format!("{at}qty"), format!("{at}qty is required"))
-    })?;
-    NewMovement::parse(
-        kind,
-        field(v, "sku", at)?,
-        field(v, "warehouse", at)?,
-        v["to_warehouse"].as_str(),
-        qty,
-        decimal(v, "unit_cost", at)?,
-        v["reference"].as_str(),
-        v["note"].as_str(),
-    )
+/// The payload of `sale.completed` and `purchase.received`: lines posted all or none.
+#[derive(Debug, Deserialize)]
+struct Lines {
+    /// The order's reference, for lines without their own.
+    #[serde(default)]
+    reference: Option<String>,
+    lines: Vec<MovementIn>,
 }
 
-/// The movements a command asks for; `None` for a type that posts nothing.
+/// The movements a command asks for; `None` for a type that posts nothing. Each movement is
+/// parsed by the REST API's own parser (`MovementIn`), its type given by the command.
 ///
 /// # Errors
 /// An invalid field, named (`data.lines[1].qty`).
 pub fn movements_of(e: &Envelope) -> Result<Option<Vec<NewMovement>>, InventoryError> {
-    let d = &e.data;
-    let stock = |k: &str| movement(k, d, "data.").map(|m| Some(vec![m]));
-    let lines = |k: &str| -> Result<Option<Vec<NewMovement>>, InventoryError> {
-        let lines = d["lines"]
-            .as_array()
-            .filter(|l| !l.is_empty())
-            .ok_or_else(|| {
-                InventoryError::invalid("data.lines", "data.lines must list at least one line")
-            })?;
-        let reference = d["reference"].as_str();
-        lines
-            .iter()
+    let data = e.data_json();
+    let stock = |kind: &str| -> Result<Option<Vec<NewMovement>>, InventoryError> {
+        let m: MovementIn = from_json(data, "data.")?;
+        let m = m.parse(Some(kind)).map_err(|e| e.in_field("data"))?;
+        Ok(Some(vec![m]))
+    };
+    let lines = |kind: &str| -> Result<Option<Vec<NewMovement>>, InventoryError> {
+        let order: Lines = from_json(data, "data.")?;
+        if order.lines.is_empty() {
+            return Err(InventoryError::invalid(
+                "data.lines",
+                "data.lines must list at least one line",
+            ));
+        }
+        order
+            .lines
+            .into_iter()
             .enumerate()
-            .map(|(i, l)| {
-                let mut l = l.clone();
-                if l["reference"].is_null()
-                    && let (Some(obj), Some(r)) = (l.as_object_mut(), reference)
-                {
-                    obj.insert("reference".into(), r.into());
+            .map(|(i, mut l)| {
+                if l.reference.is_none() {
+                    l.reference.clone_from(&order.reference);
                 }
-                movement(k, &l, &format!("data.lines[{i}]."))
+                l.parse(Some(kind))
+                    .map_err(|e| e.in_field(&format!("data.lines[{i}]")))
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Some)
@@ -171,7 +162,7 @@ impl Inbound {
 #[async_trait::async_trait]
 impl Handler for Inbound {
     async fn handle(&self, m: &Message) -> Outcome {
-        let envelope: Envelope = match serde_json::from_str(&m.body) {
+        let envelope = match Envelope::parse(&m.body) {
             Ok(e) => e,
             Err(err) => {
                 // Recorded under the SQS id (it has no id of its own) and deleted: never retried
@@ -252,7 +243,7 @@ impl Handler for Inbound {
 
 impl Inbound {
     fn event(&self, e: &Envelope) -> JsonEvent {
-        let mut ev = JsonEvent::new(e.kind.clone(), e.data.clone()).with_source(
+        let mut ev = JsonEvent::new(e.kind.clone(), e.data_value()).with_source(
             e.source
                 .clone()
                 .unwrap_or_else(|| format!("sqs:{}", self.queue)),
@@ -434,45 +425,49 @@ async fn publish(publisher: Publisher, db: Database, outbox: Outbox, stop: Cance
 mod tests {
     use super::*;
 
-    fn env(kind: &str, data: Value) -> Envelope {
-        Envelope {
-            id: "e1".into(),
-            kind: kind.into(),
-            source: None,
-            occurred_at: None,
-            data,
-        }
+    fn env(kind: &str, data: &str) -> Envelope {
+        Envelope::parse(&format!(r#"{{"id":"e1","type":"{kind}","data":{data}}}"#)).unwrap()
     }
 
     #[test]
     fn commands_become_movements_and_name_the_field_at_fault() {
         let m = movements_of(&env(
             "stock.receipt",
-            serde_json::json!({"sku": "A", "warehouse": "W", "qty": 3, "unit_cost": "1.5"}),
+            r#"{"sku": "A", "warehouse": "W", "qty": 3, "unit_cost": "1.5"}"#,
         ))
         .unwrap()
         .unwrap();
         assert_eq!(m.len(), 1);
         let sale = env(
             "sale.completed",
-            serde_json::json!({"reference": "POS-9", "lines": [{"sku": "A", "warehouse": "W", "qty": "1"}, {"sku": "B", "warehouse": "W", "qty": 2}]}),
+            r#"{"reference": "POS-9", "lines": [{"sku": "A", "warehouse": "W", "qty": "1"}, {"sku": "B", "warehouse": "W", "qty": 2}]}"#,
         );
         let ms = movements_of(&sale).unwrap().unwrap();
         assert_eq!(ms.len(), 2);
         assert_eq!(ms[1].reference.as_deref(), Some("POS-9"));
         let bad = env(
             "sale.completed",
-            serde_json::json!({"lines": [{"sku": "A", "warehouse": "W", "qty": "1"}, {"sku": "B", "warehouse": "W"}]}),
+            r#"{"lines": [{"sku": "A", "warehouse": "W", "qty": "1"}, {"sku": "B", "warehouse": "W"}]}"#,
         );
         match movements_of(&bad) {
             Err(InventoryError::Invalid { field, .. }) => assert_eq!(field, "data.lines[1].qty"),
             other => panic!("{other:?}"),
         }
+        let far = env(
+            "sale.completed",
+            r#"{"lines": [{"sku": "A", "warehouse": "W", "qty": 0.0000001}]}"#,
+        );
+        match movements_of(&far) {
+            Err(InventoryError::OutOfRange { field, .. }) => {
+                assert_eq!(field, "data.lines[0].qty");
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(
-            movements_of(&env("customer.created", Value::Null))
+            movements_of(&env("customer.created", "null"))
                 .unwrap()
                 .is_none()
         );
-        assert!(movements_of(&env("purchase.received", serde_json::json!({"lines": []}))).is_err());
+        assert!(movements_of(&env("purchase.received", r#"{"lines": []}"#)).is_err());
     }
 }

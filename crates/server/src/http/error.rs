@@ -119,6 +119,21 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
 
+    /// 503 `unavailable` with `Retry-After: 1`: the database (or the posting committer) failed
+    /// and nothing was written; the same request may be sent again. The cause is logged, not
+    /// sent.
+    pub fn unavailable_retry(cause: impl std::fmt::Display) -> Self {
+        Self {
+            internal: Some(cause.to_string()),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the request could not be committed now and nothing was written; send it again",
+            )
+        }
+        .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+    }
+
     /// 500: the cause is logged, the client gets a generic message.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         Self {
@@ -181,6 +196,12 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, Json(body)).into_response();
         for (name, value) in self.headers {
             response.headers_mut().append(name, value);
+        }
+        if self.code == super::idempotency::ALREADY_ANSWERED {
+            // The idempotency middleware replays the recorded answer instead.
+            response
+                .extensions_mut()
+                .insert(super::idempotency::ReplayStored);
         }
         response
     }

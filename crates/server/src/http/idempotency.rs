@@ -1,13 +1,24 @@
-//! `Idempotency-Key` on `/api/v1` POST requests: the first request with a key runs and its answer
-//! (below 500) is stored; a retry with the same key and the same request gets that answer again
-//! with `Idempotent-Replayed: true`. Keys are per token.
+//! `Idempotency-Key` on `/api/v1` POST requests: exactly once, even through faults.
 //!
-//! A key is reserved by inserting a row whose `status` is NULL; a second request while the first
-//! runs gets 409 `idempotency_in_progress`; the same key with another method, path or body gets
-//! 422 `idempotency_key_reused`. A 5xx answer, or a request that never finishes (timeout, client
-//! gone), deletes the reservation so the client may retry. Rows older than 24 h are pruned.
+//! The answer to a keyed request is recorded in `malaka_idempotency` under (token, key) with a
+//! hash of the request (method, path, body). Where the request has an effect, the record is
+//! written *inside the effect's own transaction*: a posting carries an [`IdempotencyKey::hook`]
+//! (a `PostingHook`, so it also rides the SQLite group committer in the posting's savepoint).
+//! Whatever happens to the HTTP exchange afterwards (the client hangs up, the server's timeout
+//! fires, the process is killed between commit and answer) the effect and its answer commit or
+//! vanish together, and a retry with the same key finds the answer and gets it back with
+//! `Idempotent-Replayed: true`. Two requests racing with one key are settled by the table's
+//! primary key: the loser's transaction rolls back and it replays the winner's answer.
+//!
+//! Answers without a transactional effect (a refusal, a 4xx) and POSTs whose handlers do not
+//! record in their transaction yet are recorded right after the handler answers. 5xx answers are
+//! never recorded: nothing was committed, so the client may retry. The same key with another
+//! request is 422 `idempotency_key_reused`; a request while another with the same key is in
+//! flight on this node is 409 `idempotency_in_progress`. Records older than 24 h are pruned.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -15,6 +26,7 @@ use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::{TimeDelta, Utc};
+use malaka_inventory::{InventoryError, Movement, PostingHook};
 use sha2::{Digest, Sha256};
 
 use super::auth::{Authenticated, authenticate};
@@ -29,15 +41,117 @@ pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key
 /// Set on a replayed answer.
 pub const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
+/// The code of the refusal a recording hook returns when the key already has an answer.
+pub const ALREADY_ANSWERED: &str = "idempotency_replay";
+
 /// How long a key is remembered.
 const RETENTION: TimeDelta = TimeDelta::hours(24);
 
-/// A reservation without an answer for this long was left by a process that died mid-request
-/// (requests time out after 30 s, and a dropped request releases its key).
-const ABANDONED_AFTER: TimeDelta = TimeDelta::seconds(120);
-
 /// Unix seconds of this process's last prune.
 static LAST_PRUNE: AtomicI64 = AtomicI64::new(0);
+
+/// Keys with a request in flight on this node.
+static IN_FLIGHT: LazyLock<Mutex<HashSet<(i64, String)>>> = LazyLock::new(Mutex::default);
+
+const INSERT: &str = "INSERT INTO malaka_idempotency \
+     (token_id, key, request_hash, status, body, content_type, created_at) \
+     VALUES ($1, $2, $3, $4, $5, 'application/json', $6) ON CONFLICT (token_id, key) DO NOTHING";
+
+/// A keyed request, as its handler sees it (in the request's extensions).
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    token_id: i64,
+    key: String,
+    hash: String,
+    /// Set once the answer is recorded by the effect's transaction.
+    recorded: Arc<AtomicBool>,
+}
+
+/// Renders the answer to store from what a posting posted.
+type Render = dyn Fn(&[Movement]) -> Result<Vec<u8>, InventoryError> + Send + Sync;
+
+/// Records a posting's answer in the posting's transaction.
+struct Record {
+    key: IdempotencyKey,
+    status: StatusCode,
+    render: Box<Render>,
+}
+
+impl IdempotencyKey {
+    /// A hook that records `render(posted)` with `status` as this key's answer inside the
+    /// posting's transaction. When the key already has an answer, the posting is rolled back
+    /// with `Conflict` `idempotency_replay`, which the middleware turns into a replay.
+    pub fn hook(
+        &self,
+        status: StatusCode,
+        render: impl Fn(&[Movement]) -> Result<Vec<u8>, InventoryError> + Send + Sync + 'static,
+    ) -> Arc<dyn PostingHook> {
+        Arc::new(Record {
+            key: self.clone(),
+            status,
+            render: Box::new(render),
+        })
+    }
+
+    fn recorded(&self, n: u64) -> Result<(), InventoryError> {
+        if n == 1 {
+            self.recorded.store(true, Ordering::Release);
+            Ok(())
+        } else {
+            Err(InventoryError::Conflict {
+                code: ALREADY_ANSWERED,
+                message: "this Idempotency-Key already has an answer".into(),
+            })
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl PostingHook for Record {
+    async fn sqlite(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        posted: &[Movement],
+    ) -> Result<(), InventoryError> {
+        let body = (self.render)(posted)?;
+        let k = &self.key;
+        let n = sqlx::query(INSERT)
+            .bind(k.token_id)
+            .bind(&k.key)
+            .bind(&k.hash)
+            .bind(i32::from(self.status.as_u16()))
+            .bind(body)
+            .bind(Utc::now())
+            .execute(conn)
+            .await?
+            .rows_affected();
+        k.recorded(n)
+    }
+
+    async fn postgres(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        posted: &[Movement],
+    ) -> Result<(), InventoryError> {
+        let body = (self.render)(posted)?;
+        let k = &self.key;
+        let n = sqlx::query(INSERT)
+            .bind(k.token_id)
+            .bind(&k.key)
+            .bind(&k.hash)
+            .bind(i32::from(self.status.as_u16()))
+            .bind(body)
+            .bind(Utc::now())
+            .execute(conn)
+            .await?
+            .rows_affected();
+        k.recorded(n)
+    }
+}
+
+/// Marks a response whose handler found the key already answered: replay the stored answer.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayStored;
 
 /// The middleware, for `/api/v1` routes.
 pub(super) async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -72,6 +186,27 @@ fn request_hash(method: &Method, path: &str, body: &[u8]) -> String {
 
 type Stored = (String, Option<i32>, Option<Vec<u8>>, Option<String>);
 
+/// A key with a request in flight on this node; released when dropped (the request ended, or
+/// its future was dropped).
+struct InFlight((i64, String));
+
+impl InFlight {
+    fn take(token_id: i64, key: &str) -> Option<Self> {
+        let k = (token_id, key.to_owned());
+        let mut set = IN_FLIGHT.lock().unwrap_or_else(PoisonError::into_inner);
+        set.insert(k.clone()).then_some(Self(k))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.0);
+    }
+}
+
 async fn idempotent(state: &AppState, req: Request, next: Next) -> Result<Response, Response> {
     let fail = IntoResponse::into_response;
     let key = req
@@ -101,74 +236,94 @@ async fn idempotent(state: &AppState, req: Request, next: Next) -> Result<Respon
     let db = state.db();
     prune_now_and_then(state);
 
-    let reserved = reserve(db, principal.id, &key, &hash).await.map_err(err)?
-        || (take_over_abandoned(db, principal.id, &key)
-            .await
-            .map_err(err)?
-            && reserve(db, principal.id, &key, &hash).await.map_err(err)?);
-    if !reserved {
-        let stored = stored(db, principal.id, &key).await.map_err(err)?;
-        return Err(match stored {
-            // Gone between our insert and select (its 5xx was just deleted): ask for a retry.
-            None => ApiError::conflict(
-                "idempotency_in_progress",
-                "a request with this Idempotency-Key is being processed; retry",
-            )
-            .into_response(),
-            Some((stored_hash, _, _, _)) if stored_hash != hash => ApiError::unprocessable(
-                "Idempotency-Key",
-                "this Idempotency-Key was used for a different request",
-            )
-            .with_code("idempotency_key_reused")
-            .into_response(),
-            Some((_, None, _, _)) => ApiError::conflict(
-                "idempotency_in_progress",
-                "a request with this Idempotency-Key is still being processed",
-            )
-            .into_response(),
-            Some((_, Some(status), body, content_type)) => replay(status, body, content_type),
-        });
+    if let Some(answer) = answered(db, principal.id, &key, &hash).await? {
+        return Err(answer);
     }
-
-    let mut guard = Reservation {
-        db: db.clone(),
+    let Some(_in_flight) = InFlight::take(principal.id, &key) else {
+        return Err(ApiError::conflict(
+            "idempotency_in_progress",
+            "a request with this Idempotency-Key is still being processed; retry",
+        )
+        .into_response());
+    };
+    let idem = IdempotencyKey {
         token_id: principal.id,
         key: key.clone(),
-        armed: true,
+        hash: hash.clone(),
+        recorded: Arc::new(AtomicBool::new(false)),
     };
+    parts.extensions.insert(idem.clone());
     let response = next
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await;
+    if response.extensions().get::<ReplayStored>().is_some() {
+        // Another request with this key won the race; its answer is the answer.
+        return Err(answered(db, principal.id, &key, &hash)
+            .await?
+            .unwrap_or_else(|| {
+                ApiError::conflict(
+                    "idempotency_in_progress",
+                    "a request with this Idempotency-Key is still being processed; retry",
+                )
+                .into_response()
+            }));
+    }
+    if response.status().is_server_error() || idem.recorded.load(Ordering::Acquire) {
+        // Nothing committed (the client may retry), or recorded with the effect already.
+        return Ok(response);
+    }
     let (parts, body) = response.into_parts();
-    let body = match axum::body::to_bytes(body, usize::MAX).await {
+    let body = match axum::body::to_bytes(body, BODY_LIMIT * 64).await {
         Ok(b) => b,
         Err(e) => {
             return Err(ApiError::internal(format!("reading the answer: {e}")).into_response());
         }
     };
-    if parts.status.is_server_error() {
-        // The guard deletes the reservation: the client may retry.
-        return Ok(Response::from_parts(parts, Body::from(body)));
-    }
     let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    match complete(
-        db,
-        principal.id,
-        &key,
-        parts.status,
-        &body,
-        content_type.as_deref(),
-    )
-    .await
-    {
-        Ok(()) => guard.armed = false,
-        Err(e) => tracing::error!(error = %e, "cannot store an idempotent answer; key released"),
+    match record(db, &idem, parts.status, &body, content_type.as_deref()).await {
+        Ok(true) => {}
+        Ok(false) => {
+            // Recorded meanwhile by a request on another node: that answer stands.
+            if let Some(answer) = answered(db, principal.id, &key, &hash).await? {
+                return Err(answer);
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot record an idempotent answer"),
     }
     Ok(Response::from_parts(parts, Body::from(body)))
+}
+
+/// The recorded answer for the key, replayed; 422 when the key was used for another request;
+/// `None` when there is none.
+async fn answered(
+    db: &Database,
+    token_id: i64,
+    key: &str,
+    hash: &str,
+) -> Result<Option<Response>, Response> {
+    let stored = stored(db, token_id, key).await.map_err(err)?;
+    Ok(match stored {
+        None => None,
+        Some((stored_hash, _, _, _)) if stored_hash != hash => Some(
+            ApiError::unprocessable(
+                "Idempotency-Key",
+                "this Idempotency-Key was used for a different request",
+            )
+            .with_code("idempotency_key_reused")
+            .into_response(),
+        ),
+        Some((_, None, _, _)) => {
+            // A reservation left by an older version (which reserved keys before running):
+            // nothing was recorded with an effect, so the request may run.
+            release_legacy(db, token_id, key).await.map_err(err)?;
+            None
+        }
+        Some((_, Some(status), body, content_type)) => Some(replay(status, body, content_type)),
+    })
 }
 
 fn err(e: DbError) -> Response {
@@ -190,48 +345,6 @@ fn replay(status: i32, body: Option<Vec<u8>>, content_type: Option<String>) -> R
     r
 }
 
-/// Inserts the reservation; `false` when the key already has a row.
-async fn reserve(db: &Database, token_id: i64, key: &str, hash: &str) -> Result<bool, DbError> {
-    const SQL: &str = "INSERT INTO malaka_idempotency (token_id, key, request_hash, created_at) \
-                       VALUES ($1, $2, $3, $4) ON CONFLICT (token_id, key) DO NOTHING";
-    let now = Utc::now();
-    let n = on_pool!(db, pool => {
-        sqlx::query(SQL)
-            .bind(token_id)
-            .bind(key)
-            .bind(hash)
-            .bind(now)
-            .execute(pool)
-            .await?
-            .rows_affected()
-    });
-    Ok(n == 1)
-}
-
-/// Deletes the key's reservation when it has had no answer for longer than any request may run
-/// (its process died mid-request); `true` when one was deleted.
-async fn take_over_abandoned(db: &Database, token_id: i64, key: &str) -> Result<bool, DbError> {
-    const SQL: &str = "DELETE FROM malaka_idempotency \
-                       WHERE token_id = $1 AND key = $2 AND status IS NULL AND created_at < $3";
-    let cutoff = Utc::now() - ABANDONED_AFTER;
-    let n = on_pool!(db, pool => {
-        sqlx::query(SQL)
-            .bind(token_id)
-            .bind(key)
-            .bind(cutoff)
-            .execute(pool)
-            .await?
-            .rows_affected()
-    });
-    if n > 0 {
-        tracing::warn!(
-            token_id,
-            "taking over an abandoned Idempotency-Key reservation"
-        );
-    }
-    Ok(n > 0)
-}
-
 async fn stored(db: &Database, token_id: i64, key: &str) -> Result<Option<Stored>, DbError> {
     const SQL: &str = "SELECT request_hash, status, body, content_type FROM malaka_idempotency \
                        WHERE token_id = $1 AND key = $2";
@@ -240,30 +353,36 @@ async fn stored(db: &Database, token_id: i64, key: &str) -> Result<Option<Stored
     }))
 }
 
-async fn complete(
+/// Records an answer that had no transaction of its own to ride in; `false` when the key was
+/// answered meanwhile.
+async fn record(
     db: &Database,
-    token_id: i64,
-    key: &str,
+    k: &IdempotencyKey,
     status: StatusCode,
     body: &[u8],
     content_type: Option<&str>,
-) -> Result<(), DbError> {
-    const SQL: &str = "UPDATE malaka_idempotency SET status = $3, body = $4, content_type = $5 \
-                       WHERE token_id = $1 AND key = $2";
-    on_pool!(db, pool => {
+) -> Result<bool, DbError> {
+    const SQL: &str = "INSERT INTO malaka_idempotency \
+         (token_id, key, request_hash, status, body, content_type, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (token_id, key) DO NOTHING";
+    let now = Utc::now();
+    let n = on_pool!(db, pool => {
         sqlx::query(SQL)
-            .bind(token_id)
-            .bind(key)
+            .bind(k.token_id)
+            .bind(&k.key)
+            .bind(&k.hash)
             .bind(i32::from(status.as_u16()))
             .bind(body)
             .bind(content_type)
+            .bind(now)
             .execute(pool)
-            .await?;
+            .await?
+            .rows_affected()
     });
-    Ok(())
+    Ok(n == 1)
 }
 
-async fn release(db: &Database, token_id: i64, key: &str) -> Result<(), DbError> {
+async fn release_legacy(db: &Database, token_id: i64, key: &str) -> Result<(), DbError> {
     const SQL: &str =
         "DELETE FROM malaka_idempotency WHERE token_id = $1 AND key = $2 AND status IS NULL";
     on_pool!(db, pool => {
@@ -306,36 +425,6 @@ pub async fn prune(db: &Database) -> Result<u64, DbError> {
     }))
 }
 
-/// A reservation that is released (deleted) when dropped still armed: on a 5xx, or when the
-/// request's future is dropped (timeout, client gone) before its answer was stored.
-struct Reservation {
-    db: Database,
-    token_id: i64,
-    key: String,
-    armed: bool,
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let (db, token_id, key) = (
-            self.db.clone(),
-            self.token_id,
-            std::mem::take(&mut self.key),
-        );
-        handle.spawn(async move {
-            if let Err(e) = release(&db, token_id, &key).await {
-                tracing::warn!(error = %e, "cannot release an idempotency key");
-            }
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,5 +447,14 @@ mod tests {
         assert_ne!(a, request_hash(&Method::POST, "/tokens", b"{ }"));
         assert_ne!(a, request_hash(&Method::POST, "/tokenz", b"{}"));
         assert_ne!(a, request_hash(&Method::PUT, "/tokens", b"{}"));
+    }
+
+    #[test]
+    fn in_flight_keys_are_released_when_dropped() {
+        let a = InFlight::take(7, "k").unwrap();
+        assert!(InFlight::take(7, "k").is_none());
+        assert!(InFlight::take(8, "k").is_some());
+        drop(a);
+        assert!(InFlight::take(7, "k").is_some());
     }
 }

@@ -7,24 +7,26 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use super::json::Json;
+use axum::Extension;
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use malaka_inventory::{
     AlertLevel, Article, ArticlePatch, Balance, BalanceFilter, InventoryError, Layer, LedgerFilter,
-    LedgerRow, Movement, NewArticle, NewMovement, Sku, Warehouse, WarehouseCode,
+    LedgerRow, Movement, NewArticle, Sku, Warehouse, WarehouseCode,
 };
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use utoipa::{OpenApi, ToSchema};
 
 use super::ApiError;
 use super::auth::{Permission, Principal};
+use super::idempotency::IdempotencyKey;
 use crate::app::AppState;
+use crate::input::{DecimalText, MovementIn};
 
 /// The inventory part of the OpenAPI document.
 #[derive(OpenApi)]
@@ -70,8 +72,15 @@ pub(crate) fn routes() -> Router<AppState> {
 
 impl From<InventoryError> for ApiError {
     fn from(e: InventoryError) -> Self {
+        if e.is_transient() {
+            // Nothing was written; the same request may be sent again.
+            return ApiError::unavailable_retry(e);
+        }
         match e {
             InventoryError::Invalid { field, message } => ApiError::unprocessable(field, message),
+            InventoryError::OutOfRange { field, message } => {
+                ApiError::unprocessable(field, message).with_code("out_of_range")
+            }
             InventoryError::NotFound { .. } => ApiError::not_found(e.to_string()),
             InventoryError::Conflict { code, message } => {
                 ApiError::new(StatusCode::CONFLICT, code, message)
@@ -85,29 +94,8 @@ impl From<InventoryError> for ApiError {
     }
 }
 
-/// A decimal given as a JSON number or string.
-fn decimal(field: &str, v: &Value) -> Result<Decimal, ApiError> {
-    let parsed = match v {
-        Value::Number(n) => {
-            let s = n.to_string();
-            Decimal::from_str(&s).or_else(|_| Decimal::from_scientific(&s))
-        }
-        Value::String(s) => Decimal::from_str(s.trim()),
-        _ => {
-            return Err(ApiError::unprocessable(
-                field,
-                format!("{field} must be a number"),
-            ));
-        }
-    };
-    parsed.map_err(|_| ApiError::unprocessable(field, format!("{field} must be a decimal number")))
-}
-
-fn opt_decimal(field: &str, v: Option<&Value>) -> Result<Option<Decimal>, ApiError> {
-    match v {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => decimal(field, v).map(Some),
-    }
+fn opt_decimal(field: &str, v: Option<&DecimalText>) -> Result<Option<Decimal>, ApiError> {
+    Ok(v.map(|d| d.parse(field)).transpose()?)
 }
 
 fn sku(s: &str) -> Result<Sku, ApiError> {
@@ -340,11 +328,13 @@ struct ArticleIn {
     unit: Option<String>,
     valuation: Option<String>,
     /// A decimal, as a JSON number or a string.
+    #[serde(default)]
     #[schema(value_type = Option<String>, example = "12.5")]
-    min_qty: Option<Value>,
+    min_qty: Option<DecimalText>,
     /// A decimal, as a JSON number or a string.
+    #[serde(default)]
     #[schema(value_type = Option<String>, example = "12.5")]
-    reorder_qty: Option<Value>,
+    reorder_qty: Option<DecimalText>,
     allow_negative: Option<bool>,
 }
 
@@ -414,11 +404,13 @@ struct ArticlePatchIn {
     unit: Option<String>,
     valuation: Option<String>,
     /// A decimal, as a JSON number or a string.
+    #[serde(default)]
     #[schema(value_type = Option<String>, example = "12.5")]
-    min_qty: Option<Value>,
+    min_qty: Option<DecimalText>,
     /// A decimal, as a JSON number or a string.
+    #[serde(default)]
     #[schema(value_type = Option<String>, example = "12.5")]
-    reorder_qty: Option<Value>,
+    reorder_qty: Option<DecimalText>,
     allow_negative: Option<bool>,
     archived: Option<bool>,
 }
@@ -593,51 +585,50 @@ async fn patch_warehouse(
 
 // ---- movements --------------------------------------------------------------------------------
 
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-struct MovementIn {
-    #[serde(rename = "type")]
-    kind: String,
-    sku: String,
-    warehouse: String,
-    to_warehouse: Option<String>,
-    /// A decimal, as a JSON number or a string.
-    #[schema(value_type = String, example = "12.5")]
-    qty: Value,
-    /// A decimal, as a JSON number or a string.
-    #[schema(value_type = Option<String>, example = "12.5")]
-    unit_cost: Option<Value>,
-    reference: Option<String>,
-    note: Option<String>,
-}
-
-impl MovementIn {
-    fn parse(&self) -> Result<NewMovement, ApiError> {
-        Ok(NewMovement::parse(
-            &self.kind,
-            &self.sku,
-            &self.warehouse,
-            self.to_warehouse.as_deref(),
-            decimal("qty", &self.qty)?,
-            opt_decimal("unit_cost", self.unit_cost.as_ref())?,
-            self.reference.as_deref(),
-            self.note.as_deref(),
-        )?)
-    }
-}
-
 #[utoipa::path(post, path = "/api/v1/movements", tag = "movements", request_body = MovementIn, params(("Idempotency-Key" = Option<String>, Header, description = "repeat-safe posting")), responses((status = 201, body = MovementOut), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody), (status = 400, description = "the body is not JSON", body = super::openapi::ErrorBody), (status = 404, description = "not found", body = super::openapi::ErrorBody), (status = 409, description = "conflict: insufficient_stock, duplicate_sku, article_archived, ...", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
 async fn post_movement(
     State(state): State<AppState>,
     principal: Principal,
+    key: Option<Extension<IdempotencyKey>>,
     body: Result<Json<MovementIn>, ApiError>,
 ) -> Result<Response, ApiError> {
     principal.require(Permission::PostMovements)?;
     let Json(m) = body?;
-    let m = m.parse()?;
-    let posted = state.inventory().post(&m, &principal.name).await;
+    let m = m.parse(None)?;
+    // With a key, the answer is recorded in the posting's own transaction.
+    let hook = key.map(|Extension(k)| k.hook(StatusCode::CREATED, movement_body));
+    let posted = state
+        .inventory()
+        .post_batch_with(std::slice::from_ref(&m), &principal.name, None, hook)
+        .await;
     state.balances_changed();
-    Ok((StatusCode::CREATED, Json(MovementOut::from(posted?))).into_response())
+    created(movement_body(&posted?)?)
+}
+
+/// The answer to `POST /movements`: the one movement posted.
+fn movement_body(posted: &[Movement]) -> Result<Vec<u8>, InventoryError> {
+    let m = posted
+        .first()
+        .cloned()
+        .ok_or_else(|| InventoryError::Corrupt("a posting returned no movement".into()))?;
+    Ok(serde_json::to_vec(&MovementOut::from(m))?)
+}
+
+/// The answer to `POST /movements/batch`.
+fn batch_body(posted: &[Movement]) -> Result<Vec<u8>, InventoryError> {
+    Ok(serde_json::to_vec(&BatchOut {
+        movements: posted.iter().cloned().map(MovementOut::from).collect(),
+    })?)
+}
+
+/// 201 with a JSON body already rendered (the same bytes an idempotency record holds).
+fn created(body: Vec<u8>) -> Result<Response, ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -655,6 +646,7 @@ struct BatchOut {
 async fn post_batch(
     State(state): State<AppState>,
     principal: Principal,
+    key: Option<Extension<IdempotencyKey>>,
     body: Result<Json<BatchIn>, ApiError>,
 ) -> Result<Response, ApiError> {
     principal.require(Permission::PostMovements)?;
@@ -672,19 +664,17 @@ async fn post_batch(
     let mut parsed = Vec::with_capacity(b.movements.len());
     for (i, m) in b.movements.iter().enumerate() {
         parsed.push(
-            m.parse()
-                .map_err(|e| e.in_field(&format!("movements[{i}]")))?,
+            m.parse(None)
+                .map_err(|e| ApiError::from(e).in_field(&format!("movements[{i}]")))?,
         );
     }
-    let posted = state.inventory().post_batch(&parsed, &principal.name).await;
+    let hook = key.map(|Extension(k)| k.hook(StatusCode::CREATED, batch_body));
+    let posted = state
+        .inventory()
+        .post_batch_with(&parsed, &principal.name, None, hook)
+        .await;
     state.balances_changed();
-    Ok((
-        StatusCode::CREATED,
-        Json(BatchOut {
-            movements: posted?.into_iter().map(MovementOut::from).collect(),
-        }),
-    )
-        .into_response())
+    created(batch_body(&posted?)?)
 }
 
 // ---- reads ------------------------------------------------------------------------------------

@@ -62,15 +62,6 @@ pub struct Rule {
     pub updated_at: DateTime<Utc>,
 }
 
-fn severity(l: AlertLevel) -> u8 {
-    match l {
-        AlertLevel::Normal => 0,
-        AlertLevel::Low => 1,
-        AlertLevel::Critical => 2,
-        AlertLevel::OutOfStock => 3,
-    }
-}
-
 impl Rule {
     /// Whether a `stock_alert` about `sku` in `warehouse` at `level` is for this rule.
     pub fn wants_alert(&self, sku: &str, warehouse: &str, level: AlertLevel) -> bool {
@@ -78,7 +69,7 @@ impl Rule {
             && self.events.iter().any(|e| e == "stock_alert")
             && (self.skus.is_empty() || self.skus.iter().any(|s| s == sku))
             && (self.warehouses.is_empty() || self.warehouses.iter().any(|w| w == warehouse))
-            && severity(level) >= severity(self.min_level)
+            && level.severity() >= self.min_level.severity()
     }
 
     /// Whether `report_ready` is for this rule.
