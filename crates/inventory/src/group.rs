@@ -157,15 +157,35 @@ fn keys_of(ms: &[NewMovement]) -> Vec<(Sku, WarehouseCode)> {
 
 type Conn = sqlx::pool::PoolConnection<sqlx::Sqlite>;
 
+/// The group's connection. If the group is abandoned with its transaction open (the task was
+/// stopped or panicked between `BEGIN` and `COMMIT`), the connection is closed rather than
+/// handed back to the pool inside that transaction; closing it rolls the transaction back.
+struct GroupConn {
+    conn: Conn,
+    open: bool,
+}
+
+impl Drop for GroupConn {
+    fn drop(&mut self) {
+        if self.open {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
 /// Commits `group`, answering every request in it.
 async fn commit_group(pool: &SqlitePool, group: &mut Vec<Request>) {
     let mut conn = match pool.acquire().await {
-        Ok(c) => c,
+        Ok(conn) => GroupConn { conn, open: false },
         Err(e) => return fail_all(group.drain(..), &e.to_string()),
     };
-    if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+    if let Err(e) = sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *conn.conn)
+        .await
+    {
         return fail_all(group.drain(..), &e.to_string());
     }
+    conn.open = true;
     let mut done: Vec<(Reply, Vec<Movement>)> = Vec::with_capacity(group.len());
     // Answered after the group's commit (or rollback): a refusal about a record an earlier
     // posting of this group wrote (an idempotency key, an inbox id) must not be heard before
@@ -176,7 +196,7 @@ async fn commit_group(pool: &SqlitePool, group: &mut Vec<Request>) {
     let mut session = Session::default();
     let mut requests = group.drain(..);
     while let Some(req) = requests.next() {
-        match post_one(&mut conn, &req, &mut session).await {
+        match post_one(&mut conn.conn, &req, &mut session).await {
             Ok(posted) => done.push((req.reply, posted)),
             Err(Outcome::Alone(e)) => refused.push((req.reply, e)),
             Err(Outcome::Group(e)) => {
@@ -188,18 +208,22 @@ async fn commit_group(pool: &SqlitePool, group: &mut Vec<Request>) {
         }
     }
     drop(requests);
-    let committed =
-        match crate::store::sqlite::write_balances(&mut conn, &mut session, chrono::Utc::now())
+    let committed = match crate::store::sqlite::write_balances(
+        &mut conn.conn,
+        &mut session,
+        chrono::Utc::now(),
+    )
+    .await
+    {
+        Ok(()) => sqlx::query("COMMIT")
+            .execute(&mut *conn.conn)
             .await
-        {
-            Ok(()) => sqlx::query("COMMIT")
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
     match committed {
         Ok(_) => {
+            conn.open = false;
             tracing::trace!(postings = done.len(), "group committed");
             for (reply, posted) in done {
                 let _gone = reply.send(Ok(posted));
@@ -287,17 +311,17 @@ fn unavailable(why: &str) -> InventoryError {
 
 /// Rolls the whole group back and tells everyone it failed (nothing of it was committed).
 async fn abort(
-    conn: &mut Conn,
+    conn: &mut GroupConn,
     done: Vec<(Reply, Vec<Movement>)>,
     refused: Vec<(Reply, InventoryError)>,
     rest: impl Iterator<Item = Request>,
     why: &str,
 ) {
     tracing::error!(error = why, "group commit failed; rolling the group back");
-    if let Err(e) = sqlx::query("ROLLBACK").execute(&mut **conn).await {
-        tracing::error!(error = %e, "rollback after a failed group commit failed");
-        // The connection's state is unknown: do not hand it back to the pool.
-        conn.close_on_drop();
+    match sqlx::query("ROLLBACK").execute(&mut *conn.conn).await {
+        Ok(_) => conn.open = false,
+        // The connection's state is unknown: it is closed, not handed back (`GroupConn`).
+        Err(e) => tracing::error!(error = %e, "rollback after a failed group commit failed"),
     }
     for (reply, _) in done {
         let _gone = reply.send(Err(unavailable(why)));

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use croner::Cron;
-use tokio::task::JoinHandle;
+use malaka_runtime::{Supervised, Supervisor, TaskSpec};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::JobsError;
@@ -90,7 +90,7 @@ impl Default for MaintenanceConfig {
 #[derive(Debug)]
 pub struct Maintenance {
     stop: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: Vec<Supervised>,
 }
 
 impl Drop for Maintenance {
@@ -110,6 +110,17 @@ impl Maintenance {
         config: MaintenanceConfig,
         cron: Vec<CronEntry>,
     ) -> Self {
+        Self::start_supervised(storage, config, cron, &Supervisor::default())
+    }
+
+    /// As [`Self::start`], each task under `supervisor` (`jobs.maintenance.rescuer`,
+    /// `.promoter`, `.pruner`, `jobs.cron`), restarted with backoff if it panics or ends.
+    pub fn start_supervised(
+        storage: Arc<dyn Storage>,
+        config: MaintenanceConfig,
+        cron: Vec<CronEntry>,
+        supervisor: &Supervisor,
+    ) -> Self {
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
         let every = |period: Duration,
@@ -117,23 +128,32 @@ impl Maintenance {
                      f: Arc<
             dyn Fn() -> futures::future::BoxFuture<'static, Result<u64, JobsError>> + Send + Sync,
         >| {
+            let task = match name {
+                "rescued" => "jobs.maintenance.rescuer",
+                "promoted" => "jobs.maintenance.promoter",
+                _ => "jobs.maintenance.pruner",
+            };
             let stop = stop.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(period.max(Duration::from_millis(10)));
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        _ = tick.tick() => {}
-                    }
-                    match f().await {
-                        Ok(0) => {}
-                        Ok(n) => {
-                            tracing::debug!(task = name, n, "maintenance");
-                            metrics::counter!("malaka_jobs_maintenance_total", "task" => name)
-                                .increment(n);
+            let spec = TaskSpec::new(task).stop_on(stop.clone());
+            supervisor.spawn(spec, move |_| {
+                let (stop, f) = (stop.clone(), Arc::clone(&f));
+                async move {
+                    let mut tick = tokio::time::interval(period.max(Duration::from_millis(10)));
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        tokio::select! {
+                            () = stop.cancelled() => return,
+                            _ = tick.tick() => {}
                         }
-                        Err(e) => tracing::warn!(task = name, error = %e, "maintenance failed"),
+                        match f().await {
+                            Ok(0) => {}
+                            Ok(n) => {
+                                tracing::debug!(task = name, n, "maintenance");
+                                metrics::counter!("malaka_jobs_maintenance_total", "task" => name)
+                                    .increment(n);
+                            }
+                            Err(e) => tracing::warn!(task = name, error = %e, "maintenance failed"),
+                        }
                     }
                 }
             })
@@ -184,7 +204,11 @@ impl Maintenance {
             }),
         ));
         if !cron.is_empty() {
-            tasks.push(tokio::spawn(run_cron(storage, cron, stop.clone())));
+            let stop = stop.clone();
+            let spec = TaskSpec::new("jobs.cron").stop_on(stop.clone());
+            tasks.push(supervisor.spawn(spec, move |_| {
+                run_cron(Arc::clone(&storage), cron.clone(), stop.clone())
+            }));
         }
         Self { stop, tasks }
     }

@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::FutureExt;
-use malaka_runtime::{PoolConfig, WorkerPool};
+use malaka_runtime::{PoolConfig, Supervised, Supervisor, TaskSpec, WorkerPool};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -370,8 +369,8 @@ pub struct WorkerReport {
 pub struct Worker {
     shared: Arc<Shared>,
     pools: Vec<WorkerPool>,
-    tasks: Vec<JoinHandle<()>>,
-    completer: JoinHandle<()>,
+    tasks: Vec<Supervised>,
+    completer: Supervised,
     flush: CancellationToken,
     /// Offered to the storage for jobs enqueued in this process (it keeps weak references).
     _takers: Vec<Arc<Taker>>,
@@ -395,6 +394,23 @@ impl Worker {
         registry: Registry,
         config: WorkerConfig,
     ) -> Result<Self, JobsError> {
+        Self::start_supervised(storage, registry, config, &Supervisor::default()).await
+    }
+
+    /// As [`Self::start`], with the worker's long-lived tasks under `supervisor`: the claimers
+    /// (`jobs.claimer.<queue>.<n>`), the wake-up listener (`jobs.wakeups`), the heartbeat
+    /// (`jobs.heartbeat`) and the completer (`jobs.completer`). Each is restarted with backoff
+    /// if it panics or ends unexpectedly; a job it held meanwhile runs or is rescued after its
+    /// lease.
+    ///
+    /// # Errors
+    /// A pool could not be created.
+    pub async fn start_supervised(
+        storage: Arc<dyn Storage>,
+        registry: Registry,
+        config: WorkerConfig,
+        supervisor: &Supervisor,
+    ) -> Result<Self, JobsError> {
         let (tx, rx) = mpsc::channel(8192);
         let shared = Arc::new(Shared {
             storage: Arc::clone(&storage),
@@ -406,7 +422,25 @@ impl Worker {
             unstarted: Mutex::new(Vec::new()),
         });
         let flush = CancellationToken::new();
-        let completer = tokio::spawn(completer(Arc::clone(&storage), rx, flush.clone()));
+        let completer = {
+            let (storage, rx, flush) = (
+                Arc::clone(&storage),
+                Arc::new(tokio::sync::Mutex::new(rx)),
+                flush.clone(),
+            );
+            supervisor.spawn(
+                TaskSpec::new("jobs.completer").stop_on(flush.clone()),
+                move |_| {
+                    let (storage, rx, flush) =
+                        (Arc::clone(&storage), Arc::clone(&rx), flush.clone());
+                    async move {
+                        // A restarted completer takes the same outcomes over.
+                        let mut rx = rx.lock().await;
+                        completer(storage, &mut rx, flush).await;
+                    }
+                },
+            )
+        };
         let mut wakers = HashMap::new();
         let mut pools = Vec::new();
         let mut tasks = Vec::new();
@@ -445,24 +479,55 @@ impl Worker {
             storage.attach(Arc::clone(&taker));
             takers.push(taker);
             for index in 0..FETCHERS_PER_QUEUE {
-                tasks.push(tokio::spawn(fetcher(
+                let (shared, q, pool, notify, slots, local) = (
                     Arc::clone(&shared),
                     q.clone(),
                     pool.clone(),
                     Arc::clone(&notify),
                     Arc::clone(&slots),
                     Arc::clone(&local),
-                    index,
-                )));
+                );
+                let spec = TaskSpec::new(format!("jobs.claimer.{}.{index}", q.name))
+                    .stop_on(shared.stopping.clone());
+                tasks.push(supervisor.spawn(spec, move |_| {
+                    fetcher(
+                        Arc::clone(&shared),
+                        q.clone(),
+                        pool.clone(),
+                        Arc::clone(&notify),
+                        Arc::clone(&slots),
+                        Arc::clone(&local),
+                        index,
+                    )
+                }));
             }
         }
-        let wakeups = storage.subscribe().await?;
-        tasks.push(tokio::spawn(dispatch_wakeups(
-            Arc::clone(&shared),
-            wakeups,
-            wakers,
-        )));
-        tasks.push(tokio::spawn(heartbeat(Arc::clone(&shared))));
+        // The first subscription is made here, so a database without wake-ups fails the start;
+        // a restarted listener subscribes again.
+        let first = tokio::sync::Mutex::new(Some(storage.subscribe().await?));
+        let first = Arc::new(first);
+        let wakers = Arc::new(wakers);
+        {
+            let shared = Arc::clone(&shared);
+            let spec = TaskSpec::new("jobs.wakeups").stop_on(shared.stopping.clone());
+            tasks.push(supervisor.spawn(spec, move |_| {
+                let (shared, wakers, first) =
+                    (Arc::clone(&shared), Arc::clone(&wakers), Arc::clone(&first));
+                async move {
+                    let rx = match first.lock().await.take() {
+                        Some(rx) => rx,
+                        None => shared.storage.subscribe().await?,
+                    };
+                    dispatch_wakeups(shared, rx, &wakers).await;
+                    Ok::<(), JobsError>(())
+                }
+            }));
+        }
+        {
+            let shared = Arc::clone(&shared);
+            let spec = TaskSpec::new("jobs.heartbeat").stop_on(shared.stopping.clone());
+            tasks.push(supervisor.spawn(spec, move |_| heartbeat(Arc::clone(&shared))));
+        }
         tracing::info!(worker = %config.id, queues = ?config.queues.iter().map(|q| &q.name).collect::<Vec<_>>(), "job worker started");
         Ok(Self {
             shared,
@@ -862,7 +927,7 @@ const COALESCE_FOR: Duration = Duration::from_millis(2);
 
 async fn completer(
     storage: Arc<dyn Storage>,
-    mut rx: mpsc::Receiver<Finish>,
+    rx: &mut mpsc::Receiver<Finish>,
     flush_and_stop: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(1024);
@@ -919,7 +984,7 @@ async fn completer(
 async fn dispatch_wakeups(
     shared: Arc<Shared>,
     mut rx: mpsc::Receiver<Wakeup>,
-    wakers: HashMap<String, Arc<Notify>>,
+    wakers: &HashMap<String, Arc<Notify>>,
 ) {
     while let Some(w) = rx.recv().await {
         match w {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use malaka_inventory::{Balance, BalanceFilter, Inventory};
 use malaka_jobs::{JobState, Queue};
-use malaka_runtime::{EventBus, WorkerPool};
+use malaka_runtime::{EventBus, Supervisor, TaskSpec, WorkerPool};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -84,6 +84,8 @@ struct Inner {
     live: crate::live::Live,
     notifier: Arc<crate::notify::Notifier>,
     reports: Arc<crate::reports::Reports>,
+    supervisor: Supervisor,
+    in_flight_keys: crate::http::idempotency::InFlightKeys,
 }
 
 /// What every request handler can reach. Cheap to clone.
@@ -166,6 +168,14 @@ impl AppState {
     pub fn live(&self) -> &crate::live::Live {
         &self.inner.live
     }
+    /// The supervisor of the node's long-lived tasks (their states are in `/readyz`).
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.inner.supervisor
+    }
+    /// `Idempotency-Key`s with a request in flight on this node.
+    pub fn in_flight_keys(&self) -> &crate::http::idempotency::InFlightKeys {
+        &self.inner.in_flight_keys
+    }
     /// Whether shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
         self.inner.shutting_down.load(Ordering::Acquire)
@@ -179,6 +189,7 @@ impl AppState {
             telemetry::export_pool(&pool.metrics());
         }
         telemetry::export_bus(&self.inner.bus);
+        telemetry::export_tasks(&self.inner.supervisor.snapshot());
     }
 
     /// Refreshes the per-queue job gauges from the jobs table (one grouped query, given up
@@ -246,7 +257,10 @@ impl Application {
         )?;
         let bus = EventBus::new(events.clone());
         let jobs = Queue::new(db.job_storage(&config.jobs));
-        let inventory = db.inventory();
+        let supervisor = Supervisor::new(config.supervision.to_runtime());
+        let inventory = db.inventory_supervised(&supervisor);
+        // The committer is critical: readiness reports it from the start.
+        inventory.start();
         let ttl = match &db {
             Database::Sqlite(_) => Duration::from_secs(300),
             Database::Postgres(_) => Duration::from_secs(1),
@@ -291,6 +305,8 @@ impl Application {
                     inventory_for_reports,
                     config.reports.retention,
                 )),
+                supervisor,
+                in_flight_keys: crate::http::idempotency::InFlightKeys::default(),
             }),
         };
         Ok(Self {
@@ -339,10 +355,13 @@ impl Application {
             crate::jobs::registry(Some(state.notifier()), Some(state.reports())),
             &jobs,
             shutdown_timeout,
+            state.supervisor(),
         )
         .await?;
         *lock(&state.inner.job_pools) = runner.pools().to_vec();
-        state.live().start(state.bus(), state.jobs());
+        state
+            .live()
+            .start(state.bus(), state.jobs(), state.supervisor());
         let changed = state.clone();
         let sqs = crate::sqs::SqsBridge::start(
             &sqs,
@@ -350,13 +369,16 @@ impl Application {
             state.inventory(),
             state.bus(),
             Arc::new(move || changed.balances_changed()),
+            state.supervisor(),
         )
         .await?;
-        let prune = tokio::spawn(prune_reports(
-            Arc::clone(state.reports()),
-            prune_every,
-            state.live().stopping(),
-        ));
+        let prune = {
+            let (reports, stop) = (Arc::clone(state.reports()), state.live().stopping());
+            state.supervisor().spawn(
+                TaskSpec::new("reports.pruner").stop_on(stop.clone()),
+                move |_| prune_reports(Arc::clone(&reports), prune_every, stop.clone()),
+            )
+        };
         let stop = CancellationToken::new();
         let app = crate::http::router(state.clone());
         let serve =
@@ -409,6 +431,7 @@ impl Application {
                 tracing::warn!(%pool, abandoned = report.abandoned, "pool work abandoned at shutdown");
             }
         }
+        state.supervisor().shutdown();
         state.inner.db.close().await;
         tracing::info!("shutdown complete");
         failed.unwrap_or(Ok(()))

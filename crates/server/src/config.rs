@@ -38,6 +38,39 @@ pub struct Config {
     pub reports: ReportsConfig,
     /// Amazon SQS: inbound command queues, the outbound event queue.
     pub sqs: SqsConfig,
+    /// How long-lived tasks (the posting committer, the outbox relay, ...) are restarted.
+    pub supervision: SupervisionConfig,
+}
+
+/// Restarts of the node's long-lived tasks: a task that panics or ends unexpectedly is started
+/// again after a backoff doubling from `min_backoff` to `max_backoff`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupervisionConfig {
+    /// Wait before the first restart.
+    #[serde(with = "humantime_serde")]
+    pub min_backoff: Duration,
+    /// Longest wait between restarts.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl Default for SupervisionConfig {
+    fn default() -> Self {
+        Self {
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+impl SupervisionConfig {
+    /// The runtime's supervisor settings.
+    pub fn to_runtime(&self) -> malaka_runtime::SupervisorConfig {
+        malaka_runtime::SupervisorConfig::default()
+            .min_backoff(self.min_backoff)
+            .max_backoff(self.max_backoff)
+    }
 }
 
 /// Amazon SQS. Nothing runs unless a queue is configured. Credentials come from the standard
@@ -280,6 +313,7 @@ impl Default for Config {
             notify: NotifyConfig::default(),
             reports: ReportsConfig::default(),
             sqs: SqsConfig::default(),
+            supervision: SupervisionConfig::default(),
         }
     }
 }
@@ -601,29 +635,195 @@ impl Config {
         Ok(config)
     }
 
-    /// Rejects values that parse but cannot work.
+    /// Rejects values that parse but cannot work: every duration, interval, size and count is
+    /// checked against its range, and the first one outside it is named with the range.
     fn check(&self) -> Result<(), ConfigError> {
-        let bad = |key: &str, message: &str| ConfigError::Value {
-            key: key.to_owned(),
-            message: message.to_owned(),
+        const MS: Duration = Duration::from_millis(1);
+        const SEC: Duration = Duration::from_secs(1);
+        const MIN: Duration = Duration::from_secs(60);
+        const HOUR: Duration = Duration::from_secs(3600);
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        const YEARS: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+        let dur = |key: &str, d: Duration, min: Duration, max: Duration| {
+            if d < min || d > max {
+                return Err(ConfigError::Value {
+                    key: key.to_owned(),
+                    message: format!("must be between {min:?} and {max:?}, not {d:?}"),
+                });
+            }
+            Ok(())
         };
+        // Zero, or within the range.
+        let off_or = |key: &str, d: Duration, min: Duration, max: Duration| {
+            if d.is_zero() {
+                return Ok(());
+            }
+            dur(key, d, min, max).map_err(|_| ConfigError::Value {
+                key: key.to_owned(),
+                message: format!("must be 0s (off) or between {min:?} and {max:?}, not {d:?}"),
+            })
+        };
+        let count = |key: &str, n: u64, min: u64, max: u64| {
+            if n < min || n > max {
+                return Err(ConfigError::Value {
+                    key: key.to_owned(),
+                    message: format!("must be between {min} and {max}, not {n}"),
+                });
+            }
+            Ok(())
+        };
+        let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+
+        dur("shutdown_timeout", self.shutdown_timeout, 100 * MS, HOUR)?;
+        count(
+            "database.max_connections",
+            u64::from(self.database.max_connections),
+            1,
+            1000,
+        )?;
+        let p = &self.pools.events;
+        if let Some(v) = p.min_workers {
+            count("pools.events.min_workers", n(v), 0, 10_000)?;
+        }
+        if let Some(v) = p.max_workers {
+            count("pools.events.max_workers", n(v), 1, 10_000)?;
+            if p.min_workers.is_some_and(|m| m > v) {
+                return Err(ConfigError::Value {
+                    key: "pools.events.min_workers".into(),
+                    message: format!("must be at most max_workers ({v})"),
+                });
+            }
+        }
+        if let Some(v) = p.queue_size {
+            count("pools.events.queue_size", n(v), 1, 1_000_000)?;
+        }
+        if let Some(d) = p.idle_timeout {
+            dur("pools.events.idle_timeout", d, MS, DAY)?;
+        }
+
         let j = &self.jobs;
-        if j.lease < Duration::from_millis(100) {
-            return Err(bad("jobs.lease", "must be at least 100ms"));
-        }
-        for (key, d) in [
-            ("jobs.poll_interval", j.poll_interval),
-            ("jobs.rescue_every", j.rescue_every),
-        ] {
-            if d < Duration::from_millis(10) {
-                return Err(bad(key, "must be at least 10ms"));
-            }
-        }
-        for name in j.queues.keys() {
+        dur("jobs.lease", j.lease, 100 * MS, DAY)?;
+        dur("jobs.poll_interval", j.poll_interval, 10 * MS, HOUR)?;
+        dur("jobs.rescue_every", j.rescue_every, 10 * MS, HOUR)?;
+        dur(
+            "jobs.completed_retention",
+            j.completed_retention,
+            Duration::ZERO,
+            YEARS,
+        )?;
+        dur(
+            "jobs.failed_retention",
+            j.failed_retention,
+            Duration::ZERO,
+            YEARS,
+        )?;
+        for (name, q) in &j.queues {
             if name.is_empty() || name.len() > 100 {
-                return Err(bad("jobs.queues", "names must be 1 to 100 characters"));
+                return Err(ConfigError::Value {
+                    key: "jobs.queues".into(),
+                    message: "names must be 1 to 100 characters".into(),
+                });
+            }
+            let key = |k: &str| format!("jobs.queues.{name}.{k}");
+            count(&key("concurrency"), n(q.concurrency), 0, 10_000)?;
+            if let Some(m) = q.min_workers {
+                count(&key("min_workers"), n(m), 0, n(q.concurrency.max(1)))?;
+            }
+            if let Some(pf) = q.prefetch {
+                count(&key("prefetch"), n(pf), 0, 100_000)?;
             }
         }
+
+        let a = &self.api;
+        count(
+            "api.rate_limit_per_second",
+            u64::from(a.rate_limit_per_second),
+            0,
+            1_000_000,
+        )?;
+        count(
+            "api.rate_limit_burst",
+            u64::from(a.rate_limit_burst),
+            0,
+            1_000_000,
+        )?;
+
+        let l = &self.live;
+        off_or("live.sweep_every", l.sweep_every, SEC, DAY)?;
+        dur("live.outbox_retention", l.outbox_retention, MIN, YEARS)?;
+        dur("live.poll_interval", l.poll_interval, 10 * MS, MIN)?;
+        dur("live.ws_ping_interval", l.ws_ping_interval, SEC, HOUR)?;
+        count("live.ws_buffer", n(l.ws_buffer), 1, 1_000_000)?;
+        dur("live.ws_ticket_ttl", l.ws_ticket_ttl, SEC, DAY)?;
+
+        let no = &self.notify;
+        count(
+            "notify.max_attempts",
+            no.max_attempts.try_into().unwrap_or(0),
+            1,
+            1000,
+        )?;
+        dur(
+            "notify.webhook_timeout",
+            no.webhook_timeout,
+            100 * MS,
+            10 * MIN,
+        )?;
+        count("notify.smtp.port", u64::from(no.smtp.port), 1, 65_535)?;
+        count(
+            "notify.smtp.pool_size",
+            u64::from(no.smtp.pool_size),
+            1,
+            1000,
+        )?;
+        dur("notify.smtp.timeout", no.smtp.timeout, 100 * MS, 10 * MIN)?;
+        let rate = no.breaker.failure_rate;
+        if !(rate > 0.0 && rate <= 1.0) {
+            return Err(ConfigError::Value {
+                key: "notify.breaker.failure_rate".into(),
+                message: format!("must be above 0 and at most 1, not {rate}"),
+            });
+        }
+        count(
+            "notify.breaker.minimum_calls",
+            u64::from(no.breaker.minimum_calls),
+            1,
+            100_000,
+        )?;
+        dur(
+            "notify.breaker.open_for",
+            no.breaker.open_for,
+            100 * MS,
+            DAY,
+        )?;
+
+        let r = &self.reports;
+        dur("reports.retention", r.retention, MIN, YEARS)?;
+        dur("reports.prune_every", r.prune_every, SEC, DAY)?;
+
+        let q = &self.sqs;
+        dur("sqs.wait", q.wait, Duration::ZERO, 20 * SEC)?;
+        for (i, inbound) in q.inbound.iter().enumerate() {
+            let key = |k: &str| format!("sqs.inbound[{i}].{k}");
+            if inbound.url.is_empty() {
+                return Err(ConfigError::Value {
+                    key: key("url"),
+                    message: "must be the queue's URL (it is empty)".into(),
+                });
+            }
+            count(&key("concurrency"), n(inbound.concurrency), 1, 10_000)?;
+            count(&key("pollers"), n(inbound.pollers), 1, 100)?;
+            dur(&key("visibility"), inbound.visibility, SEC, 12 * HOUR)?;
+        }
+
+        let sv = &self.supervision;
+        dur("supervision.min_backoff", sv.min_backoff, MS, MIN)?;
+        dur(
+            "supervision.max_backoff",
+            sv.max_backoff,
+            sv.min_backoff,
+            HOUR,
+        )?;
         Ok(())
     }
 
@@ -792,6 +992,72 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("rate_limit"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn zero_and_absurd_values_are_refused_with_the_key_and_its_range() {
+        figment::Jail::expect_with(|jail| {
+            for (toml, key) in [
+                ("[live]\nws_ping_interval = \"0s\"", "live.ws_ping_interval"),
+                ("[live]\npoll_interval = \"0s\"", "live.poll_interval"),
+                ("[live]\nws_buffer = 0", "live.ws_buffer"),
+                ("[live]\nsweep_every = \"1ms\"", "live.sweep_every"),
+                ("[jobs]\npoll_interval = \"0s\"", "jobs.poll_interval"),
+                ("[jobs]\nlease = \"400days\"", "jobs.lease"),
+                (
+                    "[jobs.queues.mail]\nconcurrency = 1000000",
+                    "jobs.queues.mail.concurrency",
+                ),
+                (
+                    "[database]\nmax_connections = 0",
+                    "database.max_connections",
+                ),
+                (
+                    "[pools.events]\nmax_workers = 0",
+                    "pools.events.max_workers",
+                ),
+                (
+                    "[pools.events]\nmin_workers = 9\nmax_workers = 3",
+                    "pools.events.min_workers",
+                ),
+                ("[notify]\nmax_attempts = 0", "notify.max_attempts"),
+                ("[notify.smtp]\nport = 0", "notify.smtp.port"),
+                (
+                    "[notify.breaker]\nfailure_rate = 1.5",
+                    "notify.breaker.failure_rate",
+                ),
+                ("[reports]\nprune_every = \"0s\"", "reports.prune_every"),
+                ("[sqs]\nwait = \"1m\"", "sqs.wait"),
+                (
+                    "[[sqs.inbound]]\nurl = \"http://q\"\nvisibility = \"0s\"",
+                    "sqs.inbound[0].visibility",
+                ),
+                ("[[sqs.inbound]]\nurl = \"\"", "sqs.inbound[0].url"),
+                (
+                    "[supervision]\nmin_backoff = \"0s\"",
+                    "supervision.min_backoff",
+                ),
+                (
+                    "[supervision]\nmin_backoff = \"5s\"\nmax_backoff = \"1s\"",
+                    "supervision.max_backoff",
+                ),
+                ("shutdown_timeout = \"0s\"", "shutdown_timeout"),
+            ] {
+                jail.create_file("malaka.toml", toml)?;
+                let e = Config::load(None, &Overrides::default())
+                    .expect_err(toml)
+                    .to_string();
+                assert!(e.contains(&format!("`{key}`")), "{toml}: {e}");
+                assert!(e.contains("must be"), "{toml}: {e}");
+            }
+            // Zero where zero means something is accepted.
+            jail.create_file(
+                "malaka.toml",
+                "[live]\nsweep_every = \"0s\"\n[jobs]\ncompleted_retention = \"0s\"\n[api]\nrate_limit_per_second = 0",
+            )?;
+            assert!(Config::load(None, &Overrides::default()).is_ok());
             Ok(())
         });
     }

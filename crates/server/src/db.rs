@@ -159,10 +159,21 @@ impl Database {
         Ok(())
     }
 
-    /// The inventory over this database's pool (migrated by [`Self::migrate`]).
+    /// The inventory over this database's pool (migrated by [`Self::migrate`]), its SQLite
+    /// committer under a supervisor of its own (for commands that run no server).
     pub fn inventory(&self) -> malaka_inventory::Inventory {
+        self.inventory_supervised(&malaka_runtime::Supervisor::default())
+    }
+
+    /// The inventory, its SQLite committer (task `inventory.committer`) under `supervisor`.
+    pub fn inventory_supervised(
+        &self,
+        supervisor: &malaka_runtime::Supervisor,
+    ) -> malaka_inventory::Inventory {
         match self {
-            Self::Sqlite(pool) => malaka_inventory::Inventory::sqlite(pool.clone()),
+            Self::Sqlite(pool) => {
+                malaka_inventory::Inventory::sqlite_supervised(pool.clone(), supervisor)
+            }
             Self::Postgres(pool) => malaka_inventory::Inventory::postgres(pool.clone()),
         }
     }

@@ -137,8 +137,11 @@ impl MovementIn {
 ///
 /// # Errors
 /// `Malformed` for text that is not JSON; `Shape` naming the field otherwise.
-pub fn from_json<T: de::DeserializeOwned>(json: &str, at: &str) -> Result<T, JsonError> {
-    let mut de = serde_json::Deserializer::from_str(json);
+pub fn from_json<T: de::DeserializeOwned>(
+    json: impl AsRef<[u8]>,
+    at: &str,
+) -> Result<T, JsonError> {
+    let mut de = serde_json::Deserializer::from_slice(json.as_ref());
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
@@ -146,14 +149,16 @@ pub fn from_json<T: de::DeserializeOwned>(json: &str, at: &str) -> Result<T, Jso
             return JsonError::Malformed(inner.to_string());
         }
         let message = inner.to_string();
-        let field = if path == "." {
-            // `missing field `name`` is reported on the enclosing object.
-            message
-                .strip_prefix("missing field `")
-                .and_then(|rest| rest.split_once('`'))
-                .map_or_else(String::new, |(name, _)| name.to_owned())
-        } else {
-            path
+        // `missing field `name`` is reported on the enclosing object.
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split_once('`'))
+            .map(|(name, _)| name.to_owned());
+        let field = match (path.as_str(), missing) {
+            (".", Some(name)) => name,
+            (".", None) => String::new(),
+            (_, Some(name)) => format!("{path}.{name}"),
+            (_, None) => path,
         };
         let field = match (at.trim_end_matches('.'), field.as_str()) {
             (a, "") => a.to_owned(),

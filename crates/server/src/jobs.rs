@@ -10,7 +10,7 @@ use malaka_jobs::{
     Job, JobContext, JobError, JobOptions, JobsError, Maintenance, MaintenanceConfig, QueueConfig,
     Registry, Storage, Worker, WorkerConfig, WorkerReport,
 };
-use malaka_runtime::WorkerPool;
+use malaka_runtime::{Supervisor, WorkerPool};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -129,14 +129,21 @@ impl JobRunner {
         registry: Registry,
         config: &JobsConfig,
         shutdown_timeout: Duration,
+        supervisor: &Supervisor,
     ) -> Result<Self, JobsError> {
-        let worker = Worker::start(
+        let worker = Worker::start_supervised(
             Arc::clone(&storage),
             registry,
             worker_config(config, shutdown_timeout),
+            supervisor,
         )
         .await?;
-        let maintenance = Maintenance::start(storage, maintenance_config(config), Vec::new());
+        let maintenance = Maintenance::start_supervised(
+            storage,
+            maintenance_config(config),
+            Vec::new(),
+            supervisor,
+        );
         Ok(Self {
             worker,
             maintenance,
@@ -190,6 +197,8 @@ pub async fn run_worker(
 ) -> Result<(), ServerError> {
     let db = Database::connect(&config.database_url(), &config.database).await?;
     db.migrate().await?;
+    let supervisor = Supervisor::new(config.supervision.to_runtime());
+    let inventory = db.inventory_supervised(&supervisor);
     let notifier = Arc::new(crate::notify::Notifier::new(
         db.clone(),
         &crate::app::notify_config(config, None),
@@ -200,12 +209,13 @@ pub async fn run_worker(
             Some(&notifier),
             Some(&Arc::new(crate::reports::Reports::new(
                 db.clone(),
-                db.inventory(),
+                inventory.clone(),
                 config.reports.retention,
             ))),
         ),
         &config.jobs,
         config.shutdown_timeout,
+        &supervisor,
     )
     .await?;
     tracing::info!(
@@ -225,9 +235,15 @@ pub async fn run_worker(
         outbound_url: String::new(),
         ..config.sqs.clone()
     };
-    let sqs =
-        crate::sqs::SqsBridge::start(&inbound_only, &db, &db.inventory(), &bus, Arc::new(|| {}))
-            .await?;
+    let sqs = crate::sqs::SqsBridge::start(
+        &inbound_only,
+        &db,
+        &inventory,
+        &bus,
+        Arc::new(|| {}),
+        &supervisor,
+    )
+    .await?;
     signal.await;
     tracing::info!(timeout = ?config.shutdown_timeout, "shutting down: draining running jobs");
     let sqs_stop = async {
@@ -236,6 +252,7 @@ pub async fn run_worker(
         }
     };
     tokio::join!(runner.shutdown_within(config.shutdown_timeout), sqs_stop);
+    supervisor.shutdown();
     db.close().await;
     tracing::info!("shutdown complete");
     Ok(())

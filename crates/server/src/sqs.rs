@@ -11,12 +11,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use malaka_inventory::{InboxEntry, Inventory, InventoryError, NewMovement, Outbox};
-use malaka_runtime::{EventBus, JsonEvent};
+use malaka_runtime::{EventBus, JsonEvent, Supervised, Supervisor, TaskContext, TaskSpec};
 use malaka_sqs::{Consumer, ConsumerConfig, Handler, Message, Outcome, Outgoing, Publisher};
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SqsConfig;
@@ -262,7 +261,7 @@ impl Inbound {
 #[derive(Debug)]
 pub struct SqsBridge {
     consumers: Vec<Consumer>,
-    publisher: Option<JoinHandle<()>>,
+    publisher: Option<Supervised>,
     stop: CancellationToken,
 }
 
@@ -277,6 +276,7 @@ impl SqsBridge {
         inventory: &Inventory,
         bus: &EventBus,
         balances_changed: Arc<dyn Fn() + Send + Sync>,
+        supervisor: &Supervisor,
     ) -> Result<Option<Self>, malaka_sqs::SqsError> {
         if config.inbound.is_empty() && config.outbound_url.is_empty() {
             return Ok(None);
@@ -301,16 +301,29 @@ impl SqsBridge {
                 .concurrency(q.concurrency)
                 .wait(config.wait)
                 .visibility(q.visibility);
-            consumers.push(Consumer::start(client.clone(), c, handler)?);
+            consumers.push(Consumer::start_supervised(
+                client.clone(),
+                c,
+                handler,
+                supervisor,
+            )?);
         }
         let stop = CancellationToken::new();
         let publisher = (!config.outbound_url.is_empty()).then(|| {
-            tokio::spawn(publish(
-                Publisher::new(client.clone(), &config.outbound_url),
-                db.clone(),
-                Outbox::new(db.event_pool()),
-                stop.clone(),
-            ))
+            let publisher = Publisher::new(client.clone(), &config.outbound_url);
+            let (db, stop) = (db.clone(), stop.clone());
+            supervisor.spawn(
+                TaskSpec::new("sqs.publisher").stop_on(stop.clone()),
+                move |task| {
+                    publish(
+                        publisher.clone(),
+                        db.clone(),
+                        Outbox::new(db.event_pool()),
+                        stop.clone(),
+                        task,
+                    )
+                },
+            )
         });
         Ok(Some(Self {
             consumers,
@@ -340,7 +353,13 @@ fn group_of(payload: &Value) -> String {
 /// Sends published outbox events to the outbound queue in order, at least once: the position
 /// advances only after a batch was accepted. On PostgreSQL one node publishes (an advisory
 /// lock), like the relay.
-async fn publish(publisher: Publisher, db: Database, outbox: Outbox, stop: CancellationToken) {
+async fn publish(
+    publisher: Publisher,
+    db: Database,
+    outbox: Outbox,
+    stop: CancellationToken,
+    task: TaskContext,
+) {
     const LOCK: i64 = 0x0000_6d61_6c61_7371; // "malasq"
     let Some(_leader) = crate::live::leader_lock(&db, LOCK, Duration::from_secs(1), &stop).await
     else {
@@ -394,6 +413,7 @@ async fn publish(publisher: Publisher, db: Database, outbox: Outbox, stop: Cance
         match publisher.send(&out).await {
             Ok(()) => {
                 failures = 0;
+                task.healthy();
                 seq = last;
                 metrics::counter!("malaka_sqs_published_total").increment(out.len() as u64);
                 if let Some(at) = newest {
@@ -406,6 +426,7 @@ async fn publish(publisher: Publisher, db: Database, outbox: Outbox, stop: Cance
             }
             Err(e) => {
                 failures += 1;
+                task.degraded(format!("publishing failed: {e}"));
                 let wait = Duration::from_millis(200 * u64::from(failures.min(50)));
                 tracing::warn!(error = %e, ?wait, "SQS publish failed; retrying the same events");
                 metrics::counter!("malaka_sqs_publish_errors_total").increment(1);

@@ -93,6 +93,17 @@ pub fn export_bus(bus: &malaka_runtime::EventBus) {
     }
 }
 
+/// Copies the supervised tasks' states: `malaka_task_up{task}` (1 while running and healthy,
+/// 0 while degraded, restarting or stopped) and `malaka_task_restarts_total{task}`.
+pub fn export_tasks(tasks: &[malaka_runtime::TaskStatus]) {
+    for t in tasks {
+        let up = f64::from(u8::from(t.state == malaka_runtime::TaskState::Running));
+        metrics::gauge!("malaka_task_up", "task" => t.name.clone()).set(up);
+        metrics::counter!("malaka_task_restarts_total", "task" => t.name.clone())
+            .absolute(t.restarts);
+    }
+}
+
 /// Sets one job queue's gauges: `malaka_jobs{queue,state}` for every state,
 /// `malaka_jobs_available{queue}` (jobs that could run now and have not started; the promoter
 /// moves due scheduled and retryable jobs there every second), `malaka_jobs_running{queue}` and

@@ -299,3 +299,27 @@ async fn verify_reports_a_balance_the_ledger_does_not_explain() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("A in W: ledger qty 6"), "{text}");
 }
+
+#[test]
+fn serve_refuses_zero_intervals_before_starting_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    for (var, key) in [
+        ("MALAKA_LIVE__WS_PING_INTERVAL", "live.ws_ping_interval"),
+        ("MALAKA_LIVE__POLL_INTERVAL", "live.poll_interval"),
+        ("MALAKA_JOBS__POLL_INTERVAL", "jobs.poll_interval"),
+    ] {
+        let out = Command::new(BIN)
+            .current_dir(dir.path())
+            .arg("serve")
+            .env(var, "0s")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{var}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("`{key}` must be between")), "{err}");
+        assert!(
+            !dir.path().join("malaka-data").exists(),
+            "nothing was started or created"
+        );
+    }
+}

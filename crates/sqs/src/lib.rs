@@ -38,9 +38,10 @@ use std::time::Duration;
 use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, MessageSystemAttributeName, SendMessageBatchRequestEntry,
 };
-use malaka_runtime::{PoolConfig, RetryPolicy, WorkerPool};
+use malaka_runtime::{
+    PoolConfig, RetryPolicy, Supervised, Supervisor, TaskContext, TaskSpec, WorkerPool,
+};
 use tokio::sync::{Semaphore, mpsc};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// The SDK, for what this crate does not wrap.
@@ -227,9 +228,10 @@ pub struct ConsumerStats {
 #[derive(Debug)]
 pub struct Consumer {
     stop: CancellationToken,
-    pollers: Vec<JoinHandle<()>>,
+    pollers: Vec<Supervised>,
     pool: WorkerPool,
-    deleter: JoinHandle<()>,
+    deleter: Supervised,
+    deleter_stop: CancellationToken,
     deletes: mpsc::Sender<String>,
     stats: Arc<ConsumerStats>,
     name: String,
@@ -259,6 +261,20 @@ impl Consumer {
         config: ConsumerConfig,
         handler: Arc<dyn Handler>,
     ) -> Result<Self, SqsError> {
+        Self::start_supervised(client, config, handler, &Supervisor::default())
+    }
+
+    /// As [`Self::start`], with the receive loops (`sqs.<name>.poller.<n>`, degraded while
+    /// receiving fails) and the deleter (`sqs.<name>.deleter`) under `supervisor`.
+    ///
+    /// # Errors
+    /// The worker pool could not be made.
+    pub fn start_supervised(
+        client: Client,
+        config: ConsumerConfig,
+        handler: Arc<dyn Handler>,
+        supervisor: &Supervisor,
+    ) -> Result<Self, SqsError> {
         let pool = WorkerPool::new(
             PoolConfig::new(format!("sqs:{}", config.name))
                 .min_workers(1)
@@ -278,20 +294,36 @@ impl Consumer {
             config: config.clone(),
         });
         let pollers = (0..config.pollers)
-            .map(|_| tokio::spawn(poll(Arc::clone(&ctx), stop.clone())))
+            .map(|i| {
+                let (ctx, stop) = (Arc::clone(&ctx), stop.clone());
+                let spec =
+                    TaskSpec::new(format!("sqs.{}.poller.{i}", config.name)).stop_on(stop.clone());
+                supervisor.spawn(spec, move |task| poll(Arc::clone(&ctx), stop.clone(), task))
+            })
             .collect();
-        let deleter = tokio::spawn(delete_batches(
-            client,
-            config.queue_url.clone(),
-            config.name.clone(),
-            rx,
-        ));
+        let deleter_stop = CancellationToken::new();
+        let deleter = {
+            let rx = Arc::new(tokio::sync::Mutex::new(rx));
+            let (url, name) = (config.queue_url.clone(), config.name.clone());
+            let spec =
+                TaskSpec::new(format!("sqs.{}.deleter", config.name)).stop_on(deleter_stop.clone());
+            supervisor.spawn(spec, move |_| {
+                let (client, url, name, rx) =
+                    (client.clone(), url.clone(), name.clone(), Arc::clone(&rx));
+                async move {
+                    // A restarted deleter takes the same receipts over.
+                    let mut rx = rx.lock().await;
+                    delete_batches(client, url, name, &mut rx).await;
+                }
+            })
+        };
         tracing::info!(queue = %config.queue_url, pollers = config.pollers, concurrency = config.concurrency, "SQS consumer started");
         Ok(Self {
             stop,
             pollers,
             pool,
             deleter,
+            deleter_stop,
             deletes,
             stats,
             name: config.name,
@@ -320,13 +352,14 @@ impl Consumer {
             tracing::warn!(queue = %self.name, abandoned = report.abandoned,
                 "SQS handlers still running at the shutdown deadline; their messages will be delivered again");
         }
+        self.deleter_stop.cancel();
         drop(self.deletes);
         let _flushed = self.deleter.await;
         tracing::info!(queue = %self.name, "SQS consumer stopped");
     }
 }
 
-async fn poll(ctx: Arc<Ctx>, stop: CancellationToken) {
+async fn poll(ctx: Arc<Ctx>, stop: CancellationToken, task: TaskContext) {
     let name = ctx.config.name.clone();
     let mut failures = 0u32;
     loop {
@@ -358,10 +391,15 @@ async fn poll(ctx: Arc<Ctx>, stop: CancellationToken) {
         let messages = match out {
             Ok(o) => {
                 failures = 0;
+                task.healthy();
                 o.messages.unwrap_or_default()
             }
             Err(e) => {
                 failures += 1;
+                task.degraded(format!(
+                    "receiving failed: {}",
+                    aws_sdk_sqs::error::DisplayErrorContext(&e)
+                ));
                 let wait = Duration::from_millis(200 * u64::from(failures.min(25)));
                 tracing::warn!(queue = %name, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), ?wait, "SQS receive failed");
                 metrics::counter!("malaka_sqs_receive_errors_total", "queue" => name.clone())
@@ -477,7 +515,7 @@ async fn delete_batches(
     client: Client,
     queue_url: String,
     name: String,
-    mut rx: mpsc::Receiver<String>,
+    rx: &mut mpsc::Receiver<String>,
 ) {
     let mut batch: Vec<String> = Vec::with_capacity(10);
     loop {

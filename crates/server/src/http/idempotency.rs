@@ -18,7 +18,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -50,8 +50,9 @@ const RETENTION: TimeDelta = TimeDelta::hours(24);
 /// Unix seconds of this process's last prune.
 static LAST_PRUNE: AtomicI64 = AtomicI64::new(0);
 
-/// Keys with a request in flight on this node.
-static IN_FLIGHT: LazyLock<Mutex<HashSet<(i64, String)>>> = LazyLock::new(Mutex::default);
+/// Keys with a request in flight on one node (each node's `AppState` has its own).
+#[derive(Debug, Clone, Default)]
+pub struct InFlightKeys(Arc<Mutex<HashSet<(i64, String)>>>);
 
 const INSERT: &str = "INSERT INTO malaka_idempotency \
      (token_id, key, request_hash, status, body, content_type, created_at) \
@@ -188,22 +189,28 @@ type Stored = (String, Option<i32>, Option<Vec<u8>>, Option<String>);
 
 /// A key with a request in flight on this node; released when dropped (the request ended, or
 /// its future was dropped).
-struct InFlight((i64, String));
+struct InFlight(InFlightKeys, (i64, String));
 
 impl InFlight {
-    fn take(token_id: i64, key: &str) -> Option<Self> {
+    fn take(keys: &InFlightKeys, token_id: i64, key: &str) -> Option<Self> {
         let k = (token_id, key.to_owned());
-        let mut set = IN_FLIGHT.lock().unwrap_or_else(PoisonError::into_inner);
-        set.insert(k.clone()).then_some(Self(k))
+        let inserted = keys
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(k.clone());
+        // Built only once the lock is released: dropping one takes the lock.
+        inserted.then(|| Self(keys.clone(), k))
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        IN_FLIGHT
+        self.0
+            .0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.0);
+            .remove(&self.1);
     }
 }
 
@@ -239,7 +246,7 @@ async fn idempotent(state: &AppState, req: Request, next: Next) -> Result<Respon
     if let Some(answer) = answered(db, principal.id, &key, &hash).await? {
         return Err(answer);
     }
-    let Some(_in_flight) = InFlight::take(principal.id, &key) else {
+    let Some(_in_flight) = InFlight::take(state.in_flight_keys(), principal.id, &key) else {
         return Err(ApiError::conflict(
             "idempotency_in_progress",
             "a request with this Idempotency-Key is still being processed; retry",
@@ -451,10 +458,12 @@ mod tests {
 
     #[test]
     fn in_flight_keys_are_released_when_dropped() {
-        let a = InFlight::take(7, "k").unwrap();
-        assert!(InFlight::take(7, "k").is_none());
-        assert!(InFlight::take(8, "k").is_some());
+        let keys = InFlightKeys::default();
+        let a = InFlight::take(&keys, 7, "k").unwrap();
+        assert!(InFlight::take(&keys, 7, "k").is_none());
+        assert!(InFlight::take(&keys, 8, "k").is_some());
+        assert!(InFlight::take(&InFlightKeys::default(), 7, "k").is_some());
         drop(a);
-        assert!(InFlight::take(7, "k").is_some());
+        assert!(InFlight::take(&keys, 7, "k").is_some());
     }
 }

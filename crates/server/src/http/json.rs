@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::ApiError;
+use crate::input::JsonError;
 
 /// A JSON request body or response.
 #[derive(Debug, Clone, Copy, Default)]
@@ -31,37 +32,21 @@ fn is_json(headers: &HeaderMap) -> bool {
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
-/// Parses `bytes` as a `T`, turning errors into 400 `malformed` or 422 `invalid` with a field.
+/// Parses `bytes` as a `T`, turning errors into 400 `malformed` or 422 `invalid` with a field
+/// (the rules of every edge: `crate::input::from_json`).
 ///
 /// # Errors
 /// See above.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if !inner.is_data() {
-            return ApiError::malformed(format!("request body is not valid JSON: {inner}"));
+    crate::input::from_json(bytes, "").map_err(|e| match e {
+        JsonError::Malformed(m) => {
+            ApiError::malformed(format!("request body is not valid JSON: {m}"))
         }
-        let message = inner.to_string();
-        let field = if path == "." {
-            // `missing field `name`` is reported on the enclosing object.
-            message
-                .strip_prefix("missing field `")
-                .and_then(|rest| rest.split_once('`'))
-                .map_or_else(String::new, |(name, _)| name.to_owned())
-        } else {
-            path
-        };
-        if field.is_empty() {
+        JsonError::Shape { field, message } if field.is_empty() => {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
-        } else {
-            ApiError::unprocessable(field, message)
         }
-    })?;
-    de.end()
-        .map_err(|e| ApiError::malformed(format!("request body is not valid JSON: {e}")))?;
-    Ok(value)
+        JsonError::Shape { field, message } => ApiError::unprocessable(field, message),
+    })
 }
 
 impl<T, S> FromRequest<S> for Json<T>

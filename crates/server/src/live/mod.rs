@@ -16,9 +16,10 @@ use chrono::Utc;
 use hmac::{KeyInit, Mac};
 use malaka_inventory::{Alerts, Inventory, LevelChange, Outbox, TOPIC_LEVEL_CHANGED};
 use malaka_jobs::{JobState, Queue};
-use malaka_runtime::{EventBus, ListenerError, ListenerOptions, RetryPolicy};
+use malaka_runtime::{
+    EventBus, ListenerError, ListenerOptions, RetryPolicy, Supervised, Supervisor, TaskSpec,
+};
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::LiveConfig;
@@ -35,7 +36,7 @@ pub struct Live {
     config: LiveConfig,
     /// Signs WebSocket tickets; the same on every node of one database.
     ticket_key: Vec<u8>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    tasks: Mutex<Vec<Supervised>>,
     stop: CancellationToken,
 }
 
@@ -135,8 +136,9 @@ impl Live {
     }
 
     /// Registers the stock monitor on `bus` and starts the relay, the hub and (on PostgreSQL)
-    /// the listener that wakes them for other nodes' events; `jobs` feeds `job_update`.
-    pub fn start(&self, bus: &EventBus, jobs: &Queue) {
+    /// the listener that wakes them for other nodes' events; `jobs` feeds `job_update`. Each
+    /// runs under `supervisor` (`live.relay`, `live.hub`, `live.job_updates`, `live.listener`).
+    pub fn start(&self, bus: &EventBus, jobs: &Queue, supervisor: &Supervisor) {
         let alerts = self.alerts.clone();
         bus.on_named(
             TOPIC_LEVEL_CHANGED,
@@ -172,25 +174,32 @@ impl Live {
             wake: Arc::clone(&self.relay_wake),
             config: self.config.clone(),
         };
+        let spec = |name: &str| TaskSpec::new(name).stop_on(self.stop.clone());
         let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
-        tasks.push(tokio::spawn(relay.run(self.stop.clone())));
-        tasks.push(tokio::spawn(
-            self.hub
-                .clone()
-                .run(self.stop.clone(), self.config.poll_interval),
-        ));
-        tasks.push(tokio::spawn(job_updates(
+        let stop = self.stop.clone();
+        tasks.push(supervisor.spawn(spec("live.relay"), move |_| relay.clone().run(stop.clone())));
+        let (hub, stop, every) = (
             self.hub.clone(),
-            jobs.clone(),
             self.stop.clone(),
-        )));
+            self.config.poll_interval,
+        );
+        tasks.push(supervisor.spawn(spec("live.hub"), move |_| {
+            hub.clone().run(stop.clone(), every)
+        }));
+        let (hub, jobs, stop) = (self.hub.clone(), jobs.clone(), self.stop.clone());
+        tasks.push(supervisor.spawn(spec("live.job_updates"), move |_| {
+            job_updates(hub.clone(), jobs.clone(), stop.clone())
+        }));
         if let Database::Postgres(pool) = &self.db {
-            tasks.push(tokio::spawn(listen(
+            let (pool, wake, hub, stop) = (
                 pool.clone(),
                 Arc::clone(&self.relay_wake),
                 self.hub.clone(),
                 self.stop.clone(),
-            )));
+            );
+            tasks.push(supervisor.spawn(spec("live.listener"), move |_| {
+                listen(pool.clone(), Arc::clone(&wake), hub.clone(), stop.clone())
+            }));
         }
     }
 

@@ -26,6 +26,7 @@ const RELAY_LOCK: i64 = 0x0000_6d61_6c61_6b61;
 const BATCH: u32 = 256;
 
 /// What the relay works with.
+#[derive(Clone)]
 pub(crate) struct Relay {
     pub(crate) db: Database,
     pub(crate) hub: Hub,
