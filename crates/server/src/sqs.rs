@@ -121,6 +121,19 @@ pub fn movements_of(e: &Envelope) -> Result<Option<Vec<NewMovement>>, InventoryE
     }
 }
 
+/// A refusal as the inbox records it: the field at fault first (`data.lines[1].qty: ...`).
+fn describe(e: &InventoryError) -> String {
+    match e {
+        InventoryError::Invalid { field, message }
+        | InventoryError::OutOfRange { field, message }
+            if !field.is_empty() && !message.starts_with(field.as_str()) =>
+        {
+            format!("{field}: {message}")
+        }
+        other => other.to_string(),
+    }
+}
+
 /// Turns inbound messages into postings and bus events.
 struct Inbound {
     inventory: Inventory,
@@ -193,7 +206,7 @@ impl Handler for Inbound {
         };
         let by = format!("sqs:{}", entry.source);
         let outcome = match movements_of(&envelope) {
-            Err(e) => return self.record(&entry, "refused", Some(&e.to_string())).await,
+            Err(e) => return self.record(&entry, "refused", Some(&describe(&e))).await,
             Ok(None) => {
                 // Not a stock command: listeners registered for its type may act on it.
                 let report = self.bus.dispatch_named(self.event(&envelope)).await;
@@ -230,7 +243,7 @@ impl Handler for Inbound {
             }
             Err(e) if e.is_refusal() => {
                 tracing::info!(message = %entry.id, kind = %entry.kind, error = %e, "an SQS command was refused; recorded");
-                self.record(&entry, "refused", Some(&e.to_string())).await
+                self.record(&entry, "refused", Some(&describe(&e))).await
             }
             Err(e) => {
                 tracing::warn!(message = %entry.id, error = %e, "posting an SQS command failed; it will be delivered again");

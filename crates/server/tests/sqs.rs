@@ -93,6 +93,7 @@ async fn setup(backend: Backend) -> Option<Setup> {
             ..Default::default()
         }];
         c.sqs.outbound_url = out;
+        c.supervision.min_backoff = Duration::from_millis(300);
     })
     .await?;
     let token = app.admin_token().await;
@@ -337,4 +338,155 @@ async fn outbox_events_arrive_on_the_outbound_queue_in_order_per_article() {
         "{types:?}"
     );
     s.app.stop().await;
+}
+
+async fn ready(app: &TestApp) -> (u16, Value) {
+    let r = app.get("/readyz").await;
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_supervised_task_restarts_after_a_panic_and_the_node_works_on() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let Some(s) = setup(backend).await else {
+            continue;
+        };
+        let (status, v) = ready(&s.app).await;
+        assert_eq!(status, 200, "{v}");
+        let names: Vec<String> = v["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect();
+        let mut expected = vec![
+            "live.relay",
+            "live.hub",
+            "live.job_updates",
+            "sqs.malaka-in.poller.0",
+            "sqs.malaka-in.poller.1",
+            "sqs.malaka-in.deleter",
+            "sqs.publisher",
+            "jobs.claimer.default.0",
+            "jobs.claimer.notifications.0",
+            "jobs.wakeups",
+            "jobs.heartbeat",
+            "jobs.completer",
+            "jobs.maintenance.rescuer",
+            "jobs.maintenance.promoter",
+            "jobs.maintenance.pruner",
+            "reports.pruner",
+        ];
+        expected.push(match backend {
+            Backend::Sqlite => "inventory.committer",
+            Backend::Postgres => "live.listener",
+        });
+        for e in &expected {
+            assert!(names.iter().any(|n| n == e), "{e} is supervised: {names:?}");
+        }
+        // A panic in every task at once.
+        for n in &names {
+            assert!(s.app.state.supervisor().inject_panic(n), "{n}");
+        }
+        until(
+            Duration::from_secs(20),
+            "every task restarted",
+            async || {
+                s.app
+                    .state
+                    .supervisor()
+                    .snapshot()
+                    .iter()
+                    .all(|t| t.restarts >= 1 && t.state == malaka_runtime::TaskState::Running)
+            },
+        )
+        .await;
+        let (status, v) = ready(&s.app).await;
+        assert_eq!((status, v["status"].as_str()), (200, Some("ready")), "{v}");
+        // The killed pollers' long polls (1 s) are still open at the queue, which would hand a
+        // message to them (to come back after its visibility timeout, as with any lost
+        // receive): let them expire first.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Everything works on, without restarting the process: SQS commands post, the API
+        // posts, events go out.
+        send(
+            &s,
+            &[envelope(
+                "evt-after",
+                "stock.receipt",
+                json!({"sku": "A-1", "warehouse": "MAIN", "qty": "4", "unit_cost": "1"}),
+            )],
+        )
+        .await;
+        until(Duration::from_secs(20), "the command posted", async || {
+            ledger(&s).await.len() == 1
+        })
+        .await;
+        let r = s
+            .app
+            .post_json(
+                &s.token,
+                "/api/v1/movements",
+                &json!({"type": "issue", "sku": "A-1", "warehouse": "MAIN", "qty": "1"}),
+            )
+            .await;
+        assert_eq!(r.status(), 201);
+        until(Duration::from_secs(20), "events published", async || {
+            admin::counts(&s.client, &s.outbound).await.unwrap().0 >= 2
+        })
+        .await;
+        let metrics = s.app.get("/metrics").await.text().await.unwrap();
+        assert!(
+            metrics.contains("malaka_task_restarts_total{task=\"live.relay\"} 1"),
+            "{metrics}"
+        );
+        s.app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_sqs_outage_degrades_the_node_but_keeps_it_ready() {
+    let Some(s) = setup(Backend::Sqlite).await else {
+        return;
+    };
+    let Setup {
+        _moto: moto,
+        app,
+        token,
+        ..
+    } = s;
+    drop(moto);
+    until(
+        Duration::from_secs(30),
+        "the pollers degraded",
+        async || {
+            let (_, v) = ready(&app).await;
+            v["status"] == "degraded"
+                && v["tasks"].as_array().unwrap().iter().any(|t| {
+                    t["name"] == "sqs.malaka-in.poller.0"
+                        && t["state"] == "degraded"
+                        && t["last_error"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .contains("receiving failed")
+                })
+        },
+    )
+    .await;
+    let (status, _) = ready(&app).await;
+    assert_eq!(
+        status, 200,
+        "an SQS outage does not take the node out of service"
+    );
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("malaka_task_up{task=\"sqs.malaka-in.poller.0\"} 0"));
+    let r = app
+        .post_json(
+            &token,
+            "/api/v1/movements",
+            &json!({"type": "receipt", "sku": "A-1", "warehouse": "MAIN", "qty": "1", "unit_cost": "1"}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    app.stop().await;
 }
