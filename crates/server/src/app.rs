@@ -86,6 +86,7 @@ struct Inner {
     reports: Arc<crate::reports::Reports>,
     supervisor: Supervisor,
     in_flight_keys: crate::http::idempotency::InFlightKeys,
+    request_timeout: Duration,
 }
 
 /// What every request handler can reach. Cheap to clone.
@@ -171,6 +172,10 @@ impl AppState {
     /// The supervisor of the node's long-lived tasks (their states are in `/readyz`).
     pub fn supervisor(&self) -> &Supervisor {
         &self.inner.supervisor
+    }
+    /// Longest a request may take (`api.request_timeout`).
+    pub fn request_timeout(&self) -> Duration {
+        self.inner.request_timeout
     }
     /// `Idempotency-Key`s with a request in flight on this node.
     pub fn in_flight_keys(&self) -> &crate::http::idempotency::InFlightKeys {
@@ -307,6 +312,7 @@ impl Application {
                 )),
                 supervisor,
                 in_flight_keys: crate::http::idempotency::InFlightKeys::default(),
+                request_timeout: config.api.request_timeout,
             }),
         };
         Ok(Self {

@@ -680,6 +680,7 @@ mod tests {
         let limit = RateLimit::new(&ApiConfig {
             rate_limit_per_second: 1,
             rate_limit_burst: 2,
+            ..ApiConfig::default()
         });
         assert!(limit.check(1).is_ok());
         assert!(limit.check(1).is_ok());
@@ -692,6 +693,7 @@ mod tests {
         let off = RateLimit::new(&ApiConfig {
             rate_limit_per_second: 0,
             rate_limit_burst: 0,
+            ..ApiConfig::default()
         });
         for _ in 0..1000 {
             assert!(off.check(1).is_ok());

@@ -9,7 +9,8 @@
 //! The mix: 50% receipts (1 to 5 units), 45% issues (1 to 3 units), 5% transfers (1 unit),
 //! spread uniformly over articles and warehouses. After a short warm-up of both paths the timed
 //! phases run HTTP S/2, direct S, HTTP S/2, so that a drift as the database grows weighs on both
-//! paths alike.
+//! paths alike. With `--idempotency-keys`, HTTP phases with a fresh `Idempotency-Key` on every
+//! request are interleaved with the others (`keyed_*` figures, and `keyed_over_unkeyed`).
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -49,6 +50,8 @@ pub struct MovementsBench {
     pub clients: usize,
     /// Timed seconds of each path.
     pub seconds: f64,
+    /// Also time the HTTP path with an `Idempotency-Key` on every request.
+    pub idempotency_keys: bool,
 }
 
 /// Why the suite failed.
@@ -218,6 +221,8 @@ struct HttpSide {
     client: reqwest::Client,
     url: String,
     bearer: String,
+    /// Send a fresh `Idempotency-Key` with every request.
+    keyed: bool,
 }
 
 async fn http_client(target: Arc<HttpSide>, client: usize, seed: u64, until: Instant) -> Outcome {
@@ -228,14 +233,15 @@ async fn http_client(target: Arc<HttpSide>, client: usize, seed: u64, until: Ins
         n += 1;
         let body = Pick::draw(&mut rng, client, n).json();
         let start = Instant::now();
-        let sent = target
+        let mut req = target
             .client
             .post(&target.url)
             .header(reqwest::header::AUTHORIZATION, &target.bearer)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await;
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        if target.keyed {
+            req = req.header("idempotency-key", format!("bench-{seed}-{client}-{n}"));
+        }
+        let sent = req.body(body).send().await;
         match sent {
             Ok(resp) => {
                 let status = resp.status();
@@ -522,11 +528,16 @@ async fn measure(
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(|e| MovementsBenchError::Setup(format!("HTTP client: {e}")))?;
-    let http = Target::Http(Arc::new(HttpSide {
-        client,
-        url: format!("http://{addr}/api/v1/movements"),
-        bearer: format!("Bearer {token}"),
-    }));
+    let side = |keyed| {
+        Target::Http(Arc::new(HttpSide {
+            client: client.clone(),
+            url: format!("http://{addr}/api/v1/movements"),
+            bearer: format!("Bearer {token}"),
+            keyed,
+        }))
+    };
+    let http = side(false);
+    let keyed = side(true);
     let direct = Target::Direct(inventory.clone());
     let bare = Target::Bare(inventory);
     let clients = b.clients;
@@ -538,13 +549,29 @@ async fn measure(
 
     // Interleaved, so the database growing during the run weighs on every side alike.
     let half = Duration::from_secs_f64(b.seconds / 2.0);
+    let mut with_keys = Outcome::default();
+    if b.idempotency_keys {
+        let warm = phase(&keyed, clients, WARM_UP, 12).await;
+        with_keys.errors += warm.errors;
+        with_keys.shown = warm.shown;
+    }
     let mut over_http = phase(&http, clients, half, 3).await;
+    if b.idempotency_keys {
+        with_keys.absorb(phase(&keyed, clients, half, 10).await);
+    }
     let mut baseline = phase(&bare, clients, half, 4).await;
     let mut grouped = phase(&direct, clients, half, 7).await;
     over_http.absorb(phase(&http, clients, half, 5).await);
+    if b.idempotency_keys {
+        with_keys.absorb(phase(&keyed, clients, half, 11).await);
+    }
     baseline.absorb(phase(&bare, clients, half, 8).await);
     grouped.absorb(phase(&direct, clients, half, 9).await);
 
+    let (keyed_errors, shown) = failures(&[&with_keys]);
+    for e in shown {
+        tracing::warn!(error = %e, "a keyed POST /api/v1/movements failed");
+    }
     let (http_errors, shown) = failures(&[&warm_http, &over_http]);
     for e in shown {
         tracing::warn!(error = %e, "a POST /api/v1/movements failed");
@@ -591,6 +618,19 @@ async fn measure(
             0.0
         },
     );
+    if b.idempotency_keys {
+        let keyed_rate = with_keys.rate();
+        let mut keyed_lat = with_keys.latencies;
+        keyed_lat.sort();
+        f.push("keyed_movements_per_sec", keyed_rate);
+        f.push("keyed_latency_p50_ms", percentile(&keyed_lat, 0.5));
+        f.push("keyed_latency_p99_ms", percentile(&keyed_lat, 0.99));
+        f.push(
+            "keyed_over_unkeyed",
+            if rate > 0.0 { keyed_rate / rate } else { 0.0 },
+        );
+        f.push("keyed_errors", keyed_errors as f64);
+    }
     Ok(f)
 }
 

@@ -326,6 +326,10 @@ pub struct ApiConfig {
     pub rate_limit_per_second: u32,
     /// Requests each token may make at once above the sustained rate (0: the rate).
     pub rate_limit_burst: u32,
+    /// Longest a request may take before it is answered 503 (what it committed stays committed;
+    /// a retry with its `Idempotency-Key` gets that answer).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 impl Default for ApiConfig {
@@ -333,6 +337,7 @@ impl Default for ApiConfig {
         Self {
             rate_limit_per_second: 50,
             rate_limit_burst: 100,
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -644,11 +649,12 @@ impl Config {
         const HOUR: Duration = Duration::from_secs(3600);
         const DAY: Duration = Duration::from_secs(24 * 3600);
         const YEARS: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+        let h = |d: Duration| humantime_serde::re::humantime::format_duration(d).to_string();
         let dur = |key: &str, d: Duration, min: Duration, max: Duration| {
             if d < min || d > max {
                 return Err(ConfigError::Value {
                     key: key.to_owned(),
-                    message: format!("must be between {min:?} and {max:?}, not {d:?}"),
+                    message: format!("must be between {} and {}, not {}", h(min), h(max), h(d)),
                 });
             }
             Ok(())
@@ -660,7 +666,12 @@ impl Config {
             }
             dur(key, d, min, max).map_err(|_| ConfigError::Value {
                 key: key.to_owned(),
-                message: format!("must be 0s (off) or between {min:?} and {max:?}, not {d:?}"),
+                message: format!(
+                    "must be 0s (off) or between {} and {}, not {}",
+                    h(min),
+                    h(max),
+                    h(d)
+                ),
             })
         };
         let count = |key: &str, n: u64, min: u64, max: u64| {
@@ -747,6 +758,7 @@ impl Config {
             0,
             1_000_000,
         )?;
+        dur("api.request_timeout", a.request_timeout, 10 * MS, HOUR)?;
 
         let l = &self.live;
         off_or("live.sweep_every", l.sweep_every, SEC, DAY)?;

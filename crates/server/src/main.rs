@@ -352,6 +352,10 @@ struct BenchArgs {
     /// movements suite: timed seconds of each path (after a 1 s warm-up of each).
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
+    /// movements suite: also time the HTTP path with an `Idempotency-Key` on every request
+    /// (`keyed_*` figures, interleaved with the unkeyed ones).
+    #[arg(long)]
+    idempotency_keys: bool,
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -519,6 +523,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         database_url: args.database_url.clone(),
                         clients: args.clients,
                         seconds: if args.quick { 1.0 } else { args.seconds },
+                        idempotency_keys: args.idempotency_keys,
                     };
                     tokio::spawn(
                         async move { malaka::bench_movements::movements_suite(&spec).await },

@@ -663,6 +663,88 @@ async fn two_nodes_racing_with_one_key_post_once() {
     a.stop().await;
 }
 
+/// Holds what a posting of `sku` needs for `hold`: SQLite's write lock, or on PostgreSQL the
+/// article's balance row.
+async fn hold_postings(app: &TestApp, sku: &str, hold: Duration) -> tokio::task::JoinHandle<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let db = app.state.db().clone();
+    let sku = sku.to_owned();
+    let task = tokio::spawn(async move {
+        match db {
+            malaka::db::Database::Sqlite(pool) => {
+                let mut c = pool.acquire().await.unwrap();
+                sqlx::query("BEGIN EXCLUSIVE")
+                    .execute(&mut *c)
+                    .await
+                    .unwrap();
+                let _ = tx.send(());
+                tokio::time::sleep(hold).await;
+                sqlx::query("ROLLBACK").execute(&mut *c).await.unwrap();
+            }
+            malaka::db::Database::Postgres(pool) => {
+                let mut t = pool.begin().await.unwrap();
+                sqlx::query("SELECT 1 FROM inv_balances WHERE sku = $1 FOR UPDATE")
+                    .bind(&sku)
+                    .execute(&mut *t)
+                    .await
+                    .unwrap();
+                let _ = tx.send(());
+                tokio::time::sleep(hold).await;
+                t.rollback().await.unwrap();
+            }
+        }
+    });
+    rx.await.unwrap();
+    task
+}
+
+/// A keyed request that outlives `api.request_timeout` is answered 503; whether its posting then
+/// commits (SQLite's committer finishes it) or not (PostgreSQL rolls the dropped transaction
+/// back), the retry with its key ends with exactly one posting.
+async fn a_timed_out_request_posts_once_on(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |c| {
+        c.api.request_timeout = Duration::from_millis(150);
+    })
+    .await
+    else {
+        return;
+    };
+    let admin = setup(&app).await;
+    article(&app, &admin, "T", json!({})).await;
+    let body = r#"{"type":"receipt","sku":"T","warehouse":"W1","qty":"5","unit_cost":"1"}"#;
+    // A first posting, so PostgreSQL has a balance row to hold.
+    assert_eq!(
+        post_raw(&app, &admin, "/api/v1/movements", body, Some("t-0"))
+            .await
+            .0,
+        201
+    );
+    let holder = hold_postings(&app, "T", Duration::from_millis(800)).await;
+    let (s, _) = post_raw(&app, &admin, "/api/v1/movements", body, Some("t-1")).await;
+    assert_eq!(s, 503, "the request timed out");
+    holder.await.unwrap();
+    let v = retry_until_created(&app, &admin, "t-1", body).await;
+    let again = retry_until_created(&app, &admin, "t-1", body).await;
+    assert_eq!(v["id"], again["id"]);
+    assert_eq!(
+        ledger_rows(&app, &admin, "T").await.len(),
+        2,
+        "one posting per key"
+    );
+    assert_eq!(balance(&app, &admin, "T", "W1").await.0, n("10"));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_timed_out_request_posts_once_on_sqlite() {
+    a_timed_out_request_posts_once_on(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_timed_out_request_posts_once_on_postgres() {
+    a_timed_out_request_posts_once_on(Backend::Postgres).await;
+}
+
 // ---- supervision ------------------------------------------------------------------------------
 
 /// The posting committer is critical: while it restarts the node is not ready, and postings work

@@ -16,7 +16,7 @@ mod reports;
 mod tokens;
 mod ws;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
@@ -39,11 +39,9 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Largest request body accepted.
 const BODY_LIMIT: usize = 1024 * 1024;
 
-/// Longest a request may take before it is answered with 503.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// The application's routes with every middleware applied.
 pub fn router(state: AppState) -> Router {
+    let timeout = state.request_timeout();
     Router::new()
         .merge(health::routes())
         .merge(dashboard::routes())
@@ -76,7 +74,7 @@ pub fn router(state: AppState) -> Router {
                 }))
                 .layer(TimeoutLayer::with_status_code(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    REQUEST_TIMEOUT,
+                    timeout,
                 ))
                 .layer(RequestBodyLimitLayer::new(BODY_LIMIT)),
         )
