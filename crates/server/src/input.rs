@@ -203,7 +203,10 @@ mod tests {
 
     /// One table for every edge: each case is a movement body, the field a refusal names (or
     /// the quantity it posts), the same whether it comes through HTTP or SQS.
-    const CASES: &[(&str, Result<&str, (&str, &str)>)] = &[
+    /// What a body posts (its quantity) or the field and code that refuse it.
+    type Expected = Result<&'static str, (&'static str, &'static str)>;
+
+    const CASES: &[(&str, Expected)] = &[
         (
             r#"{"sku":"A","warehouse":"W","qty":123456789012.123456,"unit_cost":1}"#,
             Ok("123456789012.123456"),
@@ -295,7 +298,7 @@ mod tests {
         }
     }
 
-    fn expected(e: &Result<&str, (&str, &str)>) -> Result<Decimal, (String, &'static str)> {
+    fn expected(e: &Expected) -> Result<Decimal, (String, &'static str)> {
         match e {
             Ok(q) => Ok(q.parse().unwrap()),
             Err((f, "invalid")) => Err(((*f).to_owned(), "invalid")),
