@@ -2,12 +2,15 @@
 //! one `BEGIN IMMEDIATE` transaction, writes each touched balance once, commits once, then
 //! answers each. Nobody hears "posted" before the commit that made it durable.
 //!
-//! Each posting runs in a savepoint of its own. A posting that is refused, fails or panics is
-//! rolled back alone (its savepoint, and the balances it changed in memory), its caller gets the
-//! error, and the group's other postings commit. A failure of the database itself (disk full,
-//! I/O, a lost connection) fails the whole group, of which nothing is committed, with
-//! `Unavailable` (retryable). The task runs under a `malaka_runtime::Supervisor`
-//! (`inventory.committer`, critical): if it ever ends, it is restarted on the same queue.
+//! A posting fails alone. One refused while it is computed (insufficient stock, an unknown
+//! article, a figure out of range) has written nothing, and the group goes on. One that fails or
+//! panics after it started writing (a hook's conflict, a stored value that cannot be read) is
+//! answered with its error, the transaction is rolled back, and the group runs again without
+//! it: no savepoints, so the common path pays nothing for the rare one. A failure of the
+//! database itself (disk full, I/O, a lost connection) fails the whole group, of which nothing
+//! is committed, with `Unavailable` (retryable). The task runs under a
+//! `malaka_runtime::Supervisor` (`inventory.committer`, critical): if it ever ends, it is
+//! restarted on the same queue.
 //!
 //! SQLite has one writer at a time, and each commit costs a disk flush. Postings that each open
 //! their own transaction queue in SQLite's busy handler, which sleeps 1 to 100 ms between tries;
@@ -23,7 +26,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::error::InventoryError;
 use crate::store::{InboxEntry, PostingHook, Session};
-use crate::types::{Movement, NewMovement, Sku, WarehouseCode};
+use crate::types::{Movement, NewMovement};
 
 /// Most postings committed together.
 const GROUP: usize = 64;
@@ -141,20 +144,6 @@ async fn run(pool: &SqlitePool, rx: &mut mpsc::Receiver<Request>) {
     }
 }
 
-/// The balances a posting may touch.
-fn keys_of(ms: &[NewMovement]) -> Vec<(Sku, WarehouseCode)> {
-    let mut keys: Vec<(Sku, WarehouseCode)> = ms
-        .iter()
-        .flat_map(|m| {
-            std::iter::once((m.sku.clone(), m.warehouse.clone()))
-                .chain(m.to_warehouse.as_ref().map(|t| (m.sku.clone(), t.clone())))
-        })
-        .collect();
-    keys.sort();
-    keys.dedup();
-    keys
-}
-
 type Conn = sqlx::pool::PoolConnection<sqlx::Sqlite>;
 
 /// The group's connection. If the group is abandoned with its transaction open (the task was
@@ -173,91 +162,133 @@ impl Drop for GroupConn {
     }
 }
 
+impl GroupConn {
+    async fn run(&mut self, sql: &'static str) -> Result<(), sqlx::Error> {
+        sqlx::query(sql).execute(&mut *self.conn).await.map(|_| ())
+    }
+}
+
+/// How one posting of a group ended.
+enum Outcome {
+    Posted(Vec<Movement>),
+    /// Refused or failed before writing anything: the group goes on.
+    Refused(InventoryError),
+    /// Failed (or panicked) after writing: the group's transaction holds its partial writes.
+    Broke(InventoryError),
+    /// The database failed: the group cannot go on.
+    Failed(InventoryError),
+}
+
 /// Commits `group`, answering every request in it.
+///
+/// Optimistic: postings run one after another in one transaction with no savepoints (they cost
+/// two statements each on the hot path). A posting refused before writing (insufficient stock,
+/// an unknown article, ...) writes nothing and the group goes on. One that fails or panics after
+/// it started writing leaves the transaction unusable: the whole transaction is rolled back,
+/// that posting is answered with its error, and the group runs again without it. Refusals and
+/// failures are answered after the group's outcome is known.
 async fn commit_group(pool: &SqlitePool, group: &mut Vec<Request>) {
     let mut conn = match pool.acquire().await {
         Ok(conn) => GroupConn { conn, open: false },
         Err(e) => return fail_all(group.drain(..), &e.to_string()),
     };
-    if let Err(e) = sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *conn.conn)
-        .await
-    {
-        return fail_all(group.drain(..), &e.to_string());
-    }
-    conn.open = true;
-    let mut done: Vec<(Reply, Vec<Movement>)> = Vec::with_capacity(group.len());
-    // Answered after the group's commit (or rollback): a refusal about a record an earlier
-    // posting of this group wrote (an idempotency key, an inbox id) must not be heard before
-    // that record is visible.
-    let mut refused: Vec<(Reply, InventoryError)> = Vec::new();
-    // Loaded articles, warehouses and balances carry over from one posting to the next; each
-    // balance is written once, at the end.
-    let mut session = Session::default();
-    let mut requests = group.drain(..);
-    while let Some(req) = requests.next() {
-        match post_one(&mut conn.conn, &req, &mut session).await {
-            Ok(posted) => done.push((req.reply, posted)),
-            Err(Outcome::Alone(e)) => refused.push((req.reply, e)),
-            Err(Outcome::Group(e)) => {
-                let why = e.to_string();
-                let _gone = req.reply.send(Err(unavailable(&why)));
-                abort(&mut conn, done, refused, requests, &why).await;
-                return;
-            }
-        }
-    }
-    drop(requests);
-    let committed = match crate::store::sqlite::write_balances(
-        &mut conn.conn,
-        &mut session,
-        chrono::Utc::now(),
-    )
-    .await
-    {
-        Ok(()) => sqlx::query("COMMIT")
-            .execute(&mut *conn.conn)
-            .await
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    match committed {
-        Ok(_) => {
+    let mut pending: Vec<Request> = std::mem::take(group);
+    let mut answered: Vec<(Reply, InventoryError)> = Vec::new();
+    'attempt: loop {
+        // Open from before `BEGIN` is sent: if this future is dropped while it runs, the
+        // statement may still take the write lock, and the connection must not go back to the
+        // pool holding it.
+        conn.open = true;
+        if let Err(e) = conn.run("BEGIN IMMEDIATE").await {
             conn.open = false;
-            tracing::trace!(postings = done.len(), "group committed");
-            for (reply, posted) in done {
-                let _gone = reply.send(Ok(posted));
-            }
-            for (reply, e) in refused {
-                let _gone = reply.send(Err(e));
+            return abort(&mut conn, Vec::new(), answered, pending.into_iter(), &e.to_string())
+                .await;
+        }
+        // What each pending posting did, in order.
+        let mut results: Vec<Result<Vec<Movement>, InventoryError>> =
+            Vec::with_capacity(pending.len());
+        // Loaded articles, warehouses and balances carry over from one posting to the next;
+        // each balance is written once, at the end.
+        let mut session = Session::default();
+        for (i, req) in pending.iter().enumerate() {
+            match post_one(&mut conn.conn, req, &mut session).await {
+                Outcome::Posted(posted) => results.push(Ok(posted)),
+                Outcome::Refused(e) => results.push(Err(e)),
+                Outcome::Broke(e) => {
+                    if let Err(r) = conn.run("ROLLBACK").await {
+                        let why = format!("rolling back a failed posting: {r}");
+                        return abort(&mut conn, Vec::new(), answered, pending.into_iter(), &why)
+                            .await;
+                    }
+                    conn.open = false;
+                    let req = pending.remove(i);
+                    answered.push((req.reply, e));
+                    continue 'attempt;
+                }
+                Outcome::Failed(e) => {
+                    let why = e.to_string();
+                    let (done, rest) = split(pending, results);
+                    answered.extend(rest);
+                    return abort(&mut conn, done, answered, std::iter::empty(), &why).await;
+                }
             }
         }
-        Err(e) => abort(&mut conn, done, refused, std::iter::empty(), &e).await,
+        let (done, refused) = split(pending, results);
+        answered.extend(refused);
+        let committed = match crate::store::sqlite::write_balances(
+            &mut conn.conn,
+            &mut session,
+            chrono::Utc::now(),
+        )
+        .await
+        {
+            Ok(()) => conn.run("COMMIT").await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match committed {
+            Ok(()) => {
+                conn.open = false;
+                tracing::trace!(postings = done.len(), "group committed");
+                for (reply, posted) in done {
+                    let _gone = reply.send(Ok(posted));
+                }
+                for (reply, e) in answered {
+                    let _gone = reply.send(Err(e));
+                }
+            }
+            Err(e) => abort(&mut conn, done, answered, std::iter::empty(), &e).await,
+        }
+        return;
     }
 }
 
-/// How one posting of a group failed.
-enum Outcome {
-    /// The posting's own: rolled back alone.
-    Alone(InventoryError),
-    /// The database's: the group cannot go on.
-    Group(InventoryError),
+type Split = (
+    Vec<(Reply, Vec<Movement>)>,
+    Vec<(Reply, InventoryError)>,
+);
+
+/// The first `results.len()` requests' replies with what they posted, and with their refusals;
+/// requests without a result yet (after a database failure) count as refused with it.
+fn split(pending: Vec<Request>, results: Vec<Result<Vec<Movement>, InventoryError>>) -> Split {
+    let mut done = Vec::with_capacity(results.len());
+    let mut refused = Vec::new();
+    let mut results = results.into_iter();
+    for req in pending {
+        match results.next() {
+            Some(Ok(posted)) => done.push((req.reply, posted)),
+            Some(Err(e)) => refused.push((req.reply, e)),
+            None => refused.push((
+                req.reply,
+                unavailable("the group failed before this posting ran"),
+            )),
+        }
+    }
+    (done, refused)
 }
 
-/// Runs one posting in its own savepoint, rolling it (and what it changed in `session`) back if
-/// it is refused, fails or panics.
-async fn post_one(
-    conn: &mut Conn,
-    req: &Request,
-    session: &mut Session,
-) -> Result<Vec<Movement>, Outcome> {
-    let group = |e: sqlx::Error| Outcome::Group(InventoryError::Database(e));
-    sqlx::query("SAVEPOINT posting")
-        .execute(&mut **conn)
-        .await
-        .map_err(group)?;
-    let keys = keys_of(&req.movements);
-    let saved = session.save(&keys);
+/// Runs one posting; a panic is a failure of the posting, after it may have written.
+async fn post_one(conn: &mut Conn, req: &Request, session: &mut Session) -> Outcome {
+    session.writing = false;
     let result = AssertUnwindSafe(crate::store::sqlite::post_in(
         conn,
         &req.movements,
@@ -276,31 +307,19 @@ async fn post_one(
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "a panic".to_owned());
         tracing::error!(panic = %message, "a posting panicked; rolled back alone");
+        // Whatever it did, the transaction may hold part of it.
+        session.writing = true;
         Err(InventoryError::Failed(format!("panicked: {message}")))
     });
     match result {
-        Ok(posted) => {
-            sqlx::query("RELEASE posting")
-                .execute(&mut **conn)
-                .await
-                .map_err(group)?;
-            Ok(posted)
-        }
-        Err(e) if e.is_transient() => Err(Outcome::Group(e)),
+        Ok(posted) => Outcome::Posted(posted),
+        Err(e) if e.is_transient() => Outcome::Failed(e),
+        Err(e) if !session.writing => Outcome::Refused(e),
         Err(e) => {
-            session.restore(saved);
-            sqlx::query("ROLLBACK TO posting")
-                .execute(&mut **conn)
-                .await
-                .map_err(group)?;
-            sqlx::query("RELEASE posting")
-                .execute(&mut **conn)
-                .await
-                .map_err(group)?;
             if !e.is_refusal() {
                 tracing::error!(error = %e, "a posting failed; rolled back alone");
             }
-            Err(Outcome::Alone(e))
+            Outcome::Broke(e)
         }
     }
 }
@@ -318,10 +337,12 @@ async fn abort(
     why: &str,
 ) {
     tracing::error!(error = why, "group commit failed; rolling the group back");
-    match sqlx::query("ROLLBACK").execute(&mut *conn.conn).await {
-        Ok(_) => conn.open = false,
-        // The connection's state is unknown: it is closed, not handed back (`GroupConn`).
-        Err(e) => tracing::error!(error = %e, "rollback after a failed group commit failed"),
+    if conn.open {
+        match conn.run("ROLLBACK").await {
+            Ok(()) => conn.open = false,
+            // The connection's state is unknown: it is closed, not handed back (`GroupConn`).
+            Err(e) => tracing::error!(error = %e, "rollback after a failed group commit failed"),
+        }
     }
     for (reply, _) in done {
         let _gone = reply.send(Err(unavailable(why)));

@@ -495,7 +495,25 @@ struct ArticleFacts {
 struct PendingRow {
     warehouse: WarehouseCode,
     change: Change,
-    after: Stock,
+    after: After,
+}
+
+/// A balance's figures after a posting (what its ledger row records).
+#[derive(Debug, Clone, Copy)]
+struct After {
+    qty: Decimal,
+    value: Decimal,
+    rate: Decimal,
+}
+
+impl After {
+    fn of(s: &Stock) -> Self {
+        Self {
+            qty: s.qty,
+            value: s.value,
+            rate: s.rate,
+        }
+    }
 }
 
 /// What a write transaction has loaded and computed so far: article facts, checked warehouses and
@@ -505,32 +523,9 @@ pub(crate) struct Session {
     facts: BTreeMap<Sku, ArticleFacts>,
     warehouses: std::collections::BTreeSet<WarehouseCode>,
     work: BTreeMap<(Sku, WarehouseCode), Working>,
-}
-
-/// The balances a posting may change, as they were before it (`None`: not loaded yet).
-pub(crate) type Saved = Vec<((Sku, WarehouseCode), Option<Working>)>;
-
-impl Session {
-    /// What `keys` hold now, to put back with [`Self::restore`] if the posting fails.
-    pub(crate) fn save(&self, keys: &[(Sku, WarehouseCode)]) -> Saved {
-        keys.iter()
-            .map(|k| (k.clone(), self.work.get(k).cloned()))
-            .collect()
-    }
-
-    /// Puts back what [`Self::save`] saw.
-    pub(crate) fn restore(&mut self, saved: Saved) {
-        for (k, w) in saved {
-            match w {
-                Some(w) => {
-                    self.work.insert(k, w);
-                }
-                None => {
-                    self.work.remove(&k);
-                }
-            }
-        }
-    }
+    /// Set while a posting writes (after it was planned, until it returned): a posting that
+    /// fails with this set has left writes in the transaction.
+    pub(crate) writing: bool,
 }
 
 /// Writes that must commit with a posting, inside its transaction: an idempotency record, an
@@ -718,66 +713,69 @@ fn plan_movement(
     let method = facts.valuation;
     let key = (m.sku.clone(), m.warehouse.clone());
     let w = work
-        .get_mut(&key)
+        .get(&key)
         .ok_or_else(|| InventoryError::Corrupt("balance not locked".into()))?;
-    let mut rows = Vec::with_capacity(2);
     let qty = m.qty.get();
-    let before = w.stock.clone();
+    // Computed on a copy, kept only once every figure is within the limits.
+    let mut next = w.stock.clone();
     let change = match m.kind {
         MovementKind::Receipt => {
             let cost = m
                 .unit_cost
                 .map(crate::types::Money::get)
                 .unwrap_or_default();
-            w.stock.receive(method, qty, cost)
+            next.receive_at_into(method, qty, cost)
         }
         MovementKind::Issue | MovementKind::Transfer => {
-            w.stock.issue(method, qty, facts.allow_negative)
+            if qty > next.qty && !facts.allow_negative {
+                Err(ValuationError::Insufficient {
+                    available: next.qty.max(Decimal::ZERO),
+                })
+            } else {
+                next.issue_into(method, qty)
+            }
         }
         MovementKind::Count => {
-            w.stock
-                .count(method, qty, m.unit_cost.map(crate::types::Money::get))
+            next.count_into(method, qty, m.unit_cost.map(crate::types::Money::get))
         }
     }
     .map_err(|e| refused(m, &m.warehouse, e))?;
-    if let Err(e) = check_limits(m, &m.warehouse, &w.stock, &change) {
-        w.stock = before;
-        return Err(e);
-    }
-    w.changed = true;
+    check_limits(m, &m.warehouse, &next, &change)?;
+    let mut rows = Vec::with_capacity(2);
+    let dest = match (m.kind, &m.to_warehouse) {
+        (MovementKind::Transfer, Some(to)) => {
+            let d = work
+                .get(&(m.sku.clone(), to.clone()))
+                .ok_or_else(|| InventoryError::Corrupt("balance not locked".into()))?;
+            let mut d_next = d.stock.clone();
+            // Exactly the value the source gave up: rounding must not make or lose value.
+            let inn = d_next
+                .receive_into(method, &change.consumed, -change.value)
+                .map_err(|e| refused(m, to, e))?;
+            check_limits(m, to, &d_next, &inn)?;
+            Some((to.clone(), d_next, inn))
+        }
+        _ => None,
+    };
     rows.push(PendingRow {
         warehouse: m.warehouse.clone(),
-        change: change.clone(),
-        after: w.stock.clone(),
+        change,
+        after: After::of(&next),
     });
-    if let (MovementKind::Transfer, Some(to)) = (m.kind, &m.to_warehouse) {
-        let dest = work
-            .get_mut(&(m.sku.clone(), to.clone()))
-            .ok_or_else(|| InventoryError::Corrupt("balance not locked".into()))?;
-        // Exactly the value the source gave up: rounding must not make or lose value.
-        let value = -change.value;
-        let dest_before = dest.stock.clone();
-        let checked = dest
-            .stock
-            .receive_transfer(method, &change.consumed, value)
-            .map_err(|e| refused(m, to, e))
-            .and_then(|inn| check_limits(m, to, &dest.stock, &inn).map(|()| inn));
-        let inn = match checked {
-            Ok(inn) => inn,
-            Err(e) => {
-                dest.stock = dest_before;
-                if let Some(src) = work.get_mut(&key) {
-                    src.stock = before;
-                }
-                return Err(e);
-            }
-        };
-        dest.changed = true;
+    if let Some(w) = work.get_mut(&key) {
+        w.stock = next;
+        w.changed = true;
+    }
+    if let Some((to, d_next, inn)) = dest {
         rows.push(PendingRow {
             warehouse: to.clone(),
             change: inn,
-            after: dest.stock.clone(),
+            after: After::of(&d_next),
         });
+        if let Some(d) = work.get_mut(&(m.sku.clone(), to)) {
+            d.stock = d_next;
+            d.changed = true;
+        }
     }
     Ok(rows)
 }
@@ -1380,6 +1378,8 @@ macro_rules! backend {
                     Ok(p) => p,
                     Err(e) => return Err(e),
                 };
+                // From here on a failure leaves writes behind (see `Session::writing`).
+                session.writing = true;
                 let mut out = Vec::with_capacity(planned.len());
                 let mut events: Vec<(&str, serde_json::Value)> = Vec::new();
                 for (m, id, pending, levels) in planned {
@@ -1489,6 +1489,7 @@ macro_rules! backend {
                         .execute(&mut *conn)
                         .await?;
                 }
+                session.writing = false;
                 Ok(out)
             }
 

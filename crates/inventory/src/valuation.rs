@@ -140,7 +140,8 @@ impl Stock {
         Ok(change)
     }
 
-    fn receive_into(
+    /// Goods in, in place: on an error the stock is left half-changed (callers work on a copy).
+    pub(crate) fn receive_into(
         &mut self,
         method: ValuationMethod,
         layers: &[Layer],
@@ -215,7 +216,9 @@ impl Stock {
         Ok(change)
     }
 
-    fn issue_into(&mut self, method: ValuationMethod, qty: Decimal) -> Checked<Change> {
+    /// Goods out, in place, the stock check already made: on an error the stock is left
+    /// half-changed (callers work on a copy).
+    pub(crate) fn issue_into(&mut self, method: ValuationMethod, qty: Decimal) -> Checked<Change> {
         let before = self.value;
         let in_stock = self.qty.max(Decimal::ZERO).min(qty);
         let beyond = sub(qty, in_stock)?;
@@ -295,16 +298,44 @@ impl Stock {
         counted: Decimal,
         unit_cost: Option<Decimal>,
     ) -> Checked<Change> {
+        let mut next = self.clone();
+        let change = next.count_into(method, counted, unit_cost)?;
+        *self = next;
+        Ok(change)
+    }
+
+    /// A count, in place (see [`Self::receive_into`]).
+    pub(crate) fn count_into(
+        &mut self,
+        method: ValuationMethod,
+        counted: Decimal,
+        unit_cost: Option<Decimal>,
+    ) -> Checked<Change> {
         let diff = sub(counted, self.qty)?;
         if diff > Decimal::ZERO {
             let cost = unit_cost.unwrap_or(self.rate);
-            self.receive(method, diff, cost)
+            self.receive_at_into(method, diff, cost)
         } else if diff < Decimal::ZERO {
             // Down to `counted` >= 0: never below zero, so never refused for stock.
-            self.issue(method, -diff, true)
+            self.issue_into(method, -diff)
         } else {
             Ok(zero_change(self.rate))
         }
+    }
+
+    /// Goods in at a unit cost, in place (see [`Self::receive_into`]).
+    pub(crate) fn receive_at_into(
+        &mut self,
+        method: ValuationMethod,
+        qty: Decimal,
+        unit_cost: Decimal,
+    ) -> Checked<Change> {
+        let layers = [Layer {
+            qty,
+            rate: unit_cost,
+        }];
+        let value = worth(qty, unit_cost)?;
+        self.receive_into(method, &layers, value)
     }
 }
 

@@ -44,6 +44,10 @@ pub const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 /// The code of the refusal a recording hook returns when the key already has an answer.
 pub const ALREADY_ANSWERED: &str = "idempotency_replay";
 
+/// Routes (under `/api/v1`) whose handlers record a keyed answer with [`IdempotencyKey::hook`]
+/// in the transaction of their effect.
+const RECORDED_IN_TRANSACTION: [&str; 2] = ["/movements", "/movements/batch"];
+
 /// How long a key is remembered.
 const RETENTION: TimeDelta = TimeDelta::hours(24);
 
@@ -243,7 +247,11 @@ async fn idempotent(state: &AppState, req: Request, next: Next) -> Result<Respon
     let db = state.db();
     prune_now_and_then(state);
 
-    if let Some(answer) = answered(db, principal.id, &key, &hash).await? {
+    // Routes whose handlers record the answer in their own transaction find a recorded answer
+    // there (the insert conflicts, the effect rolls back, and it is replayed below): a new key,
+    // the common case, costs no lookup.
+    let records_in_tx = RECORDED_IN_TRANSACTION.contains(&parts.uri.path());
+    if !records_in_tx && let Some(answer) = answered(db, principal.id, &key, &hash).await? {
         return Err(answer);
     }
     let Some(_in_flight) = InFlight::take(state.in_flight_keys(), principal.id, &key) else {
