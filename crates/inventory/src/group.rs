@@ -25,7 +25,7 @@ use sqlx::sqlite::SqlitePool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::error::InventoryError;
-use crate::store::{InboxEntry, PostingHook, Session};
+use crate::store::{BatchRow, BatchedHook, InboxEntry, PostingHook, Session};
 use crate::types::{Movement, NewMovement};
 
 /// Most postings committed together.
@@ -210,20 +210,32 @@ async fn commit_group(pool: &SqlitePool, group: &mut Vec<Request>) {
         // Loaded articles, warehouses and balances carry over from one posting to the next;
         // each balance is written once, at the end.
         let mut session = Session::default();
+        // Rows of batched hooks, by kind: (pending index, row).
+        let mut batches: Vec<(&dyn BatchedHook, Vec<(usize, BatchRow)>)> = Vec::new();
+        let mut broke: Vec<(usize, InventoryError)> = Vec::new();
         for (i, req) in pending.iter().enumerate() {
-            match post_one(&mut conn.conn, req, &mut session).await {
-                Outcome::Posted(posted) => results.push(Ok(posted)),
+            let batched = req.hook.as_deref().and_then(|h| h.batched());
+            match post_one(&mut conn.conn, req, &mut session, batched.is_none()).await {
+                Outcome::Posted(posted) => {
+                    if let Some(b) = batched {
+                        match b.prepare(&posted) {
+                            Ok(row) => match batches.iter_mut().find(|(k, _)| k.kind() == b.kind())
+                            {
+                                Some((_, rows)) => rows.push((i, row)),
+                                None => batches.push((b, vec![(i, row)])),
+                            },
+                            Err(e) => {
+                                broke.push((i, e));
+                                break;
+                            }
+                        }
+                    }
+                    results.push(Ok(posted));
+                }
                 Outcome::Refused(e) => results.push(Err(e)),
                 Outcome::Broke(e) => {
-                    if let Err(r) = conn.run("ROLLBACK").await {
-                        let why = format!("rolling back a failed posting: {r}");
-                        return abort(&mut conn, Vec::new(), answered, pending.into_iter(), &why)
-                            .await;
-                    }
-                    conn.open = false;
-                    let req = pending.remove(i);
-                    answered.push((req.reply, e));
-                    continue 'attempt;
+                    broke.push((i, e));
+                    break;
                 }
                 Outcome::Failed(e) => {
                     let why = e.to_string();
@@ -232,6 +244,38 @@ async fn commit_group(pool: &SqlitePool, group: &mut Vec<Request>) {
                     return abort(&mut conn, done, answered, std::iter::empty(), &why).await;
                 }
             }
+        }
+        if broke.is_empty() {
+            for (writer, rows) in batches {
+                let (at, rows): (Vec<usize>, Vec<BatchRow>) = rows.into_iter().unzip();
+                match writer.write_batch(&mut conn.conn, rows).await {
+                    Ok(refused) => {
+                        broke.extend(refused.into_iter().filter_map(|(j, e)| Some((*at.get(j)?, e))));
+                    }
+                    Err(e) => {
+                        let why = e.to_string();
+                        let (done, rest) = split(pending, results);
+                        answered.extend(rest);
+                        return abort(&mut conn, done, answered, std::iter::empty(), &why).await;
+                    }
+                }
+            }
+        }
+        if !broke.is_empty() {
+            // Those postings are answered with their errors; the rest run again without them.
+            if let Err(r) = conn.run("ROLLBACK").await {
+                let why = format!("rolling back a failed posting: {r}");
+                return abort(&mut conn, Vec::new(), answered, pending.into_iter(), &why).await;
+            }
+            conn.open = false;
+            broke.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
+            for (i, e) in broke {
+                if i < pending.len() {
+                    let req = pending.remove(i);
+                    answered.push((req.reply, e));
+                }
+            }
+            continue 'attempt;
         }
         let (done, refused) = split(pending, results);
         answered.extend(refused);
@@ -286,8 +330,9 @@ fn split(pending: Vec<Request>, results: Vec<Result<Vec<Movement>, InventoryErro
     (done, refused)
 }
 
-/// Runs one posting; a panic is a failure of the posting, after it may have written.
-async fn post_one(conn: &mut Conn, req: &Request, session: &mut Session) -> Outcome {
+/// Runs one posting (its hook too, with `hook`); a panic is a failure of the posting, after it
+/// may have written.
+async fn post_one(conn: &mut Conn, req: &Request, session: &mut Session, hook: bool) -> Outcome {
     session.writing = false;
     let result = AssertUnwindSafe(crate::store::sqlite::post_in(
         conn,
@@ -296,7 +341,7 @@ async fn post_one(conn: &mut Conn, req: &Request, session: &mut Session) -> Outc
         session,
         true,
         req.inbox.as_ref(),
-        req.hook.as_deref(),
+        req.hook.as_deref().filter(|_| hook),
     ))
     .catch_unwind()
     .await

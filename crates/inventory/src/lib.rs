@@ -37,8 +37,8 @@ pub use events::{
 };
 pub use reports::{ReportKind, ReportParams, ReportSink, ReportSummary};
 pub use store::{
-    Discrepancy, InboxEntry, InboxRecord, Inventory, LedgerPage, MAX_BATCH, OutboxEvent,
-    PostingHook, TOPIC_LEVEL_CHANGED, TOPIC_MOVEMENT_POSTED, VerifyReport,
+    BatchRow, BatchedHook, Discrepancy, InboxEntry, InboxRecord, Inventory, LedgerPage, MAX_BATCH,
+    OutboxEvent, PostingHook, TOPIC_LEVEL_CHANGED, TOPIC_MOVEMENT_POSTED, VerifyReport,
 };
 pub use types::{
     AlertLevel, Article, ArticlePatch, Balance, BalanceFilter, Layer, LedgerFilter, LedgerRow,

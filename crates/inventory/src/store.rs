@@ -553,6 +553,39 @@ pub trait PostingHook: Send + Sync + 'static {
         conn: &mut sqlx::PgConnection,
         posted: &[Movement],
     ) -> Result<(), InventoryError>;
+
+    /// SQLite's group committer may, instead of calling [`Self::sqlite`] for each posting, have
+    /// the hooks of one group write together at its end, in one statement (a statement is most
+    /// of what a posting costs there). `None` (the default): one call per posting.
+    fn batched(&self) -> Option<&dyn BatchedHook> {
+        None
+    }
+}
+
+/// A row a [`BatchedHook`] prepared for its posting, written with the group's others.
+pub type BatchRow = Box<dyn std::any::Any + Send>;
+
+/// The group-at-once form of a [`PostingHook`] on SQLite.
+#[async_trait::async_trait]
+pub trait BatchedHook: Send + Sync {
+    /// What rows of one kind are written together by one [`Self::write_batch`].
+    fn kind(&self) -> &'static str;
+    /// This posting's row, computed from what it posted (nothing written yet).
+    ///
+    /// # Errors
+    /// Any error rolls the posting back.
+    fn prepare(&self, posted: &[Movement]) -> Result<BatchRow, InventoryError>;
+    /// Writes the rows of one group in one go, inside its transaction, and returns the rows
+    /// refused (by index, with why): their postings are rolled back and answered with that
+    /// error, and the group runs again without them.
+    ///
+    /// # Errors
+    /// A failure of the whole write (the group fails).
+    async fn write_batch(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        rows: Vec<BatchRow>,
+    ) -> Result<Vec<(usize, InventoryError)>, InventoryError>;
 }
 
 /// A movement computed but not written: its id, ledger rows to write and level events.

@@ -26,7 +26,7 @@ use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::{TimeDelta, Utc};
-use malaka_inventory::{InventoryError, Movement, PostingHook};
+use malaka_inventory::{BatchRow, BatchedHook, InventoryError, Movement, PostingHook};
 use sha2::{Digest, Sha256};
 
 use super::auth::{Authenticated, authenticate};
@@ -103,16 +103,98 @@ impl IdempotencyKey {
             self.recorded.store(true, Ordering::Release);
             Ok(())
         } else {
-            Err(InventoryError::Conflict {
-                code: ALREADY_ANSWERED,
-                message: "this Idempotency-Key already has an answer".into(),
-            })
+            Err(already_answered())
         }
+    }
+}
+
+/// One posting's record, prepared for its group's batch (SQLite).
+struct Row {
+    key: IdempotencyKey,
+    status: i32,
+    body: Vec<u8>,
+}
+
+#[async_trait::async_trait]
+impl BatchedHook for Record {
+    fn kind(&self) -> &'static str {
+        "malaka_idempotency"
+    }
+
+    fn prepare(&self, posted: &[Movement]) -> Result<BatchRow, InventoryError> {
+        Ok(Box::new(Row {
+            key: self.key.clone(),
+            status: i32::from(self.status.as_u16()),
+            body: (self.render)(posted)?,
+        }))
+    }
+
+    /// One `INSERT` for the group; a key already recorded (or twice in the group) refuses its
+    /// posting, which is then replayed.
+    async fn write_batch(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        rows: Vec<BatchRow>,
+    ) -> Result<Vec<(usize, InventoryError)>, InventoryError> {
+        let rows: Vec<Row> = rows
+            .into_iter()
+            .filter_map(|r| r.downcast::<Row>().ok().map(|r| *r))
+            .collect();
+        let mut seen = HashSet::new();
+        let mut refused = Vec::new();
+        let mut fresh: Vec<(usize, &Row)> = Vec::with_capacity(rows.len());
+        for (i, r) in rows.iter().enumerate() {
+            if seen.insert((r.key.token_id, r.key.key.as_str())) {
+                fresh.push((i, r));
+            } else {
+                refused.push((i, already_answered()));
+            }
+        }
+        if fresh.is_empty() {
+            return Ok(refused);
+        }
+        let now = Utc::now();
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO malaka_idempotency \
+             (token_id, key, request_hash, status, body, content_type, created_at) ",
+        );
+        q.push_values(&fresh, |mut b, (_, r)| {
+            b.push_bind(r.key.token_id)
+                .push_bind(r.key.key.as_str())
+                .push_bind(r.key.hash.as_str())
+                .push_bind(r.status)
+                .push_bind(r.body.as_slice())
+                .push_bind("application/json")
+                .push_bind(now);
+        });
+        q.push(" ON CONFLICT (token_id, key) DO NOTHING RETURNING token_id, key");
+        let inserted: Vec<(i64, String)> = q.build_query_as().fetch_all(conn).await?;
+        let inserted: HashSet<(i64, &str)> =
+            inserted.iter().map(|(t, k)| (*t, k.as_str())).collect();
+        for (i, r) in fresh {
+            if inserted.contains(&(r.key.token_id, r.key.key.as_str())) {
+                r.key.recorded.store(true, Ordering::Release);
+            } else {
+                refused.push((i, already_answered()));
+            }
+        }
+        Ok(refused)
+    }
+}
+
+fn already_answered() -> InventoryError {
+    InventoryError::Conflict {
+        code: ALREADY_ANSWERED,
+        message: "this Idempotency-Key already has an answer".into(),
     }
 }
 
 #[async_trait::async_trait]
 impl PostingHook for Record {
+    fn batched(&self) -> Option<&dyn BatchedHook> {
+        Some(self)
+    }
+
     async fn sqlite(
         &self,
         conn: &mut sqlx::SqliteConnection,
