@@ -201,8 +201,14 @@ async fn commit_group(pool: &SqlitePool, group: &mut Vec<Request>) {
         conn.open = true;
         if let Err(e) = conn.run("BEGIN IMMEDIATE").await {
             conn.open = false;
-            return abort(&mut conn, Vec::new(), answered, pending.into_iter(), &e.to_string())
-                .await;
+            return abort(
+                &mut conn,
+                Vec::new(),
+                answered,
+                pending.into_iter(),
+                &e.to_string(),
+            )
+            .await;
         }
         // What each pending posting did, in order.
         let mut results: Vec<Result<Vec<Movement>, InventoryError>> =
@@ -250,7 +256,11 @@ async fn commit_group(pool: &SqlitePool, group: &mut Vec<Request>) {
                 let (at, rows): (Vec<usize>, Vec<BatchRow>) = rows.into_iter().unzip();
                 match writer.write_batch(&mut conn.conn, rows).await {
                     Ok(refused) => {
-                        broke.extend(refused.into_iter().filter_map(|(j, e)| Some((*at.get(j)?, e))));
+                        broke.extend(
+                            refused
+                                .into_iter()
+                                .filter_map(|(j, e)| Some((*at.get(j)?, e))),
+                        );
                     }
                     Err(e) => {
                         let why = e.to_string();
@@ -306,10 +316,7 @@ async fn commit_group(pool: &SqlitePool, group: &mut Vec<Request>) {
     }
 }
 
-type Split = (
-    Vec<(Reply, Vec<Movement>)>,
-    Vec<(Reply, InventoryError)>,
-);
+type Split = (Vec<(Reply, Vec<Movement>)>, Vec<(Reply, InventoryError)>);
 
 /// The first `results.len()` requests' replies with what they posted, and with their refusals;
 /// requests without a result yet (after a database failure) count as refused with it.

@@ -141,7 +141,7 @@ macro_rules! dispatch {
 impl Inventory {
     /// The inventory in an SQLite database. Postings are committed in groups by one task
     /// (started on first use, or by [`Self::start`]): one write transaction, one disk flush, for
-    /// all the postings that arrived meanwhile, each in a savepoint of its own. The task runs
+    /// all the postings that arrived meanwhile; a posting that fails fails alone. The task runs
     /// under a supervisor of its own; see [`Self::sqlite_supervised`].
     pub fn sqlite(pool: SqlitePool) -> Self {
         Self::sqlite_supervised(pool, &malaka_runtime::Supervisor::default())
@@ -531,8 +531,8 @@ pub(crate) struct Session {
 /// Writes that must commit with a posting, inside its transaction: an idempotency record, an
 /// order's or an import's own rows. It runs after the posting's movements, ledger rows and inbox
 /// record are written (balances and events may follow); an error rolls the posting back and is
-/// its caller's answer. On SQLite it runs inside the group committer, in the posting's
-/// savepoint.
+/// its caller's answer. On SQLite it runs inside the group committer (see `BatchedHook` for
+/// hooks that write for the whole group at once).
 #[async_trait::async_trait]
 pub trait PostingHook: Send + Sync + 'static {
     /// On SQLite.

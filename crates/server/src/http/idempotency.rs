@@ -3,7 +3,7 @@
 //! The answer to a keyed request is recorded in `malaka_idempotency` under (token, key) with a
 //! hash of the request (method, path, body). Where the request has an effect, the record is
 //! written *inside the effect's own transaction*: a posting carries an [`IdempotencyKey::hook`]
-//! (a `PostingHook`, so it also rides the SQLite group committer in the posting's savepoint).
+//! (a `PostingHook`; on SQLite's group committer a `BatchedHook`, one insert per group).
 //! Whatever happens to the HTTP exchange afterwards (the client hangs up, the server's timeout
 //! fires, the process is killed between commit and answer) the effect and its answer commit or
 //! vanish together, and a retry with the same key finds the answer and gets it back with
