@@ -146,6 +146,9 @@ async fn run(pool: &SqlitePool, rx: &mut mpsc::Receiver<Request>) {
 
 type Conn = sqlx::pool::PoolConnection<sqlx::Sqlite>;
 
+/// The rows of one kind of batched hook in a group, with the postings (by index) they belong to.
+type Batch<'a> = (&'a dyn BatchedHook, Vec<(usize, BatchRow)>);
+
 /// The group's connection. If the group is abandoned with its transaction open (the task was
 /// stopped or panicked between `BEGIN` and `COMMIT`), the connection is closed rather than
 /// handed back to the pool inside that transaction; closing it rolls the transaction back.
@@ -217,7 +220,7 @@ async fn commit_group(pool: &SqlitePool, group: &mut Vec<Request>) {
         // each balance is written once, at the end.
         let mut session = Session::default();
         // Rows of batched hooks, by kind: (pending index, row).
-        let mut batches: Vec<(&dyn BatchedHook, Vec<(usize, BatchRow)>)> = Vec::new();
+        let mut batches: Vec<Batch<'_>> = Vec::new();
         let mut broke: Vec<(usize, InventoryError)> = Vec::new();
         for (i, req) in pending.iter().enumerate() {
             let batched = req.hook.as_deref().and_then(|h| h.batched());
