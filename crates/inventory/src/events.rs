@@ -109,12 +109,29 @@ impl Outbox {
         on!(self.published_after(seq, limit))
     }
 
-    /// Deletes events published before `before`, at most `limit`; returns how many.
+    /// Deletes events published before `before` and at or below sequence `floor` (when given:
+    /// what every durable reader has passed), at most `limit`; returns how many.
     ///
     /// # Errors
     /// A database error.
-    pub async fn prune(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, InventoryError> {
-        on!(self.prune(before, limit))
+    pub async fn prune(
+        &self,
+        before: DateTime<Utc>,
+        floor: Option<i64>,
+        limit: u32,
+    ) -> Result<u64, InventoryError> {
+        on!(self.prune(before, floor.unwrap_or(i64::MAX), limit))
+    }
+
+    /// The highest sequence number of the events published before `before`, if any.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn seq_published_before(
+        &self,
+        before: DateTime<Utc>,
+    ) -> Result<Option<i64>, InventoryError> {
+        on!(self.seq_published_before(before))
     }
 }
 
@@ -535,17 +552,33 @@ macro_rules! backend {
             pub(super) async fn prune(
                 pool: &$pool,
                 before: DateTime<Utc>,
+                floor: i64,
                 limit: u32,
             ) -> Result<u64, InventoryError> {
                 Ok(sqlx::query(
                     "DELETE FROM malaka_outbox WHERE id IN (SELECT id FROM malaka_outbox \
-                     WHERE published_at IS NOT NULL AND published_at < $1 ORDER BY id LIMIT $2)",
+                     WHERE published_at IS NOT NULL AND published_at < $1 AND seq <= $2 \
+                     ORDER BY id LIMIT $3)",
                 )
                 .bind(before)
+                .bind(floor)
                 .bind(i64::from(limit))
                 .execute(pool)
                 .await?
                 .rows_affected())
+            }
+
+            pub(super) async fn seq_published_before(
+                pool: &$pool,
+                before: DateTime<Utc>,
+            ) -> Result<Option<i64>, InventoryError> {
+                Ok(sqlx::query_scalar(
+                    "SELECT MAX(seq) FROM malaka_outbox WHERE published_at IS NOT NULL \
+                     AND published_at < $1",
+                )
+                .bind(before)
+                .fetch_one(pool)
+                .await?)
             }
 
             /// Moves the alert of (sku, warehouse) to `to` as of watermark `event`.

@@ -25,7 +25,8 @@ use sqlx::sqlite::SqlitePool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::error::InventoryError;
-use crate::store::{BatchRow, BatchedHook, InboxEntry, PostingHook, Session};
+use crate::inbox::InboxEntry;
+use crate::store::{BatchRow, BatchedHook, PostingHook, Session};
 use crate::types::{Movement, NewMovement};
 
 /// Most postings committed together.

@@ -25,6 +25,7 @@
 mod error;
 mod events;
 mod group;
+mod inbox;
 mod reports;
 mod store;
 mod types;
@@ -35,10 +36,13 @@ pub use events::{
     Alert, AlertAction, AlertChange, AlertEffects, AlertFilter, Alerts, EventPool, LevelChange,
     Outbox, Published, SweepReport, TOPIC_ALERT,
 };
+pub use inbox::{
+    Disposition, InboxAttempt, InboxEntry, InboxFilter, InboxRecord, InboxState, Recorded,
+};
 pub use reports::{ReportKind, ReportParams, ReportSink, ReportSummary};
 pub use store::{
-    BatchRow, BatchedHook, Discrepancy, InboxEntry, InboxRecord, Inventory, LedgerPage, MAX_BATCH,
-    OutboxEvent, PostingHook, TOPIC_LEVEL_CHANGED, TOPIC_MOVEMENT_POSTED, VerifyReport,
+    BatchRow, BatchedHook, Discrepancy, Inventory, LedgerPage, MAX_BATCH, OutboxEvent, PostingHook,
+    TOPIC_LEVEL_CHANGED, TOPIC_MOVEMENT_POSTED, VerifyReport,
 };
 pub use types::{
     AlertLevel, Article, ArticlePatch, Balance, BalanceFilter, Layer, LedgerFilter, LedgerRow,

@@ -13,6 +13,10 @@ use sqlx::postgres::PgPool;
 use sqlx::sqlite::SqlitePool;
 
 use crate::error::InventoryError;
+use crate::inbox::{
+    Disposition, InboxAttempt, InboxEntry, InboxFilter, InboxRecord, InboxState, Recorded,
+    next_state,
+};
 use crate::types::{
     AlertLevel, Article, ArticlePatch, Balance, BalanceFilter, LedgerFilter, LedgerRow, Movement,
     MovementKind, NewArticle, NewMovement, Sku, ValuationMethod, Warehouse, WarehouseCode,
@@ -60,40 +64,6 @@ pub struct LedgerPage {
     pub rows: Vec<LedgerRow>,
     /// Cursor for the next page, if there may be one.
     pub next: Option<i64>,
-}
-
-/// A message from another system, as the inbox records it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InboxEntry {
-    /// Its id (the sender's event id): unique.
-    pub id: String,
-    /// Who sent it.
-    pub source: String,
-    /// Its type.
-    pub kind: String,
-    /// Its body.
-    pub payload: String,
-}
-
-/// A recorded message.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct InboxRecord {
-    /// Id.
-    pub id: String,
-    /// Sender.
-    pub source: String,
-    /// Type.
-    pub kind: String,
-    /// Body.
-    pub payload: String,
-    /// `processed`, `ignored`, `malformed` or `refused`.
-    pub outcome: String,
-    /// Why, when it posted nothing.
-    pub error: Option<String>,
-    /// The movements it posted.
-    pub movements: Vec<String>,
-    /// When.
-    pub received_at: DateTime<Utc>,
 }
 
 /// An outbox event as stored.
@@ -395,26 +365,105 @@ impl Inventory {
         Ok(out)
     }
 
-    /// Records a message that posted nothing (`ignored`, `malformed` or `refused`, with why);
-    /// `false` when it was already recorded.
+    /// Records a message that posted nothing this time: a final state, or an attempt refused
+    /// for a reason that can change (`retrying`, `parked` at the limit), with why. A message
+    /// whose record is final is a duplicate: nothing changes. A `processed` record writes the
+    /// entry's event to the outbox in the same transaction.
     ///
     /// # Errors
     /// A database error.
     pub async fn record_inbox(
         &self,
         entry: &InboxEntry,
-        outcome: &str,
+        disposition: Disposition,
         error: Option<&str>,
-    ) -> Result<bool, InventoryError> {
-        dispatch!(self.record_inbox(entry, outcome, error))
+    ) -> Result<Recorded, InventoryError> {
+        let out = dispatch!(self.record_inbox(entry, disposition, error))?;
+        if matches!(&out, Recorded::Now(r) if r.state == InboxState::Processed)
+            && entry.event.is_some()
+        {
+            self.written.notify_one();
+        }
+        Ok(out)
     }
 
-    /// A recorded message.
+    /// The record of message `message_id` from `source`.
     ///
     /// # Errors
     /// A database error.
-    pub async fn inbox(&self, id: &str) -> Result<Option<InboxRecord>, InventoryError> {
-        dispatch!(self.inbox(id))
+    pub async fn inbox(
+        &self,
+        source: &str,
+        message_id: &str,
+    ) -> Result<Option<InboxRecord>, InventoryError> {
+        dispatch!(self.inbox_find(source, message_id))
+    }
+
+    /// The record with this id.
+    ///
+    /// # Errors
+    /// `NotFound` or a database error.
+    pub async fn inbox_record(&self, id: i64) -> Result<InboxRecord, InventoryError> {
+        dispatch!(self.inbox_get(id))?.ok_or_else(|| InventoryError::NotFound {
+            what: "inbox record",
+            key: id.to_string(),
+        })
+    }
+
+    /// Records matching `filter`, newest first.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn inbox_list(
+        &self,
+        filter: &InboxFilter,
+    ) -> Result<Vec<InboxRecord>, InventoryError> {
+        dispatch!(self.inbox_list(filter))
+    }
+
+    /// Makes a parked, refused or dead-lettered record `retrying` again, so that running its
+    /// message once more is not a duplicate (a replay); returns it.
+    ///
+    /// # Errors
+    /// `NotFound`, `Conflict` (`not_replayable`: its state does not allow it) or a database
+    /// error.
+    pub async fn inbox_reopen(&self, id: i64) -> Result<InboxRecord, InventoryError> {
+        let r = self.inbox_record(id).await?;
+        if !r.state.replayable() {
+            return Err(InventoryError::Conflict {
+                code: "not_replayable",
+                message: format!(
+                    "inbox record {id} is {}; only parked, refused or dead-lettered messages \
+                     can be replayed",
+                    r.state.as_str()
+                ),
+            });
+        }
+        dispatch!(self.inbox_reopen(id, r.state))?;
+        self.inbox_record(id).await
+    }
+
+    /// Deletes final records received before `before`, at most `limit`; returns how many.
+    /// Records still `retrying` are kept.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn inbox_prune(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, InventoryError> {
+        dispatch!(self.inbox_prune(before, limit))
+    }
+
+    /// The balances' generation: bumped by every commit that changed balances or articles, by
+    /// any process (SQLite). Always 0 on PostgreSQL, whose nodes learn of changes from the
+    /// outbox's `NOTIFY`.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn generation(&self) -> Result<i64, InventoryError> {
+        dispatch!(self.generation())
     }
 
     /// Balances matching `filter`, by article and warehouse.
@@ -814,7 +863,7 @@ fn plan_movement(
 }
 
 macro_rules! backend {
-    ($module:ident, $pool:ty, $conn:ty, begin = $begin:literal, lock = $lock:literal, share = $share:literal, create_first = $create_first:literal, hook = $hook:ident) => {
+    ($module:ident, $pool:ty, $conn:ty, begin = $begin:literal, lock = $lock:literal, share = $share:literal, create_first = $create_first:literal, hook = $hook:ident, generation = $generation:literal) => {
         pub(crate) mod $module {
             use super::*;
             use sqlx::Row;
@@ -1046,6 +1095,7 @@ macro_rules! backend {
                             .await?;
                     }
                 }
+                bump_generation(&mut tx).await?;
                 tx.commit().await?;
                 Ok(new)
             }
@@ -1096,6 +1146,7 @@ macro_rules! backend {
                     }
                     None
                 };
+                bump_generation(&mut tx).await?;
                 tx.commit().await?;
                 Ok(out)
             }
@@ -1197,53 +1248,222 @@ macro_rules! backend {
                 Ok(out)
             }
 
+            const INBOX_COLS: &str = "id, source, message_id, kind, payload, state, attempts, \
+                errors, movements, received_at, updated_at";
+
+            fn inbox_of<R: Row>(r: &R) -> Result<InboxRecord, InventoryError>
+            where
+                for<'a> &'a str: sqlx::ColumnIndex<R>,
+                for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+                for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+                for<'a> i32: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+                for<'a> DateTime<Utc>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+            {
+                Ok(InboxRecord {
+                    id: r.try_get("id")?,
+                    source: r.try_get("source")?,
+                    message_id: r.try_get("message_id")?,
+                    kind: r.try_get("kind")?,
+                    payload: r.try_get("payload")?,
+                    state: stored(&r.try_get::<String, _>("state")?)?,
+                    attempts: r.try_get("attempts")?,
+                    errors: serde_json::from_str(&r.try_get::<String, _>("errors")?)?,
+                    movements: serde_json::from_str(&r.try_get::<String, _>("movements")?)?,
+                    received_at: r.try_get("received_at")?,
+                    updated_at: r.try_get("updated_at")?,
+                })
+            }
+
+            /// The message's record, read inside a write transaction (locked on PostgreSQL).
+            async fn inbox_locked(
+                conn: &mut $conn,
+                e: &InboxEntry,
+            ) -> Result<Option<InboxRecord>, InventoryError> {
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {INBOX_COLS} FROM malaka_inbox WHERE source = $1 AND message_id = $2{}",
+                    $lock
+                )))
+                .bind(&e.source)
+                .bind(&e.id)
+                .fetch_optional(&mut *conn)
+                .await?;
+                row.as_ref().map(inbox_of).transpose()
+            }
+
+            /// Writes the message's record as `state` (a new row, or the `retrying` one
+            /// updated), with this attempt's error and the movements it posted; a `processed`
+            /// record also writes the entry's event to the outbox.
+            async fn inbox_write(
+                conn: &mut $conn,
+                e: &InboxEntry,
+                had: Option<&InboxRecord>,
+                state: InboxState,
+                error: Option<&str>,
+                movements: &[&str],
+                now: DateTime<Utc>,
+            ) -> Result<(), InventoryError> {
+                let mut errors = had.map(|r| r.errors.clone()).unwrap_or_default();
+                if let Some(why) = error {
+                    errors.push(InboxAttempt { at: now, error: why.to_owned() });
+                }
+                let errors = serde_json::to_string(&errors)?;
+                let movements = serde_json::to_string(movements)?;
+                match had {
+                    Some(r) => {
+                        sqlx::query(
+                            "UPDATE malaka_inbox SET state = $2, attempts = attempts + 1, \
+                                    errors = $3, movements = $4, payload = $5, updated_at = $6 \
+                             WHERE id = $1",
+                        )
+                        .bind(r.id)
+                        .bind(state.as_str())
+                        .bind(&errors)
+                        .bind(&movements)
+                        .bind(&e.payload)
+                        .bind(now)
+                        .execute(&mut *conn)
+                        .await?;
+                    }
+                    None => {
+                        sqlx::query(
+                            "INSERT INTO malaka_inbox (source, message_id, kind, payload, state, \
+                                    attempts, errors, movements, received_at, updated_at) \
+                             VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $8)",
+                        )
+                        .bind(&e.source)
+                        .bind(&e.id)
+                        .bind(&e.kind)
+                        .bind(&e.payload)
+                        .bind(state.as_str())
+                        .bind(&errors)
+                        .bind(&movements)
+                        .bind(now)
+                        .execute(&mut *conn)
+                        .await?;
+                    }
+                }
+                if state == InboxState::Processed
+                    && let Some(event) = &e.event
+                {
+                    let payload = json!({
+                        "source": e.source, "message_id": e.id, "data": event,
+                    });
+                    sqlx::query("INSERT INTO malaka_outbox (topic, payload, created_at) VALUES ($1, $2, $3)")
+                        .bind(&e.kind)
+                        .bind(payload.to_string())
+                        .bind(now)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                Ok(())
+            }
+
             pub(crate) async fn record_inbox(
                 pool: &$pool,
                 e: &InboxEntry,
-                outcome: &str,
+                disposition: Disposition,
                 error: Option<&str>,
-            ) -> Result<bool, InventoryError> {
+            ) -> Result<Recorded, InventoryError> {
+                let now = Utc::now();
+                let mut tx = pool.begin_with($begin).await?;
+                let had = inbox_locked(&mut tx, e).await?;
+                if let Some(r) = had.as_ref().filter(|r| r.state.is_final()) {
+                    return Ok(Recorded::Duplicate(r.clone()));
+                }
+                let attempts = had.as_ref().map_or(1, |r| r.attempts + 1);
+                let state = next_state(disposition, attempts);
+                inbox_write(&mut tx, e, had.as_ref(), state, error, &[], now).await?;
+                let r = inbox_locked(&mut tx, e).await?.ok_or_else(|| {
+                    InventoryError::Corrupt("an inbox record vanished in its transaction".into())
+                })?;
+                tx.commit().await?;
+                Ok(Recorded::Now(r))
+            }
+
+            pub(crate) async fn inbox_find(
+                pool: &$pool,
+                source: &str,
+                message_id: &str,
+            ) -> Result<Option<InboxRecord>, InventoryError> {
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {INBOX_COLS} FROM malaka_inbox WHERE source = $1 AND message_id = $2"
+                )))
+                .bind(source)
+                .bind(message_id)
+                .fetch_optional(pool)
+                .await?;
+                row.as_ref().map(inbox_of).transpose()
+            }
+
+            pub(crate) async fn inbox_get(
+                pool: &$pool,
+                id: i64,
+            ) -> Result<Option<InboxRecord>, InventoryError> {
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {INBOX_COLS} FROM malaka_inbox WHERE id = $1"
+                )))
+                .bind(id)
+                .fetch_optional(pool)
+                .await?;
+                row.as_ref().map(inbox_of).transpose()
+            }
+
+            pub(crate) async fn inbox_list(
+                pool: &$pool,
+                f: &InboxFilter,
+            ) -> Result<Vec<InboxRecord>, InventoryError> {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {INBOX_COLS} FROM malaka_inbox \
+                     WHERE ($1 IS NULL OR state = $1) AND ($2 IS NULL OR source = $2) AND id < $3 \
+                     ORDER BY id DESC LIMIT $4"
+                )))
+                .bind(f.state.map(InboxState::as_str))
+                .bind(f.source.as_deref())
+                .bind(f.before.unwrap_or(i64::MAX))
+                .bind(i64::from(f.limit.unwrap_or(100).clamp(1, 1000)))
+                .fetch_all(pool)
+                .await?;
+                rows.iter().map(inbox_of).collect()
+            }
+
+            pub(crate) async fn inbox_reopen(
+                pool: &$pool,
+                id: i64,
+                was: InboxState,
+            ) -> Result<(), InventoryError> {
                 let n = sqlx::query(
-                    "INSERT INTO malaka_inbox (id, source, kind, payload, outcome, error, received_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+                    "UPDATE malaka_inbox SET state = 'retrying', updated_at = $3 \
+                     WHERE id = $1 AND state = $2",
                 )
-                .bind(&e.id)
-                .bind(&e.source)
-                .bind(&e.kind)
-                .bind(&e.payload)
-                .bind(outcome)
-                .bind(error)
+                .bind(id)
+                .bind(was.as_str())
                 .bind(Utc::now())
                 .execute(pool)
                 .await?
                 .rows_affected();
-                Ok(n == 1)
+                if n == 0 {
+                    return Err(InventoryError::Conflict {
+                        code: "not_replayable",
+                        message: format!("inbox record {id} changed meanwhile; look again"),
+                    });
+                }
+                Ok(())
             }
 
-            pub(crate) async fn inbox(
+            pub(crate) async fn inbox_prune(
                 pool: &$pool,
-                id: &str,
-            ) -> Result<Option<InboxRecord>, InventoryError> {
-                let row = sqlx::query(
-                    "SELECT id, source, kind, payload, outcome, error, movements, received_at \
-                     FROM malaka_inbox WHERE id = $1",
+                before: DateTime<Utc>,
+                limit: u32,
+            ) -> Result<u64, InventoryError> {
+                Ok(sqlx::query(
+                    "DELETE FROM malaka_inbox WHERE id IN (SELECT id FROM malaka_inbox \
+                     WHERE received_at < $1 AND state <> 'retrying' ORDER BY id LIMIT $2)",
                 )
-                .bind(id)
-                .fetch_optional(pool)
-                .await?;
-                row.map(|r| {
-                    Ok(InboxRecord {
-                        id: r.try_get("id")?,
-                        source: r.try_get("source")?,
-                        kind: r.try_get("kind")?,
-                        payload: r.try_get("payload")?,
-                        outcome: r.try_get("outcome")?,
-                        error: r.try_get("error")?,
-                        movements: serde_json::from_str(&r.try_get::<String, _>("movements")?)?,
-                        received_at: r.try_get("received_at")?,
-                    })
-                })
-                .transpose()
+                .bind(before)
+                .bind(i64::from(limit))
+                .execute(pool)
+                .await?
+                .rows_affected())
             }
 
             /// Posts `ms` through `conn`, which is inside a write transaction, in two phases:
@@ -1261,16 +1481,18 @@ macro_rules! backend {
                 hook: Option<&dyn PostingHook>,
             ) -> Result<Vec<Movement>, InventoryError> {
                 let now = Utc::now();
+                let mut inbox_had = None;
                 if let Some(e) = inbox {
-                    let seen: Option<String> =
-                        sqlx::query_scalar("SELECT outcome FROM malaka_inbox WHERE id = $1")
-                            .bind(&e.id)
-                            .fetch_optional(&mut *conn)
-                            .await?;
-                    if let Some(outcome) = seen {
+                    inbox_had = inbox_locked(&mut *conn, e).await?;
+                    if let Some(r) = inbox_had.as_ref().filter(|r| r.state.is_final()) {
                         return Err(InventoryError::Conflict {
                             code: "duplicate_message",
-                            message: format!("message {} was already received ({outcome})", e.id),
+                            message: format!(
+                                "message {} from {} was already received ({})",
+                                e.id,
+                                e.source,
+                                r.state.as_str()
+                            ),
                         });
                     }
                 }
@@ -1495,17 +1717,15 @@ macro_rules! backend {
                 }
                 if let Some(e) = inbox {
                     let ids: Vec<&str> = out.iter().map(|m: &Movement| m.id.as_str()).collect();
-                    sqlx::query(
-                        "INSERT INTO malaka_inbox (id, source, kind, payload, outcome, movements, received_at) \
-                         VALUES ($1, $2, $3, $4, 'processed', $5, $6)",
+                    inbox_write(
+                        &mut *conn,
+                        e,
+                        inbox_had.as_ref(),
+                        InboxState::Processed,
+                        None,
+                        &ids,
+                        now,
                     )
-                    .bind(&e.id)
-                    .bind(&e.source)
-                    .bind(&e.kind)
-                    .bind(&e.payload)
-                    .bind(serde_json::to_string(&ids)?)
-                    .bind(now)
-                    .execute(&mut *conn)
                     .await?;
                 }
                 if let Some(h) = hook {
@@ -1526,12 +1746,32 @@ macro_rules! backend {
                 Ok(out)
             }
 
+            /// Bumps the balances' generation (SQLite; see `inv_generation`).
+            async fn bump_generation(conn: &mut $conn) -> Result<(), InventoryError> {
+                if $generation {
+                    sqlx::query("UPDATE inv_generation SET n = n + 1 WHERE id = 1")
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                Ok(())
+            }
+
+            pub(crate) async fn generation(pool: &$pool) -> Result<i64, InventoryError> {
+                Ok(sqlx::query_scalar("SELECT n FROM inv_generation WHERE id = 1")
+                    .fetch_optional(pool)
+                    .await?
+                    .unwrap_or(0))
+            }
+
             /// Writes the balances `session` changed (and marks them written).
             pub(crate) async fn write_balances(
                 conn: &mut $conn,
                 session: &mut Session,
                 now: DateTime<Utc>,
             ) -> Result<(), InventoryError> {
+                if session.work.values().any(|w| w.changed) {
+                    bump_generation(&mut *conn).await?;
+                }
                 for ((sku, wh), w) in &mut session.work {
                     if !w.changed {
                         continue;
@@ -1735,7 +1975,8 @@ backend!(
     lock = "",
     share = "",
     create_first = false,
-    hook = sqlite
+    hook = sqlite,
+    generation = true
 );
 backend!(
     postgres,
@@ -1745,7 +1986,8 @@ backend!(
     lock = " FOR UPDATE",
     share = " FOR SHARE",
     create_first = true,
-    hook = postgres
+    hook = postgres,
+    generation = false
 );
 
 /// The `movement.posted` payload.

@@ -521,6 +521,42 @@ impl EventBus {
         }
     }
 
+    /// Delivers a JSON event to the listeners named `listener` registered for its name only (a
+    /// redelivery to one listener that failed it).
+    pub async fn dispatch_named_to(&self, event: JsonEvent, listener: &str) -> DispatchReport {
+        let list = self.read().named.get(event.name.as_ref()).cloned();
+        let chosen: Vec<_> = list
+            .map(|l| {
+                l.iter()
+                    .filter(|e| e.name.as_ref() == listener)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        deliver_all(&chosen, Arc::new(event)).await
+    }
+
+    /// The named listeners: (listener name, event names it is registered for), by name.
+    pub fn named_listeners(&self) -> Vec<(String, Vec<String>)> {
+        let reg = self.read();
+        let mut out: std::collections::BTreeMap<String, Vec<String>> =
+            std::collections::BTreeMap::new();
+        for (event, list) in &reg.named {
+            for e in list.iter() {
+                out.entry(e.name.to_string())
+                    .or_default()
+                    .push(event.clone());
+            }
+        }
+        out.into_iter()
+            .map(|(name, mut events)| {
+                events.sort();
+                events.dedup();
+                (name, events)
+            })
+            .collect()
+    }
+
     /// Hands `event` to the bus's pool and returns once it is queued (waiting for room, never
     /// dropping it). Await the handle for the report, or drop it to detach.
     ///

@@ -178,6 +178,58 @@ async function retry(id) {
   } catch (e) { toast(`Retry failed: ${e.message}`); }
 }
 
+// ---- integrations -----------------------------------------------------------------------------
+
+function canManage() {
+  return state.role === "admin" || state.role === "manager";
+}
+
+async function loadIntegrations() {
+  $("#integrations").hidden = !canManage();
+  if (!canManage()) return;
+  const wanted = ["parked", "retrying", "dead_lettered", "refused"];
+  const pages = await Promise.all(wanted.map((s) => api("GET", `/inbox?state=${s}&limit=10`)));
+  const records = pages.flatMap((p) => p.items).sort((a, b) => b.id - a.id).slice(0, 20);
+  $("#inbox").replaceChildren(...records.map((r) => {
+    const last = r.errors.length ? r.errors[r.errors.length - 1].error : "";
+    const li = el("li", { "data-inbox-id": r.id },
+      el("span", { class: "what" }, `${r.kind} ${r.message_id} from ${r.source}: ${r.state} after ${r.attempts} attempt${r.attempts === 1 ? "" : "s"}`),
+      el("span", { class: "when" }, when(r.updated_at)));
+    if (r.replayable) li.append(el("button", { class: "small", onclick: () => replayInbox(r.id) }, "Replay"));
+    if (last) li.append(el("span", { class: "err" }, last));
+    return li;
+  }));
+  $("#inbox-empty").hidden = records.length > 0;
+  const failures = await api("GET", "/events/failures?limit=20");
+  const open = failures.items.filter((f) => f.state !== "resolved");
+  $("#deliveries").replaceChildren(...open.map((f) => {
+    const last = f.errors.length ? f.errors[f.errors.length - 1].error : "";
+    const li = el("li", { "data-failure-id": f.id },
+      el("span", { class: "what" }, `${f.topic} to ${f.listener}: ${f.state} after ${f.attempts} attempt${f.attempts === 1 ? "" : "s"}`),
+      el("span", { class: "when" }, when(f.updated_at)),
+      el("button", { class: "small", onclick: () => replayFailure(f.id) }, "Replay"));
+    if (last) li.append(el("span", { class: "err" }, last));
+    return li;
+  }));
+  $("#deliveries-empty").hidden = open.length > 0;
+}
+
+async function replayInbox(id) {
+  try {
+    const r = await api("POST", `/inbox/${id}/replay`);
+    toast(r.state === "processed" ? `Command ${r.message_id} posted` : `Command ${r.message_id}: ${r.state}`);
+    await loadIntegrations();
+  } catch (e) { toast(`Replay failed: ${e.message}`); }
+}
+
+async function replayFailure(id) {
+  try {
+    const f = await api("POST", `/events/failures/${id}/replay`);
+    toast(f.state === "resolved" ? "Delivered" : `Still failing: ${f.state}`);
+    await loadIntegrations();
+  } catch (e) { toast(`Replay failed: ${e.message}`); }
+}
+
 // ---- movements -------------------------------------------------------------------------------
 
 function movementRow(r, fresh) {
@@ -316,7 +368,7 @@ function failed(e) {
 }
 
 async function loadAll() {
-  await Promise.all([loadBalances(), loadAlerts(), loadJobs(), loadMovements(), loadReports()]);
+  await Promise.all([loadBalances(), loadAlerts(), loadJobs(), loadMovements(), loadReports(), loadIntegrations()]);
 }
 
 async function signIn(token) {
@@ -331,6 +383,8 @@ async function signIn(token) {
   $("#app").hidden = false;
   $("#signout").hidden = false;
   connect();
+  clearInterval(state.integrationsTimer);
+  state.integrationsTimer = setInterval(() => { if (state.token) loadIntegrations().catch(failed); }, 10000);
 }
 
 function signOut(message) {

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use chrono::Utc;
 use malaka_inventory::{Balance, BalanceFilter, Inventory};
 use malaka_jobs::{JobState, Queue};
 use malaka_runtime::{EventBus, Supervisor, TaskSpec, WorkerPool};
@@ -73,6 +74,16 @@ struct Inner {
     balances: moka::future::Cache<(u64, BalanceFilter), Arc<Vec<Balance>>>,
     /// Bumped after every committed change of balances or articles on this node.
     balance_generation: std::sync::atomic::AtomicU64,
+    /// The database's balance generation last seen (SQLite), and when it was read (ms after
+    /// `started`).
+    db_generation: std::sync::atomic::AtomicU64,
+    db_generation_checked: std::sync::atomic::AtomicU64,
+    started: Instant,
+    /// Changes other nodes announced (PostgreSQL), and the count last acted on.
+    remote_changes: Arc<std::sync::atomic::AtomicU64>,
+    remote_seen: std::sync::atomic::AtomicU64,
+    /// Inbound commands (SQS, replays).
+    commands: crate::sqs::Commands,
     /// The job worker's pools, once `run_until` has started it.
     job_pools: Mutex<Vec<WorkerPool>>,
     /// Queues whose gauges /metrics keeps up to date (configured, or seen in the table).
@@ -132,9 +143,43 @@ impl AppState {
     pub fn balance_cache(&self) -> &moka::future::Cache<(u64, BalanceFilter), Arc<Vec<Balance>>> {
         &self.inner.balances
     }
-    /// The current balance generation.
-    pub fn balance_generation(&self) -> u64 {
-        self.inner.balance_generation.load(Ordering::Acquire)
+    /// The current balance generation. Changes by other processes count too: on SQLite the
+    /// database's counter (`Inventory::generation`, bumped by every commit that changed
+    /// balances, whichever process made it) is compared at most every 250 ms; on PostgreSQL
+    /// every outbox `NOTIFY` (a posting on any node) counts as a change.
+    pub async fn balance_generation(&self) -> u64 {
+        let i = &self.inner;
+        let remote = i.remote_changes.load(Ordering::Acquire);
+        if i.remote_seen.swap(remote, Ordering::AcqRel) != remote {
+            self.balances_changed();
+        }
+        if matches!(i.db, Database::Sqlite(_)) {
+            let now = u64::try_from(i.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let last = i.db_generation_checked.load(Ordering::Acquire);
+            if now.saturating_sub(last) >= 250
+                && i.db_generation_checked
+                    .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                match i.inventory.generation().await {
+                    Ok(n) => {
+                        let n = u64::try_from(n).unwrap_or_default();
+                        if i.db_generation.swap(n, Ordering::AcqRel) != n {
+                            self.balances_changed();
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the balances' generation");
+                        self.balances_changed();
+                    }
+                }
+            }
+        }
+        i.balance_generation.load(Ordering::Acquire)
+    }
+    /// Counted by the PostgreSQL listener for every change another node announced.
+    pub fn remote_changes(&self) -> &Arc<std::sync::atomic::AtomicU64> {
+        &self.inner.remote_changes
     }
     /// Balances or articles changed (after commit): later reads go to the database.
     pub fn balances_changed(&self) {
@@ -176,6 +221,10 @@ impl AppState {
     /// Longest a request may take (`api.request_timeout`).
     pub fn request_timeout(&self) -> Duration {
         self.inner.request_timeout
+    }
+    /// Inbound commands: what SQS messages run, and replays of parked ones.
+    pub fn commands(&self) -> &crate::sqs::Commands {
+        &self.inner.commands
     }
     /// `Idempotency-Key`s with a request in flight on this node.
     pub fn in_flight_keys(&self) -> &crate::http::idempotency::InFlightKeys {
@@ -282,7 +331,20 @@ impl Application {
                     source,
                 })?;
         let auth = Auth::new(db.clone(), &config.api);
-        let live = crate::live::Live::new(&db, &inventory, config).await?;
+        let remote_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let live =
+            crate::live::Live::new(&db, &inventory, &bus, Arc::clone(&remote_changes), config)
+                .await?;
+        // A command's posting counts as a change for this node's balance cache at once.
+        let changes = Arc::clone(&remote_changes);
+        let commands = crate::sqs::Commands::new(
+            &inventory,
+            &bus,
+            Arc::new(move || {
+                changes.fetch_add(1, Ordering::AcqRel);
+            }),
+            config.sqs.park_after,
+        );
         let (db_for_reports, inventory_for_reports) = (db.clone(), inventory.clone());
         let notifier = Arc::new(crate::notify::Notifier::new(
             db.clone(),
@@ -298,6 +360,12 @@ impl Application {
                 inventory,
                 balances,
                 balance_generation: std::sync::atomic::AtomicU64::new(0),
+                db_generation: std::sync::atomic::AtomicU64::new(0),
+                db_generation_checked: std::sync::atomic::AtomicU64::new(0),
+                started: Instant::now(),
+                remote_changes,
+                remote_seen: std::sync::atomic::AtomicU64::new(0),
+                commands,
                 job_pools: Mutex::new(Vec::new()),
                 job_queues: Mutex::new(config.jobs.queues.keys().cloned().collect()),
                 metrics: telemetry::metrics_handle(),
@@ -367,22 +435,25 @@ impl Application {
         *lock(&state.inner.job_pools) = runner.pools().to_vec();
         state
             .live()
-            .start(state.bus(), state.jobs(), state.supervisor());
-        let changed = state.clone();
-        let sqs = crate::sqs::SqsBridge::start(
-            &sqs,
-            state.db(),
-            state.inventory(),
-            state.bus(),
-            Arc::new(move || changed.balances_changed()),
-            state.supervisor(),
-        )
-        .await?;
+            .start(state.bus(), state.jobs(), state.supervisor())
+            .await?;
+        let inbox_retention = sqs.inbox_retention;
+        let sqs =
+            crate::sqs::SqsBridge::start(&sqs, state.db(), state.commands(), state.supervisor())
+                .await?;
         let prune = {
             let (reports, stop) = (Arc::clone(state.reports()), state.live().stopping());
             state.supervisor().spawn(
                 TaskSpec::new("reports.pruner").stop_on(stop.clone()),
                 move |_| prune_reports(Arc::clone(&reports), prune_every, stop.clone()),
+            )
+        };
+        let prune_inbox = {
+            let (state, stop) = (state.clone(), state.live().stopping());
+            let keep = (inbox_retention, state.live().config().outbox_retention);
+            state.supervisor().clone().spawn(
+                TaskSpec::new("inbox.pruner").stop_on(stop.clone()),
+                move |_| prune_inbox(state.clone(), keep, stop.clone()),
             )
         };
         let stop = CancellationToken::new();
@@ -419,6 +490,7 @@ impl Application {
         };
         tokio::join!(state.live().shutdown(), http);
         prune.abort();
+        prune_inbox.abort();
         let remaining = deadline.saturating_duration_since(Instant::now());
         let pools =
             futures::future::join_all(
@@ -441,6 +513,33 @@ impl Application {
         state.inner.db.close().await;
         tracing::info!("shutdown complete");
         failed.unwrap_or(Ok(()))
+    }
+}
+
+/// Deletes final inbox records older than `keep.0` and resolved delivery failures older than
+/// `keep.1`, hourly, until `stop`.
+async fn prune_inbox(state: AppState, keep: (Duration, Duration), stop: CancellationToken) {
+    let ago = |d: Duration| {
+        Utc::now() - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::days(3650))
+    };
+    loop {
+        loop {
+            match state.inventory().inbox_prune(ago(keep.0), 10_000).await {
+                Ok(n) if n > 0 => tracing::info!(records = n, "old inbox records deleted"),
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "pruning the inbox failed");
+                    break;
+                }
+            }
+        }
+        if let Err(e) = state.live().deliveries().prune(ago(keep.1)).await {
+            tracing::warn!(error = %e, "pruning resolved delivery failures failed");
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
     }
 }
 

@@ -78,21 +78,24 @@ pub enum Permission {
     AckAlerts,
     /// Retry and cancel jobs.
     ManageJobs,
+    /// See what other systems sent (the inbox) and failed event deliveries, and replay them.
+    ManageIntegrations,
 }
 
 impl Permission {
     /// Every permission.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Read,
         Self::PostMovements,
         Self::ManageCatalog,
         Self::ManageTokens,
         Self::AckAlerts,
         Self::ManageJobs,
+        Self::ManageIntegrations,
     ];
 
-    /// `read`, `post_movements`, `manage_catalog`, `manage_tokens`, `ack_alerts` or
-    /// `manage_jobs`.
+    /// `read`, `post_movements`, `manage_catalog`, `manage_tokens`, `ack_alerts`,
+    /// `manage_jobs` or `manage_integrations`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Read => "read",
@@ -101,6 +104,7 @@ impl Permission {
             Self::ManageTokens => "manage_tokens",
             Self::AckAlerts => "ack_alerts",
             Self::ManageJobs => "manage_jobs",
+            Self::ManageIntegrations => "manage_integrations",
         }
     }
 }
@@ -127,12 +131,14 @@ impl Role {
 
     /// Whether this role grants `permission`.
     pub fn allows(self, permission: Permission) -> bool {
-        use Permission::{AckAlerts, ManageCatalog, ManageJobs, PostMovements, Read};
+        use Permission::{
+            AckAlerts, ManageCatalog, ManageIntegrations, ManageJobs, PostMovements, Read,
+        };
         match self {
             Self::Admin => true,
             Self::Manager => matches!(
                 permission,
-                Read | PostMovements | ManageCatalog | AckAlerts | ManageJobs
+                Read | PostMovements | ManageCatalog | AckAlerts | ManageJobs | ManageIntegrations
             ),
             Self::Clerk => matches!(permission, Read | PostMovements | AckAlerts),
             Self::Viewer => matches!(permission, Read),

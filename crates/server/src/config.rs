@@ -93,6 +93,12 @@ pub struct SqsConfig {
     /// Long-poll wait per receive.
     #[serde(with = "humantime_serde")]
     pub wait: Duration,
+    /// Attempts of a command refused for a reason that can change (insufficient stock, an
+    /// unknown article) before Malaka parks it for a person to replay.
+    pub park_after: i32,
+    /// Final inbox records are deleted this long after they were received.
+    #[serde(with = "humantime_serde")]
+    pub inbox_retention: Duration,
 }
 
 impl Default for SqsConfig {
@@ -105,6 +111,8 @@ impl Default for SqsConfig {
             inbound: Vec::new(),
             outbound_url: String::new(),
             wait: Duration::from_secs(20),
+            park_after: 10,
+            inbox_retention: Duration::from_secs(14 * 24 * 3600),
         }
     }
 }
@@ -283,6 +291,12 @@ pub struct LiveConfig {
     /// Lifetime of a ticket from `POST /api/v1/ws/ticket`.
     #[serde(with = "humantime_serde")]
     pub ws_ticket_ttl: Duration,
+    /// Attempts to deliver an event to a listener (the first included) before the failure is
+    /// parked for a person to replay.
+    pub delivery_attempts: i32,
+    /// Wait before a failed delivery is tried again, doubling up to 10 minutes.
+    #[serde(with = "humantime_serde")]
+    pub delivery_backoff: Duration,
 }
 
 impl Default for LiveConfig {
@@ -294,6 +308,8 @@ impl Default for LiveConfig {
             ws_ping_interval: Duration::from_secs(20),
             ws_buffer: 1024,
             ws_ticket_ttl: Duration::from_secs(60),
+            delivery_attempts: 10,
+            delivery_backoff: Duration::from_secs(1),
         }
     }
 }
@@ -767,6 +783,13 @@ impl Config {
         dur("live.ws_ping_interval", l.ws_ping_interval, SEC, HOUR)?;
         count("live.ws_buffer", n(l.ws_buffer), 1, 1_000_000)?;
         dur("live.ws_ticket_ttl", l.ws_ticket_ttl, SEC, DAY)?;
+        count(
+            "live.delivery_attempts",
+            l.delivery_attempts.try_into().unwrap_or(0),
+            1,
+            1000,
+        )?;
+        dur("live.delivery_backoff", l.delivery_backoff, 10 * MS, HOUR)?;
 
         let no = &self.notify;
         count(
@@ -815,6 +838,13 @@ impl Config {
 
         let q = &self.sqs;
         dur("sqs.wait", q.wait, Duration::ZERO, 20 * SEC)?;
+        count(
+            "sqs.park_after",
+            q.park_after.try_into().unwrap_or(0),
+            1,
+            1000,
+        )?;
+        dur("sqs.inbox_retention", q.inbox_retention, HOUR, YEARS)?;
         for (i, inbound) in q.inbound.iter().enumerate() {
             let key = |k: &str| format!("sqs.inbound[{i}].{k}");
             if inbound.url.is_empty() {

@@ -246,6 +246,28 @@ impl Database {
         Ok(value)
     }
 
+    /// The value of `key` in `malaka_meta`, if set.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn meta(&self, key: &str) -> Result<Option<String>, DbError> {
+        const SELECT: &str = "SELECT value FROM malaka_meta WHERE key = $1";
+        Ok(match self {
+            Self::Sqlite(p) => {
+                sqlx::query_scalar(SELECT)
+                    .bind(key)
+                    .fetch_optional(p)
+                    .await?
+            }
+            Self::Postgres(p) => {
+                sqlx::query_scalar(SELECT)
+                    .bind(key)
+                    .fetch_optional(p)
+                    .await?
+            }
+        })
+    }
+
     /// Sets `key` in `malaka_meta` to `value`.
     ///
     /// # Errors

@@ -235,15 +235,10 @@ pub async fn run_worker(
         outbound_url: String::new(),
         ..config.sqs.clone()
     };
-    let sqs = crate::sqs::SqsBridge::start(
-        &inbound_only,
-        &db,
-        &inventory,
-        &bus,
-        Arc::new(|| {}),
-        &supervisor,
-    )
-    .await?;
+    // Postings bump the balances' generation in the database: `serve`'s cache sees them.
+    let commands =
+        crate::sqs::Commands::new(&inventory, &bus, Arc::new(|| {}), config.sqs.park_after);
+    let sqs = crate::sqs::SqsBridge::start(&inbound_only, &db, &commands, &supervisor).await?;
     signal.await;
     tracing::info!(timeout = ?config.shutdown_timeout, "shutting down: draining running jobs");
     let sqs_stop = async {

@@ -14,6 +14,7 @@ pub mod bench_sqs;
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod inbox_cli;
 pub mod input;
 pub mod jobs;
 pub mod live;

@@ -50,6 +50,53 @@ enum Command {
     Notify(NotifyArgs),
     /// Run a report now (not through the queue), with a progress bar, to a file or stdout.
     Report(ReportArgs),
+    /// What other systems sent (SQS commands) and what became of it: list, show, replay.
+    Inbox(InboxArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct InboxArgs {
+    #[command(subcommand)]
+    command: InboxCommand,
+    /// Print JSON instead of a readable table.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Database URL: sqlite://PATH or postgres://USER@HOST/DB.
+    #[arg(long, global = true, value_name = "URL")]
+    database_url: Option<String>,
+    /// Folder of the SQLite file (when no database URL is given).
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum InboxCommand {
+    /// List records, newest first.
+    List {
+        /// Only this state: processed, ignored, malformed, refused, retrying, parked,
+        /// dead_lettered.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only this sender.
+        #[arg(long)]
+        source: Option<String>,
+        /// Records older than this id (the last id of the previous page).
+        #[arg(long)]
+        before: Option<i64>,
+        /// At most this many (1 to 1000).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// One record: every attempt's reason, and the message as received.
+    Show {
+        /// The record's id.
+        id: i64,
+    },
+    /// Run a parked, refused or dead-lettered command again, now.
+    Replay {
+        /// The record's id.
+        id: i64,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -465,6 +512,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(args) => token_command(&cli, args).await?,
         Command::Notify(args) => notify_command(&cli, args).await?,
         Command::Report(args) => report_command(&cli, args).await?,
+        Command::Inbox(args) => inbox_command(&cli, args).await?,
         Command::Bench(args) => {
             telemetry::init_logging(&malaka::config::LogConfig {
                 format: cli.log_format.unwrap_or(LogFormat::Text),
@@ -637,6 +685,54 @@ async fn open_quietly(cli: &Cli, db: &DbArgs) -> anyhow::Result<(Config, malaka:
         .context("connecting to the database")?;
     database.migrate().await.context("migrating")?;
     Ok((config, database))
+}
+
+async fn inbox_command(cli: &Cli, args: &InboxArgs) -> anyhow::Result<()> {
+    use malaka::inbox_cli;
+    let db = DbArgs {
+        database_url: args.database_url.clone(),
+        data_dir: args.data_dir.clone(),
+    };
+    let (config, database) = open_quietly(cli, &db).await?;
+    let inventory = database.inventory();
+    let result = match &args.command {
+        InboxCommand::List {
+            state,
+            source,
+            before,
+            limit,
+        } => {
+            let filter = malaka_inventory::InboxFilter {
+                state: state
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()
+                    .map_err(|e: malaka_inventory::InventoryError| anyhow::anyhow!("--{e}"))?,
+                source: source.clone(),
+                before: *before,
+                limit: Some(*limit),
+            };
+            inbox_cli::list(&inventory, &filter, args.json).await
+        }
+        InboxCommand::Show { id } => inbox_cli::show(&inventory, *id, args.json).await,
+        InboxCommand::Replay { id } => {
+            // Events of a replayed command reach the listeners of `serve` through the outbox.
+            let bus = malaka_runtime::EventBus::new(malaka_runtime::WorkerPool::new(
+                malaka_runtime::PoolConfig::new("events"),
+            )?);
+            let commands = malaka::sqs::Commands::new(
+                &inventory,
+                &bus,
+                std::sync::Arc::new(|| {}),
+                config.sqs.park_after,
+            )
+            .publishing_all();
+            inbox_cli::replay(&commands, *id, args.json).await
+        }
+    };
+    database.close().await;
+    print!("{}", result.context("inbox command")?);
+    Ok(())
 }
 
 async fn report_command(cli: &Cli, args: &ReportArgs) -> anyhow::Result<()> {

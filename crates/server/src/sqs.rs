@@ -10,8 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use malaka_inventory::{InboxEntry, Inventory, InventoryError, NewMovement, Outbox};
-use malaka_runtime::{EventBus, JsonEvent, Supervised, Supervisor, TaskContext, TaskSpec};
+use malaka_inventory::{
+    Disposition, InboxEntry, InboxRecord, InboxState, Inventory, InventoryError, NewMovement,
+    Outbox, Recorded,
+};
+use malaka_runtime::{EventBus, Supervised, Supervisor, TaskContext, TaskSpec};
 use malaka_sqs::{Consumer, ConsumerConfig, Handler, Message, Outcome, Outgoing, Publisher};
 use serde::Deserialize;
 use serde_json::Value;
@@ -26,7 +29,7 @@ use crate::input::{JsonError, MovementIn, from_json};
 pub const OUTBOUND_TOPICS: [&str; 3] = ["movement.posted", "stock.level_changed", "stock.alert"];
 
 /// The `malaka_meta` key holding the outbound publisher's position.
-const CURSOR_KEY: &str = "sqs_outbound_seq";
+pub const CURSOR_KEY: &str = "sqs_outbound_seq";
 
 /// An inbound message.
 #[derive(Debug, Clone, Deserialize)]
@@ -134,12 +137,203 @@ fn describe(e: &InventoryError) -> String {
     }
 }
 
-/// Turns inbound messages into postings and bus events.
-struct Inbound {
+/// What one run of an inbound command came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    /// Done: posted (or processed without postings), recorded `processed`.
+    Processed,
+    /// Its message already has a final record: nothing done.
+    Duplicate,
+    /// Recorded in a final state: `ignored`, `malformed`, `refused`, `parked`, `dead_lettered`.
+    Recorded(InboxRecord),
+    /// Refused for a reason that can change (insufficient stock, an unknown article or
+    /// warehouse): recorded `retrying`; its message should come again.
+    Waiting(InboxRecord),
+    /// The database failed: nothing recorded; its message should come again.
+    Failed(String),
+}
+
+/// Refusals that can change with time: a command refused so waits and tries again.
+fn can_change(e: &InventoryError) -> bool {
+    matches!(
+        e,
+        InventoryError::InsufficientStock { .. } | InventoryError::NotFound { .. }
+    )
+}
+
+/// Runs inbound commands: for the SQS consumer, and again for a person (a replay).
+#[derive(Clone)]
+pub struct Commands {
     inventory: Inventory,
     bus: EventBus,
-    queue: String,
     balances_changed: Arc<dyn Fn() + Send + Sync>,
+    park_after: i32,
+    /// Write every processed message's event to the outbox, listened to here or not (a
+    /// process without the server's listeners: the CLI).
+    publish_all: bool,
+}
+
+impl std::fmt::Debug for Commands {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Commands")
+            .field("park_after", &self.park_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Commands {
+    /// Commands posted through `inventory`; events go to `bus`'s listeners through the outbox;
+    /// a command that keeps waiting is parked on attempt `park_after`.
+    pub fn new(
+        inventory: &Inventory,
+        bus: &EventBus,
+        balances_changed: Arc<dyn Fn() + Send + Sync>,
+        park_after: i32,
+    ) -> Self {
+        Self {
+            inventory: inventory.clone(),
+            bus: bus.clone(),
+            balances_changed,
+            park_after,
+            publish_all: false,
+        }
+    }
+
+    /// Writes every processed message's event to the outbox, whether or not this process's
+    /// bus has listeners for it (for a process that runs without the server's listeners).
+    #[must_use]
+    pub fn publishing_all(mut self) -> Self {
+        self.publish_all = true;
+        self
+    }
+
+    /// Whether the bus has listeners for `kind`.
+    fn listened(&self, kind: &str) -> bool {
+        self.publish_all
+            || self
+                .bus
+                .named_listeners()
+                .iter()
+                .any(|(_, events)| events.iter().any(|e| e == kind))
+    }
+
+    async fn record(
+        &self,
+        entry: &InboxEntry,
+        disposition: Disposition,
+        error: Option<&str>,
+    ) -> Handled {
+        match self.inventory.record_inbox(entry, disposition, error).await {
+            Ok(Recorded::Now(r)) => {
+                metrics::counter!("malaka_sqs_inbox_total", "state" => r.state.as_str())
+                    .increment(1);
+                match r.state {
+                    InboxState::Retrying => Handled::Waiting(r),
+                    InboxState::Processed => Handled::Processed,
+                    _ => Handled::Recorded(r),
+                }
+            }
+            Ok(Recorded::Duplicate(_)) => Handled::Duplicate,
+            Err(e) => Handled::Failed(e.to_string()),
+        }
+    }
+
+    /// Runs the command of `envelope` (recorded as `entry`). A refusal that can change is an
+    /// attempt: `retrying`, parked from attempt `park_after` on, or, with `dead_letter`,
+    /// recorded as taken by the queue's dead-letter policy.
+    pub async fn run(
+        &self,
+        envelope: &Envelope,
+        mut entry: InboxEntry,
+        park_after: i32,
+        dead_letter: bool,
+    ) -> Handled {
+        let listened = self.listened(&envelope.kind);
+        if listened {
+            entry.event = Some(envelope.data_value());
+        }
+        let ms = match movements_of(envelope) {
+            Err(e) => {
+                let why = describe(&e);
+                return self
+                    .record(&entry, Disposition::Final(InboxState::Refused), Some(&why))
+                    .await;
+            }
+            Ok(None) if listened => {
+                // Not a stock command: its listeners get it through the outbox.
+                return self
+                    .record(&entry, Disposition::Final(InboxState::Processed), None)
+                    .await;
+            }
+            Ok(None) => {
+                return self
+                    .record(
+                        &entry,
+                        Disposition::Final(InboxState::Ignored),
+                        Some("no handler for this type"),
+                    )
+                    .await;
+            }
+            Ok(Some(ms)) => ms,
+        };
+        let by = format!("sqs:{}", entry.source);
+        match self.inventory.post_batch_from(&ms, &by, Some(&entry)).await {
+            Ok(posted) => {
+                (self.balances_changed)();
+                metrics::counter!("malaka_sqs_postings_total").increment(posted.len() as u64);
+                Handled::Processed
+            }
+            Err(InventoryError::Conflict {
+                code: "duplicate_message",
+                ..
+            }) => Handled::Duplicate,
+            Err(e) if can_change(&e) => {
+                let disposition = if dead_letter {
+                    Disposition::Final(InboxState::DeadLettered)
+                } else {
+                    Disposition::Attempt { park_after }
+                };
+                self.record(&entry, disposition, Some(&describe(&e))).await
+            }
+            Err(e) if e.is_refusal() => {
+                let why = describe(&e);
+                self.record(&entry, Disposition::Final(InboxState::Refused), Some(&why))
+                    .await
+            }
+            Err(e) => Handled::Failed(e.to_string()),
+        }
+    }
+
+    /// Runs a parked, refused or dead-lettered command again, as a person asks: it posts (and
+    /// is `processed`), or is recorded again with this attempt's reason (a refusal that can
+    /// change parks it again at once). The record as it then is.
+    ///
+    /// # Errors
+    /// `NotFound`, `Conflict` (`not_replayable`), a body that no longer parses, or a database
+    /// failure (`Unavailable`).
+    pub async fn replay(&self, id: i64) -> Result<InboxRecord, InventoryError> {
+        let r = self.inventory.inbox_reopen(id).await?;
+        let envelope = Envelope::parse(&r.payload).map_err(InventoryError::from)?;
+        let entry = InboxEntry {
+            id: r.message_id.clone(),
+            source: r.source.clone(),
+            kind: r.kind.clone(),
+            payload: r.payload.clone(),
+            event: None,
+        };
+        if let Handled::Failed(why) = self.run(&envelope, entry, 0, false).await {
+            return Err(InventoryError::Unavailable(why));
+        }
+        self.inventory.inbox_record(id).await
+    }
+}
+
+/// Turns inbound messages into postings and events.
+struct Inbound {
+    commands: Commands,
+    queue: String,
+    /// The queue's redrive policy's `maxReceiveCount`, if it has one.
+    max_receives: Option<u32>,
 }
 
 impl std::fmt::Debug for Inbound {
@@ -147,27 +341,6 @@ impl std::fmt::Debug for Inbound {
         f.debug_struct("Inbound")
             .field("queue", &self.queue)
             .finish_non_exhaustive()
-    }
-}
-
-impl Inbound {
-    async fn record(&self, entry: &InboxEntry, outcome: &str, error: Option<&str>) -> Outcome {
-        match self.inventory.record_inbox(entry, outcome, error).await {
-            Ok(true) => {
-                metrics::counter!("malaka_sqs_inbox_total", "queue" => self.queue.clone(), "outcome" => outcome.to_owned())
-                    .increment(1);
-                Outcome::Done
-            }
-            Ok(false) => {
-                metrics::counter!("malaka_sqs_duplicates_total", "queue" => self.queue.clone())
-                    .increment(1);
-                Outcome::Done
-            }
-            Err(e) => {
-                tracing::warn!(message = %entry.id, error = %e, "recording an SQS message failed; it will be delivered again");
-                Outcome::Retry
-            }
-        }
     }
 }
 
@@ -185,14 +358,24 @@ impl Handler for Inbound {
                     source: format!("sqs:{}", self.queue),
                     kind: "malformed".into(),
                     payload: m.body.clone(),
+                    event: None,
                 };
-                return self
+                let why = format!("not an event envelope: {err}");
+                return match self
+                    .commands
                     .record(
                         &entry,
-                        "malformed",
-                        Some(&format!("not an event envelope: {err}")),
+                        Disposition::Final(InboxState::Malformed),
+                        Some(&why),
                     )
-                    .await;
+                    .await
+                {
+                    Handled::Failed(e) => {
+                        tracing::warn!(message = %m.id, error = %e, "recording an SQS message failed; it will be delivered again");
+                        Outcome::Retry
+                    }
+                    _ => Outcome::Done,
+                };
             }
         };
         let entry = InboxEntry {
@@ -203,70 +386,49 @@ impl Handler for Inbound {
                 .unwrap_or_else(|| format!("sqs:{}", self.queue)),
             kind: envelope.kind.clone(),
             payload: m.body.clone(),
+            event: None,
         };
-        let by = format!("sqs:{}", entry.source);
-        let outcome = match movements_of(&envelope) {
-            Err(e) => return self.record(&entry, "refused", Some(&describe(&e))).await,
-            Ok(None) => {
-                // Not a stock command: listeners registered for its type may act on it.
-                let report = self.bus.dispatch_named(self.event(&envelope)).await;
-                if report.outcomes.is_empty() {
-                    return self
-                        .record(&entry, "ignored", Some("no handler for this type"))
-                        .await;
-                }
-                if !report.all_ok() {
-                    tracing::warn!(queue = %self.queue, message = %entry.id, kind = %entry.kind,
-                        "a listener failed on an SQS event; it will be delivered again");
-                    return Outcome::Retry;
-                }
-                return self.record(&entry, "processed", None).await;
-            }
-            Ok(Some(ms)) => self.inventory.post_batch_from(&ms, &by, Some(&entry)).await,
-        };
-        match outcome {
-            Ok(posted) => {
-                (self.balances_changed)();
-                metrics::counter!("malaka_sqs_postings_total", "queue" => self.queue.clone())
-                    .increment(posted.len() as u64);
-                let _report = self.bus.dispatch_named(self.event(&envelope)).await;
-                Outcome::Done
-            }
-            Err(InventoryError::Conflict {
-                code: "duplicate_message",
-                ..
-            }) => {
+        let dead_letter = self.max_receives.is_some_and(|n| m.receive_count >= n);
+        let park_after = self.commands.park_after;
+        match self
+            .commands
+            .run(&envelope, entry, park_after, dead_letter)
+            .await
+        {
+            Handled::Processed => Outcome::Done,
+            Handled::Duplicate => {
                 metrics::counter!("malaka_sqs_duplicates_total", "queue" => self.queue.clone())
                     .increment(1);
-                tracing::debug!(message = %entry.id, "a message seen before: skipped");
+                tracing::debug!(message = %envelope.id, "a message seen before: skipped");
                 Outcome::Done
             }
-            Err(e) if e.is_refusal() => {
-                tracing::info!(message = %entry.id, kind = %entry.kind, error = %e, "an SQS command was refused; recorded");
-                self.record(&entry, "refused", Some(&describe(&e))).await
+            Handled::Recorded(r) if r.state == InboxState::DeadLettered => {
+                // The queue's redrive policy takes it on its next receive.
+                tracing::warn!(message = %envelope.id, source = %r.source, attempts = r.attempts,
+                    "an SQS command kept waiting; the queue's dead-letter policy takes it");
+                Outcome::Retry
             }
-            Err(e) => {
-                tracing::warn!(message = %entry.id, error = %e, "posting an SQS command failed; it will be delivered again");
+            Handled::Recorded(r) => {
+                if r.state == InboxState::Parked {
+                    tracing::warn!(message = %envelope.id, source = %r.source, attempts = r.attempts,
+                        "an SQS command kept waiting; parked for a person to replay");
+                } else {
+                    tracing::info!(message = %envelope.id, kind = %envelope.kind, state = r.state.as_str(),
+                        "an SQS message was recorded");
+                }
+                Outcome::Done
+            }
+            Handled::Waiting(r) => {
+                tracing::info!(message = %envelope.id, attempts = r.attempts,
+                    reason = r.errors.last().map_or("", |a| a.error.as_str()),
+                    "an SQS command waits (it is tried again)");
+                Outcome::Retry
+            }
+            Handled::Failed(e) => {
+                tracing::warn!(message = %envelope.id, error = %e, "an SQS command failed; it will be delivered again");
                 Outcome::Retry
             }
         }
-    }
-}
-
-impl Inbound {
-    fn event(&self, e: &Envelope) -> JsonEvent {
-        let mut ev = JsonEvent::new(e.kind.clone(), e.data_value()).with_source(
-            e.source
-                .clone()
-                .unwrap_or_else(|| format!("sqs:{}", self.queue)),
-        );
-        if let Ok(id) = uuid::Uuid::parse_str(&e.id) {
-            ev = ev.with_id(id);
-        }
-        if let Some(at) = e.occurred_at {
-            ev.occurred_at = at;
-        }
-        ev
     }
 }
 
@@ -286,9 +448,7 @@ impl SqsBridge {
     pub async fn start(
         config: &SqsConfig,
         db: &Database,
-        inventory: &Inventory,
-        bus: &EventBus,
-        balances_changed: Arc<dyn Fn() + Send + Sync>,
+        commands: &Commands,
         supervisor: &Supervisor,
     ) -> Result<Option<Self>, malaka_sqs::SqsError> {
         if config.inbound.is_empty() && config.outbound_url.is_empty() {
@@ -303,11 +463,17 @@ impl SqsBridge {
         let mut consumers = Vec::new();
         for q in &config.inbound {
             let name = q.url.rsplit('/').next().unwrap_or("inbound").to_owned();
+            let max_receives = match malaka_sqs::admin::max_receive_count(&client, &q.url).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(queue = %name, error = %e, "cannot read the queue's redrive policy; Malaka parks waiting commands itself");
+                    None
+                }
+            };
             let handler = Arc::new(Inbound {
-                inventory: inventory.clone(),
-                bus: bus.clone(),
+                commands: commands.clone(),
                 queue: name,
-                balances_changed: Arc::clone(&balances_changed),
+                max_receives,
             });
             let c = ConsumerConfig::new(&q.url)
                 .pollers(q.pollers)

@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{Backend, TestApp, spawn_app_with};
+use malaka_inventory::InboxState;
 use malaka_sqs::{Outgoing, Publisher, admin};
 use serde_json::{Value, json};
 
@@ -74,10 +75,38 @@ struct Setup {
 }
 
 async fn setup(backend: Backend) -> Option<Setup> {
+    setup_with(backend, "malaka-in", None, |_| {}).await
+}
+
+/// A moto server, an inbound queue `inbound_name` (FIFO if it ends in `.fifo`; with a
+/// dead-letter queue after `redrive` receives when given), an outbound FIFO queue, and the
+/// server consuming and publishing, `tweak` applied to its configuration.
+async fn setup_with(
+    backend: Backend,
+    inbound_name: &str,
+    redrive: Option<u32>,
+    tweak: impl FnOnce(&mut malaka::Config) + Send + 'static,
+) -> Option<Setup> {
     let m = moto()?;
     let client =
         malaka_sqs::client_with("us-east-1", Some(&m.endpoint), Some(("test", "test"))).await;
-    let inbound = admin::create(&client, "malaka-in", 5, None).await.unwrap();
+    let dlq = match redrive {
+        Some(n) => {
+            let dlq = admin::create(&client, "malaka-dlq", 30, None)
+                .await
+                .unwrap();
+            Some((admin::arn(&client, &dlq).await.unwrap(), n))
+        }
+        None => None,
+    };
+    let inbound = admin::create(
+        &client,
+        inbound_name,
+        5,
+        dlq.as_ref().map(|(arn, n)| (arn.as_str(), *n)),
+    )
+    .await
+    .unwrap();
     let outbound = admin::create(&client, "malaka-out.fifo", 30, None)
         .await
         .unwrap();
@@ -94,6 +123,7 @@ async fn setup(backend: Backend) -> Option<Setup> {
         }];
         c.sqs.outbound_url = out;
         c.supervision.min_backoff = Duration::from_millis(300);
+        tweak(c);
     })
     .await?;
     let token = app.admin_token().await;
@@ -166,8 +196,13 @@ async fn drained(s: &Setup) -> bool {
     admin::counts(&s.client, &s.inbound).await.unwrap() == (0, 0)
 }
 
+/// The record of message `id` from `pos-1` (the sender of [`envelope`]).
 async fn inbox(s: &Setup, id: &str) -> Option<malaka_inventory::InboxRecord> {
-    s.app.state.inventory().inbox(id).await.unwrap()
+    s.app.state.inventory().inbox("pos-1", id).await.unwrap()
+}
+
+fn last_reason(r: &malaka_inventory::InboxRecord) -> String {
+    r.errors.last().map(|a| a.error.clone()).unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -193,7 +228,7 @@ async fn a_receipt_message_posts_once_however_often_it_arrives() {
         assert_eq!(rows[0]["reference"], "PO-7");
         assert_eq!(rows[0]["posted_by"], "sqs:pos-1");
         let rec = inbox(&s, "evt-1").await.unwrap();
-        assert_eq!(rec.outcome, "processed");
+        assert_eq!(rec.state, InboxState::Processed);
         assert_eq!(rec.movements.len(), 1);
         assert_eq!(rec.movements[0], rows[0]["movement_id"].as_str().unwrap());
         s.app.stop().await;
@@ -226,36 +261,54 @@ async fn malformed_unknown_and_refused_messages_are_recorded_and_deleted() {
         ],
     )
     .await;
-    until(Duration::from_secs(20), "the queue drained", async || {
-        drained(&s).await
-    })
+    until(
+        Duration::from_secs(20),
+        "every message recorded",
+        async || {
+            let db = s.app.state.db().clone();
+            let malaka::db::Database::Sqlite(pool) = &db else {
+                unreachable!()
+            };
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM malaka_inbox")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            n == 4
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(ledger(&s).await.is_empty(), "nothing posted");
-    assert_eq!(inbox(&s, "evt-unknown").await.unwrap().outcome, "ignored");
+    assert_eq!(
+        inbox(&s, "evt-unknown").await.unwrap().state,
+        InboxState::Ignored
+    );
     let bad = inbox(&s, "evt-bad").await.unwrap();
-    assert_eq!(bad.outcome, "refused");
-    assert!(bad.error.unwrap().contains("data.qty"));
+    assert_eq!(bad.state, InboxState::Refused);
+    assert!(last_reason(&bad).contains("data.qty"), "{bad:?}");
+    // The sale waits for stock: not refused for good, tried again.
     let sale = inbox(&s, "evt-sale").await.unwrap();
-    assert_eq!(sale.outcome, "refused");
-    let why = sale.error.unwrap();
-    assert!(why.contains("insufficient stock of A-1"), "{why}");
+    assert_eq!(sale.state, InboxState::Retrying);
+    assert!(
+        last_reason(&sale).contains("insufficient stock of A-1"),
+        "{sale:?}"
+    );
     // The malformed one is kept under its SQS id.
     let db = s.app.state.db().clone();
     let malaka::db::Database::Sqlite(pool) = &db else {
         unreachable!()
     };
-    let (payload, outcome): (String, String) =
-        sqlx::query_as("SELECT payload, outcome FROM malaka_inbox WHERE kind = 'malformed'")
+    let (payload, state): (String, String) =
+        sqlx::query_as("SELECT payload, state FROM malaka_inbox WHERE kind = 'malformed'")
             .fetch_one(pool)
             .await
             .unwrap();
     assert_eq!(
-        (payload.as_str(), outcome.as_str()),
+        (payload.as_str(), state.as_str()),
         ("this is not JSON", "malformed")
     );
 
-    // A purchase whose lines all fit posts every line.
+    // A purchase whose lines all fit posts every line; then the waiting sale goes through.
     send(
         &s,
         &[envelope(
@@ -267,11 +320,17 @@ async fn malformed_unknown_and_refused_messages_are_recorded_and_deleted() {
         )],
     )
     .await;
-    until(Duration::from_secs(20), "the purchase posted", async || {
-        ledger(&s).await.len() == 2
-    })
+    until(
+        Duration::from_secs(30),
+        "the purchase and the sale posted",
+        async || ledger(&s).await.len() == 4,
+    )
     .await;
     assert_eq!(inbox(&s, "evt-po").await.unwrap().movements.len(), 2);
+    let sale = inbox(&s, "evt-sale").await.unwrap();
+    assert_eq!(sale.state, InboxState::Processed);
+    assert!(sale.attempts >= 2, "{sale:?}");
+    assert_eq!(sale.movements.len(), 2);
     s.app.stop().await;
 }
 
@@ -489,4 +548,305 @@ async fn an_sqs_outage_degrades_the_node_but_keeps_it_ready() {
         .await;
     assert_eq!(r.status(), 201);
     app.stop().await;
+}
+
+fn receipt(id: &str, sku: &str, qty: u32) -> String {
+    envelope(
+        id,
+        "stock.receipt",
+        json!({"sku": sku, "warehouse": "MAIN", "qty": qty, "unit_cost": "1"}),
+    )
+}
+
+fn issue(id: &str, sku: &str, qty: u32) -> String {
+    envelope(
+        id,
+        "stock.issue",
+        json!({"sku": sku, "warehouse": "MAIN", "qty": qty}),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_issue_before_its_receipt_waits_and_posts_once_the_receipt_arrives() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let Some(s) = setup(backend).await else {
+            continue;
+        };
+        // A standard queue does not keep order: the issue comes first.
+        send(&s, &[issue("evt-issue", "A-1", 5)]).await;
+        until(Duration::from_secs(20), "the issue waiting", async || {
+            inbox(&s, "evt-issue")
+                .await
+                .is_some_and(|r| r.state == InboxState::Retrying)
+        })
+        .await;
+        assert!(ledger(&s).await.is_empty());
+        send(&s, &[receipt("evt-receipt", "A-1", 5)]).await;
+        until(Duration::from_secs(30), "the issue posted", async || {
+            inbox(&s, "evt-issue")
+                .await
+                .is_some_and(|r| r.state == InboxState::Processed)
+        })
+        .await;
+        let rows = ledger(&s).await;
+        assert_eq!(rows.len(), 2, "each posted once: {rows:?}");
+        assert_eq!(rows[0]["type"], "receipt");
+        assert_eq!(rows[1]["type"], "issue");
+        assert_eq!(rows[1]["qty_after"], "0");
+        let r = inbox(&s, "evt-issue").await.unwrap();
+        assert!(r.attempts >= 2, "{r:?}");
+        assert!(
+            r.errors
+                .iter()
+                .all(|a| a.error.contains("insufficient stock of A-1")),
+            "every attempt's reason is kept: {r:?}"
+        );
+        until(Duration::from_secs(20), "the queue drained", async || {
+            drained(&s).await
+        })
+        .await;
+        s.app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_command_that_keeps_waiting_is_parked_and_replayed_by_a_person() {
+    let Some(s) = setup_with(Backend::Sqlite, "malaka-in", None, |c| c.sqs.park_after = 3).await
+    else {
+        return;
+    };
+    send(&s, &[issue("evt-orphan", "B-1", 2)]).await;
+    until(Duration::from_secs(40), "the issue parked", async || {
+        inbox(&s, "evt-orphan")
+            .await
+            .is_some_and(|r| r.state == InboxState::Parked)
+    })
+    .await;
+    let r = inbox(&s, "evt-orphan").await.unwrap();
+    assert_eq!((r.attempts, r.errors.len()), (3, 3), "{r:?}");
+    assert!(last_reason(&r).contains("insufficient stock of B-1"));
+    // Parked by Malaka itself: the message is gone from the queue, its body kept.
+    until(Duration::from_secs(20), "the queue drained", async || {
+        drained(&s).await
+    })
+    .await;
+    assert!(r.payload.contains("evt-orphan"));
+    assert!(ledger(&s).await.is_empty(), "nothing posted");
+
+    // A manager sees it with its reasons.
+    let manager = s.app.token(malaka::auth::Role::Manager).await;
+    let v: Value = s
+        .app
+        .get_as(&manager, "/api/v1/inbox?state=parked")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{v}");
+    assert_eq!(items[0]["message_id"], "evt-orphan");
+    assert_eq!(items[0]["replayable"], true);
+    assert_eq!(items[0]["errors"].as_array().unwrap().len(), 3);
+    let id = items[0]["id"].as_i64().unwrap();
+    // A clerk may not.
+    let clerk = s.app.token(malaka::auth::Role::Clerk).await;
+    assert_eq!(s.app.get_as(&clerk, "/api/v1/inbox").await.status(), 403);
+    // Replayed while the stock is still missing: parked again, with the new reason.
+    let r = s
+        .app
+        .post_json(&manager, &format!("/api/v1/inbox/{id}/replay"), &json!({}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["state"].as_str(), v["attempts"].as_i64()),
+        (Some("parked"), Some(4)),
+        "{v}"
+    );
+    // Stock arrives; the CLI replays it (on the same SQLite file): posted once.
+    let r = s
+        .app
+        .post_json(&s.token, "/api/v1/movements", &json!({"type": "receipt", "sku": "B-1", "warehouse": "MAIN", "qty": "2", "unit_cost": "1"}))
+        .await;
+    assert_eq!(r.status(), 201);
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_malaka"))
+            .args(args)
+            .args(["--database-url", &s.app.database_url])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = cli(&["inbox", "list", "--state", "parked"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("evt-orphan") && out.contains("parked"),
+        "{out}"
+    );
+    let (ok, out, err) = cli(&["inbox", "show", &id.to_string()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("insufficient stock of B-1"), "{out}");
+    let (ok, out, err) = cli(&["inbox", "replay", &id.to_string(), "--json"]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["state"], "processed", "{v}");
+    assert_eq!(
+        ledger(&s).await.len(),
+        2,
+        "the receipt and the replayed issue"
+    );
+    // Processed: no second replay.
+    let r = s
+        .app
+        .post_json(&manager, &format!("/api/v1/inbox/{id}/replay"), &json!({}))
+        .await;
+    assert_eq!(r.status(), 409);
+    let (ok, _, err) = cli(&["inbox", "replay", &id.to_string()]);
+    assert!(
+        !ok && err.contains("not_replayable") || err.contains("can be replayed"),
+        "{err}"
+    );
+    assert_eq!(ledger(&s).await.len(), 2, "nothing posted twice");
+    s.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_queues_dead_letter_policy_is_recorded_when_it_fires_first() {
+    let Some(s) = setup_with(Backend::Sqlite, "malaka-in", Some(2), |_| {}).await else {
+        return;
+    };
+    send(&s, &[issue("evt-dlq", "A-1", 1)]).await;
+    until(Duration::from_secs(40), "dead-lettered", async || {
+        inbox(&s, "evt-dlq")
+            .await
+            .is_some_and(|r| r.state == InboxState::DeadLettered)
+    })
+    .await;
+    let dlq = s
+        .client
+        .get_queue_url()
+        .queue_name("malaka-dlq")
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    until(
+        Duration::from_secs(30),
+        "the message in the dead-letter queue",
+        async || admin::counts(&s.client, &dlq).await.unwrap().0 == 1,
+    )
+    .await;
+    assert!(ledger(&s).await.is_empty());
+    s.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_senders_numbering_alike_do_not_collide() {
+    let Some(s) = setup(Backend::Sqlite).await else {
+        return;
+    };
+    let from = |source: &str| {
+        json!({"id": "1", "type": "stock.receipt", "source": source,
+               "data": {"sku": "A-1", "warehouse": "MAIN", "qty": "3", "unit_cost": "1"}})
+        .to_string()
+    };
+    send(
+        &s,
+        &[from("shop-east"), from("shop-west"), from("shop-east")],
+    )
+    .await;
+    until(Duration::from_secs(20), "the queue drained", async || {
+        drained(&s).await
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ledger(&s).await.len(), 2, "one posting per sender");
+    for source in ["shop-east", "shop-west"] {
+        let r = s
+            .app
+            .state
+            .inventory()
+            .inbox(source, "1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.state, InboxState::Processed);
+    }
+    s.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fifo_queue_keeps_each_groups_order() {
+    // One poller: moto's receive is not atomic across concurrent calls (two receives racing can
+    // both take messages of one group), which SQS itself never does.
+    let Some(s) = setup_with(Backend::Sqlite, "malaka-in.fifo", None, |c| {
+        c.sqs.inbound[0].pollers = 1;
+    })
+    .await
+    else {
+        return;
+    };
+    // 3 groups x 50 commands, interleaved; in each group a receipt and then an issue of the
+    // same quantity, so an issue handled before its receipt would wait and come again.
+    let skus = ["A-1", "B-1", "C-1"];
+    let r = s
+        .app
+        .post_json(
+            &s.token,
+            "/api/v1/articles",
+            &json!({"sku": "C-1", "name": "C"}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let mut msgs = Vec::new();
+    for i in 0..50u32 {
+        for (g, sku) in skus.iter().enumerate() {
+            let id = format!("g{g}-{i:02}");
+            let qty = i % 7 + 1;
+            let body = if i % 2 == 0 {
+                receipt(&id, sku, qty)
+            } else {
+                issue(&id, sku, (i - 1) % 7 + 1)
+            };
+            msgs.push(Outgoing {
+                id: id.clone(),
+                group: format!("group-{g}"),
+                body,
+            });
+        }
+    }
+    Publisher::new(s.client.clone(), &s.inbound)
+        .send(&msgs)
+        .await
+        .unwrap();
+    until(
+        Duration::from_secs(60),
+        "every command posted",
+        async || ledger(&s).await.len() == 150,
+    )
+    .await;
+    // Each received and handled once: no command ever waited.
+    for m in &msgs {
+        let r = inbox(&s, &m.id).await.unwrap();
+        assert_eq!((r.state, r.attempts), (InboxState::Processed, 1), "{r:?}");
+    }
+    // The ledger shows each group's order.
+    let rows = ledger(&s).await;
+    for (g, sku) in skus.iter().enumerate() {
+        let kinds: Vec<&str> = rows
+            .iter()
+            .filter(|r| r["sku"] == *sku)
+            .map(|r| r["type"].as_str().unwrap())
+            .collect();
+        let want: Vec<&str> = (0..50)
+            .map(|i| if i % 2 == 0 { "receipt" } else { "issue" })
+            .collect();
+        assert_eq!(kinds, want, "group {g}");
+    }
+    s.app.stop().await;
 }

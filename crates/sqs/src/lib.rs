@@ -122,6 +122,8 @@ pub struct Message {
     pub body: String,
     /// How many times it has been received (1 the first time).
     pub receive_count: u32,
+    /// Its FIFO message group (FIFO queues only).
+    pub group: Option<String>,
 }
 
 /// What to do with a handled message.
@@ -222,6 +224,8 @@ pub struct ConsumerStats {
     pub retried: AtomicU64,
     /// Visibility extensions made while handlers ran.
     pub extended: AtomicU64,
+    /// Handed back unhandled (after a retried message of their FIFO group).
+    pub released: AtomicU64,
 }
 
 /// A running consumer of one queue.
@@ -240,6 +244,8 @@ pub struct Consumer {
 struct Ctx {
     client: Client,
     config: ConsumerConfig,
+    /// FIFO groups with messages being handled in this process.
+    active_groups: std::sync::Mutex<std::collections::HashSet<String>>,
     handler: Arc<dyn Handler>,
     room: Arc<Semaphore>,
     pool: WorkerPool,
@@ -292,6 +298,7 @@ impl Consumer {
             stats: Arc::clone(&stats),
             handler,
             config: config.clone(),
+            active_groups: std::sync::Mutex::default(),
         });
         let pollers = (0..config.pollers)
             .map(|i| {
@@ -383,6 +390,7 @@ async fn poll(ctx: Arc<Ctx>, stop: CancellationToken, task: TaskContext) {
             .wait_time_seconds(secs(ctx.config.wait).min(20))
             .visibility_timeout(secs(ctx.config.visibility))
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
             .send();
         let out = tokio::select! {
             () = stop.cancelled() => return,
@@ -416,33 +424,63 @@ async fn poll(ctx: Arc<Ctx>, stop: CancellationToken, task: TaskContext) {
         ctx.stats
             .received
             .fetch_add(messages.len() as u64, Ordering::Relaxed);
+        // Messages of one FIFO group are handled one after another, in order; groups (and the
+        // messages of a standard queue, each its own "group") run concurrently.
+        let mut groups: Vec<(
+            Option<String>,
+            Vec<(Message, tokio::sync::OwnedSemaphorePermit)>,
+        )> = Vec::new();
         let mut permits = permits.into_iter();
         for m in messages {
             let (Some(id), Some(receipt)) = (m.message_id, m.receipt_handle) else {
                 continue;
             };
-            let receive_count = m
-                .attributes
-                .as_ref()
-                .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+            let attr = |a: MessageSystemAttributeName| {
+                m.attributes.as_ref().and_then(|x| x.get(&a)).cloned()
+            };
+            let receive_count = attr(MessageSystemAttributeName::ApproximateReceiveCount)
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(1);
+            let group = attr(MessageSystemAttributeName::MessageGroupId);
             let msg = Message {
                 id,
                 receipt,
                 body: m.body.unwrap_or_default(),
                 receive_count,
+                group,
             };
             let Some(permit) = permits.next() else { break };
+            match groups
+                .iter_mut()
+                .find(|(g, _)| g.is_some() && *g == msg.group)
+            {
+                Some((_, list)) => list.push((msg, permit)),
+                None => groups.push((msg.group.clone(), vec![(msg, permit)])),
+            }
+        }
+        for (group, list) in groups {
+            if let Some(g) = &group {
+                let fresh = ctx
+                    .active_groups
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(g.clone());
+                if !fresh {
+                    // The group's earlier messages are still being handled here (the queue
+                    // handed these out anyway): back they go, to come after those.
+                    for (m, permit) in list {
+                        release(&ctx, &m).await;
+                        drop(permit);
+                    }
+                    continue;
+                }
+            }
             let c = Arc::clone(&ctx);
             // Room was taken before receiving, so this never waits long; a closed pool
-            // means shutdown, and the message is simply delivered again later.
+            // means shutdown, and the messages are simply delivered again later.
             if ctx
                 .pool
-                .submit(async move {
-                    let _permit = permit;
-                    run_one(&c, msg).await;
-                })
+                .submit(async move { run_group(&c, list).await })
                 .await
                 .is_err()
             {
@@ -452,8 +490,58 @@ async fn poll(ctx: Arc<Ctx>, stop: CancellationToken, task: TaskContext) {
     }
 }
 
-/// Runs the handler with a visibility heartbeat, then deletes or backs off.
-async fn run_one(ctx: &Ctx, msg: Message) {
+/// Runs a group's messages in order. When one is to be retried, the ones after it are handed
+/// back to the queue unhandled (visible again at once; a FIFO queue delivers them only after
+/// the retried one), so the group's order holds.
+async fn run_group(ctx: &Ctx, list: Vec<(Message, tokio::sync::OwnedSemaphorePermit)>) {
+    /// Frees the group for other receives when the run ends (or is dropped).
+    struct Active<'a>(&'a Ctx, Option<String>);
+    impl Drop for Active<'_> {
+        fn drop(&mut self) {
+            if let Some(g) = &self.1 {
+                self.0
+                    .active_groups
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(g);
+            }
+        }
+    }
+    let _active = Active(ctx, list.first().and_then(|(m, _)| m.group.clone()));
+    let mut rest = list.into_iter();
+    while let Some((msg, permit)) = rest.next() {
+        let outcome = run_one(ctx, msg).await;
+        drop(permit);
+        if outcome == Outcome::Retry {
+            for (m, permit) in rest.by_ref() {
+                release(ctx, &m).await;
+                drop(permit);
+            }
+        }
+    }
+}
+
+/// Hands a received message back unhandled: visible again at once.
+async fn release(ctx: &Ctx, m: &Message) {
+    ctx.stats.released.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("malaka_sqs_released_total", "queue" => ctx.config.name.clone()).increment(1);
+    let r = ctx
+        .client
+        .change_message_visibility()
+        .queue_url(&ctx.config.queue_url)
+        .receipt_handle(&m.receipt)
+        .visibility_timeout(0)
+        .send()
+        .await;
+    if let Err(e) = r {
+        tracing::warn!(queue = %ctx.config.name, message = %m.id, error = %aws_sdk_sqs::error::DisplayErrorContext(&e),
+            "handing a message back failed; it comes back at its visibility timeout");
+    }
+}
+
+/// Runs the handler with a visibility heartbeat, then deletes or backs off; returns what the
+/// handler said.
+async fn run_one(ctx: &Ctx, msg: Message) -> Outcome {
     let name = ctx.config.name.clone();
     metrics::gauge!("malaka_sqs_in_flight", "queue" => name.clone()).increment(1.0);
     let every = (ctx.config.visibility / 3).max(Duration::from_millis(300));
@@ -508,6 +596,7 @@ async fn run_one(ctx: &Ctx, msg: Message) {
             }
         }
     }
+    outcome
 }
 
 /// Deletes handled messages, ten per call: whatever arrived while the last call ran.
@@ -698,6 +787,40 @@ pub mod admin {
         out.attributes
             .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
             .ok_or_else(|| call_err("GetQueueAttributes", "no ARN"))
+    }
+
+    /// The `maxReceiveCount` of the queue's redrive policy, if it has one: after that many
+    /// receives the queue moves a message to its dead-letter queue.
+    ///
+    /// # Errors
+    /// The call failed.
+    pub async fn max_receive_count(client: &Client, url: &str) -> Result<Option<u32>, SqsError> {
+        let out = client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::RedrivePolicy)
+            .send()
+            .await
+            .map_err(|e| {
+                call_err(
+                    "GetQueueAttributes",
+                    aws_sdk_sqs::error::DisplayErrorContext(&e),
+                )
+            })?;
+        let Some(policy) = out
+            .attributes
+            .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy).cloned())
+        else {
+            return Ok(None);
+        };
+        let v: serde_json::Value = serde_json::from_str(&policy)
+            .map_err(|e| call_err("GetQueueAttributes", format!("RedrivePolicy: {e}")))?;
+        // SQS gives it as a number or as a string.
+        Ok(match &v["maxReceiveCount"] {
+            serde_json::Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+            serde_json::Value::String(s) => s.parse().ok(),
+            _ => None,
+        })
     }
 
     /// Approximate (visible, in flight) message counts of the queue at `url`.

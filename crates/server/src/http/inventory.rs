@@ -698,7 +698,7 @@ async fn balances(
             .transpose()?,
     };
     let inventory = state.inventory().clone();
-    let generation = state.balance_generation();
+    let generation = state.balance_generation().await;
     let rows = state
         .balance_cache()
         .try_get_with((generation, filter.clone()), async move {

@@ -7,6 +7,7 @@ mod dashboard;
 mod error;
 mod health;
 pub mod idempotency;
+mod integrations;
 mod inventory;
 mod jobs;
 pub mod json;
@@ -94,6 +95,7 @@ pub fn api_routes() -> Router<AppState> {
         .merge(jobs::routes())
         .merge(notify::routes())
         .merge(reports::routes())
+        .merge(integrations::routes())
 }
 
 async fn not_found(req: Request) -> ApiError {

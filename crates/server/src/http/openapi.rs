@@ -69,6 +69,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.merge(super::ws::ApiDoc::openapi());
     doc.merge(super::notify::ApiDoc::openapi());
     doc.merge(super::reports::ApiDoc::openapi());
+    doc.merge(super::integrations::ApiDoc::openapi());
     doc
 }
 

@@ -115,7 +115,7 @@ pub async fn retry(queue: &Queue, id: JobId, json: bool) -> Result<String, JobsE
     ))
 }
 
-fn time(t: DateTime<Utc>) -> String {
+pub(crate) fn time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
@@ -124,7 +124,7 @@ fn opt_time(t: Option<DateTime<Utc>>) -> String {
 }
 
 /// At most `n` characters of `s` on one line, with `...` when cut.
-fn clip(s: &str, n: usize) -> String {
+pub(crate) fn clip(s: &str, n: usize) -> String {
     let one_line = s.replace(['\n', '\r'], " ");
     if one_line.chars().count() <= n {
         one_line
@@ -136,7 +136,7 @@ fn clip(s: &str, n: usize) -> String {
 }
 
 /// Left-aligned columns separated by two spaces; the last column is not padded.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -2,6 +2,7 @@
 //! the WebSocket hub that tells connected clients. On PostgreSQL one node relays (and so raises
 //! each alert once) while `LISTEN/NOTIFY` wakes every node's hub.
 
+pub mod deliveries;
 pub mod hub;
 mod relay;
 
@@ -33,6 +34,9 @@ pub struct Live {
     alerts: Alerts,
     db: Database,
     relay_wake: Arc<Notify>,
+    deliveries: deliveries::Deliveries,
+    /// Counted for every change another node announces (PostgreSQL `NOTIFY malaka_outbox`).
+    remote_changes: Arc<std::sync::atomic::AtomicU64>,
     config: LiveConfig,
     /// Signs WebSocket tickets; the same on every node of one database.
     ticket_key: Vec<u8>,
@@ -48,6 +52,8 @@ impl Live {
     pub async fn new(
         db: &Database,
         inventory: &Inventory,
+        bus: &EventBus,
+        remote_changes: Arc<std::sync::atomic::AtomicU64>,
         all: &crate::config::Config,
     ) -> Result<Self, DbError> {
         let config = &all.live;
@@ -67,6 +73,17 @@ impl Live {
             })),
             db: db.clone(),
             relay_wake: inventory.outbox_written(),
+            remote_changes,
+            deliveries: deliveries::Deliveries::new(
+                db,
+                bus,
+                deliveries::DeliveryConfig {
+                    attempts: config.delivery_attempts,
+                    backoff: config.delivery_backoff,
+                    poll: config.poll_interval,
+                },
+                Arc::new(Notify::new()),
+            ),
             config: config.clone(),
             tasks: Mutex::new(Vec::new()),
             stop: CancellationToken::new(),
@@ -81,6 +98,11 @@ impl Live {
     /// Stock alerts.
     pub fn alerts(&self) -> &Alerts {
         &self.alerts
+    }
+
+    /// Durable delivery to the bus's named listeners, and its failures.
+    pub fn deliveries(&self) -> &deliveries::Deliveries {
+        &self.deliveries
     }
 
     /// The configuration.
@@ -138,7 +160,15 @@ impl Live {
     /// Registers the stock monitor on `bus` and starts the relay, the hub and (on PostgreSQL)
     /// the listener that wakes them for other nodes' events; `jobs` feeds `job_update`. Each
     /// runs under `supervisor` (`live.relay`, `live.hub`, `live.job_updates`, `live.listener`).
-    pub fn start(&self, bus: &EventBus, jobs: &Queue, supervisor: &Supervisor) {
+    ///
+    /// # Errors
+    /// The listeners' positions could not be read or written.
+    pub async fn start(
+        &self,
+        bus: &EventBus,
+        jobs: &Queue,
+        supervisor: &Supervisor,
+    ) -> Result<(), DbError> {
         let alerts = self.alerts.clone();
         bus.on_named(
             TOPIC_LEVEL_CHANGED,
@@ -166,11 +196,13 @@ impl Live {
                 }
             },
         );
+        // Every listener known now starts where publication stands, before the relay runs.
+        self.deliveries.ensure_cursors().await?;
         let relay = relay::Relay {
             db: self.db.clone(),
             hub: self.hub.clone(),
             alerts: self.alerts.clone(),
-            bus: bus.clone(),
+            deliveries: self.deliveries.clone(),
             wake: Arc::clone(&self.relay_wake),
             config: self.config.clone(),
         };
@@ -190,17 +222,31 @@ impl Live {
         tasks.push(supervisor.spawn(spec("live.job_updates"), move |_| {
             job_updates(hub.clone(), jobs.clone(), stop.clone())
         }));
+        let (deliveries, stop) = (self.deliveries.clone(), self.stop.clone());
+        tasks.push(supervisor.spawn(spec("live.deliveries"), move |task| {
+            deliveries.clone().run(stop.clone(), task)
+        }));
         if let Database::Postgres(pool) = &self.db {
-            let (pool, wake, hub, stop) = (
+            let (pool, wake, hub, deliveries, changes, stop) = (
                 pool.clone(),
                 Arc::clone(&self.relay_wake),
                 self.hub.clone(),
+                self.deliveries.clone(),
+                Arc::clone(&self.remote_changes),
                 self.stop.clone(),
             );
             tasks.push(supervisor.spawn(spec("live.listener"), move |_| {
-                listen(pool.clone(), Arc::clone(&wake), hub.clone(), stop.clone())
+                listen(
+                    pool.clone(),
+                    Arc::clone(&wake),
+                    hub.clone(),
+                    deliveries.clone(),
+                    Arc::clone(&changes),
+                    stop.clone(),
+                )
             }));
         }
+        Ok(())
     }
 
     /// Stops the relay and the hub (WebSocket connections end with the HTTP server).
@@ -218,8 +264,18 @@ impl Live {
     }
 }
 
-/// Wakes this node's relay and hub when another node writes or publishes events.
-async fn listen(pool: sqlx::PgPool, relay: Arc<Notify>, hub: Hub, stop: CancellationToken) {
+/// Wakes this node's relay, hub and deliverer when another node writes or publishes events.
+async fn listen(
+    pool: sqlx::PgPool,
+    relay: Arc<Notify>,
+    hub: Hub,
+    deliveries: deliveries::Deliveries,
+    changes: Arc<std::sync::atomic::AtomicU64>,
+    stop: CancellationToken,
+) {
+    let changed = || {
+        changes.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    };
     loop {
         let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
             Ok(l) => l,
@@ -238,16 +294,27 @@ async fn listen(pool: sqlx::PgPool, relay: Arc<Notify>, hub: Hub, stop: Cancella
         // Anything sent while not listening is picked up now.
         relay.notify_one();
         hub.wake();
+        deliveries.wake();
+        changed();
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 n = listener.recv() => match n {
-                    Ok(n) if n.channel() == "malaka_outbox" => relay.notify_one(),
-                    Ok(_) => hub.wake(),
+                    Ok(n) if n.channel() == "malaka_outbox" => {
+                        // Written by a posting (or an alert) on some node: balances may differ.
+                        changed();
+                        relay.notify_one();
+                    }
+                    Ok(_) => {
+                        hub.wake();
+                        deliveries.wake();
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "live events: LISTEN connection lost; reconnecting");
+                        changed();
                         relay.notify_one();
                         hub.wake();
+                        deliveries.wake();
                         break;
                     }
                 },

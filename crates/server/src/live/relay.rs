@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use malaka_inventory::{Alerts, OutboxEvent};
-use malaka_runtime::{EventBus, JsonEvent};
+use malaka_inventory::Alerts;
 use sqlx::{Connection, PgConnection};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -31,7 +30,7 @@ pub(crate) struct Relay {
     pub(crate) db: Database,
     pub(crate) hub: Hub,
     pub(crate) alerts: Alerts,
-    pub(crate) bus: EventBus,
+    pub(crate) deliveries: super::deliveries::Deliveries,
     /// Told when outbox events were written (in process, or by `NOTIFY` from other nodes).
     pub(crate) wake: Arc<Notify>,
     pub(crate) config: LiveConfig,
@@ -76,7 +75,7 @@ pub async fn leader_lock(
 
 impl Leader {
     /// Still leader? On PostgreSQL, asks the lock's connection (a broken one lost the lock).
-    async fn alive(&mut self) -> bool {
+    pub(crate) async fn alive(&mut self) -> bool {
         let Some(conn) = &mut self.0 else {
             return true;
         };
@@ -144,9 +143,6 @@ impl Relay {
                 }
             };
             if !batch.is_empty() {
-                for e in &batch {
-                    self.dispatch(e).await;
-                }
                 let marks: Vec<(i64, i64)> = batch
                     .iter()
                     .map(|e| {
@@ -159,6 +155,7 @@ impl Relay {
                         metrics::counter!("malaka_outbox_published_total")
                             .increment(marks.len() as u64);
                         self.hub.wake();
+                        self.deliveries.wake();
                     }
                     Err(e) => {
                         // Another relay took these numbers (two leaders for a moment), or the
@@ -201,26 +198,6 @@ impl Relay {
         }
     }
 
-    /// Hands one event to the bus's listeners and waits for them (they run concurrently,
-    /// each with its own retries); a failure is logged and counted, and the event is published
-    /// anyway: the sweep repairs what an alert listener could not do.
-    async fn dispatch(&self, e: &OutboxEvent) {
-        let mut data = e.payload.clone();
-        if let Some(obj) = data.as_object_mut() {
-            obj.insert("outbox_id".to_owned(), e.id.into());
-        }
-        let event = JsonEvent::new(e.topic.clone(), data).with_source("outbox");
-        let report = self.bus.dispatch_named(event).await;
-        for f in report.failures() {
-            if let Err(err) = &f.result {
-                tracing::error!(event = e.id, topic = %e.topic, listener = %f.listener, error = %err,
-                    "an outbox event's listener failed");
-            }
-            metrics::counter!("malaka_outbox_listener_failures_total", "listener" => f.listener.to_string())
-                .increment(1);
-        }
-    }
-
     async fn sweep(&self) {
         match self.alerts.sweep().await {
             Ok((report, changes)) => {
@@ -239,13 +216,45 @@ impl Relay {
         }
     }
 
+    /// Deletes published events older than the retention, but never one a durable reader (a
+    /// listener's cursor, the SQS publisher's position) has not passed: a reader lagging past
+    /// the retention keeps them, and a warning and `malaka_outbox_retention_held` say so.
     async fn prune(&self) {
         let Ok(keep) = chrono::Duration::from_std(self.config.outbox_retention) else {
             return;
         };
         let before = Utc::now() - keep;
+        let listeners = match self.deliveries.lowest_cursor().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "pruning the outbox: cannot read the listeners' positions");
+                return;
+            }
+        };
+        let sqs = match self.db.meta(crate::sqs::CURSOR_KEY).await {
+            Ok(v) => v.and_then(|v| v.parse::<i64>().ok()),
+            Err(e) => {
+                tracing::warn!(error = %e, "pruning the outbox: cannot read the SQS publisher's position");
+                return;
+            }
+        };
+        let floor = [listeners, sqs].into_iter().flatten().min();
+        let outbox = self.hub.outbox();
+        // Is a reader holding back events the retention would delete?
+        let held = match (floor, outbox.seq_published_before(before).await) {
+            (Some(f), Ok(Some(old))) => old > f,
+            _ => false,
+        };
+        metrics::gauge!("malaka_outbox_retention_held").set(f64::from(u8::from(held)));
+        if held {
+            tracing::warn!(
+                position = floor,
+                "a durable reader of the outbox (an event listener or the \
+                SQS publisher) lags behind the retention; its events are kept until it catches up"
+            );
+        }
         loop {
-            match self.hub.outbox().prune(before, 10_000).await {
+            match outbox.prune(before, floor, 10_000).await {
                 Ok(n) => {
                     metrics::counter!("malaka_outbox_pruned_total").increment(n);
                     if n < 10_000 {
