@@ -96,6 +96,26 @@ async fn the_dashboard_shows_a_new_alert_without_a_reload() {
         .unwrap()
         .id;
 
+    // A command from another system, parked for lack of stock, for the Integrations card.
+    let entry = malaka_inventory::InboxEntry {
+        id: "pos-77".into(),
+        source: "till-3".into(),
+        kind: "stock.issue".into(),
+        payload: json!({"id": "pos-77", "type": "stock.issue", "source": "till-3",
+                        "data": {"sku": "DASH-1", "warehouse": "MAIN", "qty": "1"}})
+        .to_string(),
+        event: None,
+    };
+    app.state
+        .inventory()
+        .record_inbox(
+            &entry,
+            malaka_inventory::Disposition::Attempt { park_after: 1 },
+            Some("insufficient stock of DASH-1 in MAIN"),
+        )
+        .await
+        .unwrap();
+
     let shots = manifest.join("../../target/test-artifacts");
     std::fs::create_dir_all(&shots).unwrap();
     let out = tokio::process::Command::new("node")
@@ -116,6 +136,18 @@ async fn the_dashboard_shows_a_new_alert_without_a_reload() {
     let result: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap();
     eprintln!("dashboard: {result}");
     assert!(result["alert_ms"].as_u64().unwrap() <= 1000, "{result}");
+    let r = app
+        .state
+        .inventory()
+        .inbox("till-3", "pos-77")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        r.state,
+        malaka_inventory::InboxState::Processed,
+        "replayed from the page"
+    );
     assert!(shots.join("dashboard.png").exists());
     // The retry from the page reached the queue: the job ran again (and, its kind still
     // unknown, failed again).

@@ -850,3 +850,178 @@ async fn a_fifo_queue_keeps_each_groups_order() {
     }
     s.app.stop().await;
 }
+
+/// `malaka worker` consumes SQS and posts into the SQLite file `serve` answers reads from: a
+/// posting of the worker shows in `serve`'s cached balances within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_workers_postings_show_in_serves_cached_balances() {
+    let Some(m) = moto() else {
+        return;
+    };
+    let client =
+        malaka_sqs::client_with("us-east-1", Some(&m.endpoint), Some(("test", "test"))).await;
+    let inbound = admin::create(&client, "malaka-in", 5, None).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = data.clone();
+    let app = spawn_app_with(Backend::Sqlite, move |c| c.data_dir = d)
+        .await
+        .unwrap();
+    let token = app.admin_token().await;
+    for (path, body) in [
+        (
+            "/api/v1/warehouses",
+            json!({"code": "MAIN", "name": "Main"}),
+        ),
+        ("/api/v1/articles", json!({"sku": "A-1", "name": "A"})),
+    ] {
+        assert_eq!(app.post_json(&token, path, &body).await.status(), 201);
+    }
+    let qty = async || -> String {
+        let v: Value = app
+            .get_as(&token, "/api/v1/balances?sku=A-1")
+            .await
+            .json()
+            .await
+            .unwrap();
+        v["items"][0]["qty"].as_str().unwrap_or("0").to_owned()
+    };
+    assert_eq!(qty().await, "0", "cached: nothing yet");
+    let config = dir.path().join("worker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {data:?}\n[sqs]\nendpoint_url = {endpoint:?}\naccess_key_id = \"test\"\n\
+             secret_access_key = \"test\"\nwait = \"1s\"\n[[sqs.inbound]]\nurl = {inbound:?}\n",
+            data = data.display().to_string(),
+            endpoint = m.endpoint,
+        ),
+    )
+    .unwrap();
+    let mut worker = std::process::Command::new(env!("CARGO_BIN_EXE_malaka"))
+        .args(["--config", config.to_str().unwrap(), "worker"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    Publisher::new(client.clone(), &inbound)
+        .send(&[Outgoing {
+            id: "w-1".into(),
+            group: "g".into(),
+            body: receipt("w-1", "A-1", 7),
+        }])
+        .await
+        .unwrap();
+    until(Duration::from_secs(30), "the worker posted", async || {
+        app.state
+            .inventory()
+            .inbox("pos-1", "w-1")
+            .await
+            .unwrap()
+            .is_some_and(|r| r.state == InboxState::Processed)
+    })
+    .await;
+    let posted = tokio::time::Instant::now();
+    until(Duration::from_secs(1), "serve sees it", async || {
+        qty().await == "7"
+    })
+    .await;
+    eprintln!(
+        "serve saw the worker's posting after {:?}",
+        posted.elapsed()
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status();
+    let _ = worker.wait();
+    app.stop().await;
+}
+
+/// Messages of other types go to their listeners through the outbox: a listener's failure is
+/// kept and retried like any delivery's, and the message is not delivered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_sqs_event_a_listener_fails_is_kept_and_retried() {
+    let Some(s) = setup_with(Backend::Sqlite, "malaka-in", None, |c| {
+        c.live.delivery_backoff = Duration::from_millis(100);
+    })
+    .await
+    else {
+        return;
+    };
+    let broken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let (b, g) = (broken.clone(), got.clone());
+    s.app.state.bus().on_named(
+        "customer.created",
+        "crm",
+        malaka_runtime::ListenerOptions::default(),
+        move |e| {
+            let (b, g) = (b.clone(), g.clone());
+            async move {
+                if b.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Err(malaka_runtime::ListenerError::retryable("the CRM is down"));
+                }
+                g.lock().unwrap().push(e.data.clone());
+                Ok(())
+            }
+        },
+    );
+    s.app
+        .state
+        .live()
+        .deliveries()
+        .ensure_cursors()
+        .await
+        .unwrap();
+    send(
+        &s,
+        &[envelope(
+            "cust-1",
+            "customer.created",
+            json!({"name": "Ada"}),
+        )],
+    )
+    .await;
+    until(
+        Duration::from_secs(20),
+        "the message processed",
+        async || {
+            inbox(&s, "cust-1")
+                .await
+                .is_some_and(|r| r.state == InboxState::Processed)
+        },
+    )
+    .await;
+    let failures = async || -> Vec<Value> {
+        let v: Value = s
+            .app
+            .get_as(&s.token, "/api/v1/events/failures?listener=crm")
+            .await
+            .json()
+            .await
+            .unwrap();
+        v["items"].as_array().unwrap().clone()
+    };
+    until(
+        Duration::from_secs(10),
+        "the failure recorded",
+        async || failures().await.len() == 1,
+    )
+    .await;
+    broken.store(false, std::sync::atomic::Ordering::SeqCst);
+    until(
+        Duration::from_secs(20),
+        "retried and delivered",
+        async || failures().await[0]["state"] == "resolved",
+    )
+    .await;
+    let got = got.lock().unwrap().clone();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["data"]["name"], "Ada");
+    assert_eq!(got[0]["source"], "pos-1");
+    until(Duration::from_secs(20), "the queue drained", async || {
+        drained(&s).await
+    })
+    .await;
+    s.app.stop().await;
+}

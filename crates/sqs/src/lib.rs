@@ -426,10 +426,7 @@ async fn poll(ctx: Arc<Ctx>, stop: CancellationToken, task: TaskContext) {
             .fetch_add(messages.len() as u64, Ordering::Relaxed);
         // Messages of one FIFO group are handled one after another, in order; groups (and the
         // messages of a standard queue, each its own "group") run concurrently.
-        let mut groups: Vec<(
-            Option<String>,
-            Vec<(Message, tokio::sync::OwnedSemaphorePermit)>,
-        )> = Vec::new();
+        let mut groups: Vec<(Option<String>, Vec<Held>)> = Vec::new();
         let mut permits = permits.into_iter();
         for m in messages {
             let (Some(id), Some(receipt)) = (m.message_id, m.receipt_handle) else {
@@ -490,10 +487,13 @@ async fn poll(ctx: Arc<Ctx>, stop: CancellationToken, task: TaskContext) {
     }
 }
 
+/// A received message and the room it holds.
+type Held = (Message, tokio::sync::OwnedSemaphorePermit);
+
 /// Runs a group's messages in order. When one is to be retried, the ones after it are handed
 /// back to the queue unhandled (visible again at once; a FIFO queue delivers them only after
 /// the retried one), so the group's order holds.
-async fn run_group(ctx: &Ctx, list: Vec<(Message, tokio::sync::OwnedSemaphorePermit)>) {
+async fn run_group(ctx: &Ctx, list: Vec<Held>) {
     /// Frees the group for other receives when the run ends (or is dropped).
     struct Active<'a>(&'a Ctx, Option<String>);
     impl Drop for Active<'_> {

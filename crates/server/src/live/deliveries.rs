@@ -328,7 +328,7 @@ impl Deliveries {
             return Ok((cursor, false));
         };
         for p in &events {
-            if !topics.iter().any(|t| *t == p.event.topic) {
+            if !topics.contains(&p.event.topic) {
                 continue;
             }
             let event = event_of(p);

@@ -100,6 +100,13 @@ impl Live {
         &self.alerts
     }
 
+    /// Prunes the outbox now, as the relay does every minute when caught up: published events
+    /// past `outbox_retention` that every durable reader has passed. Returns whether a reader
+    /// lagging behind the retention held some back.
+    pub async fn prune_outbox(&self) -> bool {
+        relay::prune_outbox(&self.db, self.hub.outbox(), &self.deliveries, &self.config).await
+    }
+
     /// Durable delivery to the bus's named listeners, and its failures.
     pub fn deliveries(&self) -> &deliveries::Deliveries {
         &self.deliveries

@@ -216,55 +216,64 @@ impl Relay {
         }
     }
 
-    /// Deletes published events older than the retention, but never one a durable reader (a
-    /// listener's cursor, the SQS publisher's position) has not passed: a reader lagging past
-    /// the retention keeps them, and a warning and `malaka_outbox_retention_held` say so.
     async fn prune(&self) {
-        let Ok(keep) = chrono::Duration::from_std(self.config.outbox_retention) else {
-            return;
-        };
-        let before = Utc::now() - keep;
-        let listeners = match self.deliveries.lowest_cursor().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "pruning the outbox: cannot read the listeners' positions");
-                return;
-            }
-        };
-        let sqs = match self.db.meta(crate::sqs::CURSOR_KEY).await {
-            Ok(v) => v.and_then(|v| v.parse::<i64>().ok()),
-            Err(e) => {
-                tracing::warn!(error = %e, "pruning the outbox: cannot read the SQS publisher's position");
-                return;
-            }
-        };
-        let floor = [listeners, sqs].into_iter().flatten().min();
-        let outbox = self.hub.outbox();
-        // Is a reader holding back events the retention would delete?
-        let held = match (floor, outbox.seq_published_before(before).await) {
-            (Some(f), Ok(Some(old))) => old > f,
-            _ => false,
-        };
-        metrics::gauge!("malaka_outbox_retention_held").set(f64::from(u8::from(held)));
-        if held {
-            tracing::warn!(
-                position = floor,
-                "a durable reader of the outbox (an event listener or the \
-                SQS publisher) lags behind the retention; its events are kept until it catches up"
-            );
+        prune_outbox(&self.db, self.hub.outbox(), &self.deliveries, &self.config).await;
+    }
+}
+
+/// Deletes published events older than the retention, but never one a durable reader (a
+/// listener's cursor, the SQS publisher's position) has not passed: a reader lagging past the
+/// retention keeps them, and a warning and `malaka_outbox_retention_held` say so. Returns
+/// whether a reader held events back.
+pub(crate) async fn prune_outbox(
+    db: &Database,
+    outbox: &malaka_inventory::Outbox,
+    deliveries: &super::deliveries::Deliveries,
+    config: &LiveConfig,
+) -> bool {
+    let Ok(keep) = chrono::Duration::from_std(config.outbox_retention) else {
+        return false;
+    };
+    let before = Utc::now() - keep;
+    let listeners = match deliveries.lowest_cursor().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "pruning the outbox: cannot read the listeners' positions");
+            return false;
         }
-        loop {
-            match outbox.prune(before, floor, 10_000).await {
-                Ok(n) => {
-                    metrics::counter!("malaka_outbox_pruned_total").increment(n);
-                    if n < 10_000 {
-                        return;
-                    }
+    };
+    let sqs = match db.meta(crate::sqs::CURSOR_KEY).await {
+        Ok(v) => v.and_then(|v| v.parse::<i64>().ok()),
+        Err(e) => {
+            tracing::warn!(error = %e, "pruning the outbox: cannot read the SQS publisher's position");
+            return false;
+        }
+    };
+    let floor = [listeners, sqs].into_iter().flatten().min();
+    // Is a reader holding back events the retention would delete?
+    let held = match (floor, outbox.seq_published_before(before).await) {
+        (Some(f), Ok(Some(old))) => old > f,
+        _ => false,
+    };
+    metrics::gauge!("malaka_outbox_retention_held").set(f64::from(u8::from(held)));
+    if held {
+        tracing::warn!(
+            position = floor,
+            "a durable reader of the outbox (an event listener or the \
+            SQS publisher) lags behind the retention; its events are kept until it catches up"
+        );
+    }
+    loop {
+        match outbox.prune(before, floor, 10_000).await {
+            Ok(n) => {
+                metrics::counter!("malaka_outbox_pruned_total").increment(n);
+                if n < 10_000 {
+                    return held;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "pruning the outbox failed");
-                    return;
-                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "pruning the outbox failed");
+                return held;
             }
         }
     }

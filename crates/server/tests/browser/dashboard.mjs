@@ -68,6 +68,11 @@ try {
   await page.click("#waiting li[data-job-id] button");
   await page.waitForFunction(() => document.querySelector("#toast").textContent.includes("cancelled"));
   result.cancelled = true;
+  // A parked command from another system is shown with its reason and replayed from the page.
+  await page.waitForSelector("#integrations:not([hidden]) #inbox li[data-inbox-id] .err");
+  await page.click("#inbox li[data-inbox-id] button");
+  await page.waitForFunction(() => document.querySelector("#toast").textContent.includes("posted"));
+  result.inbox_replayed = true;
   // A report is requested from the page, followed, and offered for download.
   await page.selectOption("#r-type", "valuation");
   await page.click("#report-form button");
