@@ -147,6 +147,8 @@ pub struct Deliveries {
     outbox: Outbox,
     config: DeliveryConfig,
     wake: Arc<Notify>,
+    /// Told after deliveries: listeners (the stock monitor) write outbox events of their own.
+    relay: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Deliveries {
@@ -187,8 +189,14 @@ where
 
 impl Deliveries {
     /// The deliverer over `db`'s outbox for `bus`'s named listeners; `wake` is told when events
-    /// are published.
-    pub fn new(db: &Database, bus: &EventBus, config: DeliveryConfig, wake: Arc<Notify>) -> Self {
+    /// are published; `relay` is told after deliveries (listeners write events of their own).
+    pub fn new(
+        db: &Database,
+        bus: &EventBus,
+        config: DeliveryConfig,
+        wake: Arc<Notify>,
+        relay: Arc<Notify>,
+    ) -> Self {
         let pool = db.event_pool();
         Self {
             db: db.clone(),
@@ -197,6 +205,7 @@ impl Deliveries {
             bus: bus.clone(),
             config,
             wake,
+            relay,
         }
     }
 
@@ -290,6 +299,8 @@ impl Deliveries {
                 Err(e) => tracing::warn!(error = %e, "retrying failed deliveries failed"),
             }
             if progressed {
+                // What the listeners wrote to the outbox (alerts) is published at once.
+                self.relay.notify_one();
                 continue;
             }
             if last_check.elapsed() >= self.config.poll * 5 {

@@ -83,6 +83,7 @@ impl Live {
                     poll: config.poll_interval,
                 },
                 Arc::new(Notify::new()),
+                inventory.outbox_written(),
             ),
             config: config.clone(),
             tasks: Mutex::new(Vec::new()),
