@@ -373,11 +373,14 @@ impl Application {
                 shutting_down: AtomicBool::new(false),
                 live,
                 notifier,
-                reports: Arc::new(crate::reports::Reports::new(
-                    db_for_reports,
-                    inventory_for_reports,
-                    config.reports.retention,
-                )),
+                reports: Arc::new(
+                    crate::reports::Reports::new(
+                        db_for_reports,
+                        inventory_for_reports,
+                        config.reports.retention,
+                    )
+                    .max_active_per_token(config.reports.max_active_per_token),
+                ),
                 supervisor,
                 in_flight_keys: crate::http::idempotency::InFlightKeys::default(),
                 request_timeout: config.api.request_timeout,
@@ -458,8 +461,11 @@ impl Application {
         };
         let stop = CancellationToken::new();
         let app = crate::http::router(state.clone());
-        let serve =
-            axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
+        let serve = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop.clone().cancelled_owned());
         let mut server = tokio::spawn(async move { serve.await });
         let mut failed = None;
         tokio::select! {

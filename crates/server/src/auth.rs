@@ -201,7 +201,7 @@ pub struct NewToken {
     /// The stored record.
     pub info: TokenInfo,
     /// The secret (`mlk_...`).
-    pub token: String,
+    pub token: crate::secret::Secret,
 }
 
 /// A new random token: `mlk_` + base64url (no padding) of 32 random bytes.
@@ -322,7 +322,10 @@ impl TokenStore {
     pub async fn create(&self, name: &str, role: Role) -> Result<NewToken, DbError> {
         let token = generate_token();
         let info = self.insert(name, role, &token).await?;
-        Ok(NewToken { info, token })
+        Ok(NewToken {
+            info,
+            token: token.into(),
+        })
     }
 
     /// Stores `token` (a secret chosen by the caller) under `name` with `role`.
@@ -516,13 +519,18 @@ impl RateLimit {
     }
 }
 
-/// Authentication state shared by every request: the token store and the rate limit.
+/// Authentication state shared by every request: the token store, the per-token rate limit,
+/// and the per-client limit on failed authentication.
 #[derive(Debug, Clone)]
 pub struct Auth {
     /// Tokens.
     pub tokens: TokenStore,
     /// The per-token rate limit.
     pub rate_limit: RateLimit,
+    /// Failed authentication per client address (`api.failed_auth_*`).
+    pub failures: Arc<crate::limit::ClientLimiter>,
+    /// Proxies whose `X-Forwarded-For` is believed (`api.trusted_proxies`).
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
 }
 
 impl Auth {
@@ -531,6 +539,12 @@ impl Auth {
         Self {
             tokens: TokenStore::new(db),
             rate_limit: RateLimit::new(config),
+            failures: Arc::new(crate::limit::ClientLimiter::new(
+                "auth",
+                config.failed_auth_per_minute,
+                config.failed_auth_burst,
+            )),
+            trusted_proxies: config.trusted_proxies.clone().into(),
         }
     }
 }
@@ -541,7 +555,7 @@ pub enum Bootstrap {
     /// Tokens already existed; nothing was done.
     NotNeeded,
     /// A new admin token was created; its secret must be shown once.
-    Created(String),
+    Created(crate::secret::Secret),
     /// The token from `MALAKA_BOOTSTRAP_TOKEN` was stored.
     FromEnvironment,
 }
@@ -586,7 +600,7 @@ pub async fn bootstrap(
     Ok(if from_env {
         Bootstrap::FromEnvironment
     } else {
-        Bootstrap::Created(token)
+        Bootstrap::Created(token.into())
     })
 }
 

@@ -118,7 +118,9 @@ async fn measure(
         .create("bench alerts", crate::auth::Role::Admin)
         .await
         .map_err(|e| MovementsBenchError::Setup(format!("token: {e}")))?
-        .token;
+        .token
+        .expose()
+        .to_owned();
     let http = reqwest::Client::new();
     let base = format!("http://{}/api/v1", poster.addr);
     let post = |path: &'static str, body: serde_json::Value| {

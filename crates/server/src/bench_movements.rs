@@ -522,7 +522,9 @@ async fn measure(
         .create("bench movements", crate::auth::Role::Admin)
         .await
         .map_err(|e| MovementsBenchError::Setup(format!("bench token: {e}")))?
-        .token;
+        .token
+        .expose()
+        .to_owned();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(b.clients)
         .timeout(Duration::from_secs(30))

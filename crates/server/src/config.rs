@@ -9,6 +9,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::secret::Secret;
+
 /// Everything `malaka serve` can be told.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -84,8 +86,8 @@ pub struct SqsConfig {
     pub endpoint_url: String,
     /// Static credentials (empty: the standard chain).
     pub access_key_id: String,
-    /// Its secret.
-    pub secret_access_key: String,
+    /// Its secret (printed as `***`).
+    pub secret_access_key: Secret,
     /// Queues of commands from other systems.
     pub inbound: Vec<InboundQueue>,
     /// The queue outbox events are published to (empty: none).
@@ -107,7 +109,7 @@ impl Default for SqsConfig {
             region: "us-east-1".to_owned(),
             endpoint_url: String::new(),
             access_key_id: String::new(),
-            secret_access_key: String::new(),
+            secret_access_key: Secret::default(),
             inbound: Vec::new(),
             outbound_url: String::new(),
             wait: Duration::from_secs(20),
@@ -154,6 +156,8 @@ pub struct ReportsConfig {
     /// How often expired reports are looked for.
     #[serde(with = "humantime_serde")]
     pub prune_every: Duration,
+    /// Reports one token may have queued or running at once; more are refused with 429.
+    pub max_active_per_token: u32,
 }
 
 impl Default for ReportsConfig {
@@ -161,6 +165,7 @@ impl Default for ReportsConfig {
         Self {
             retention: Duration::from_secs(7 * 24 * 3600),
             prune_every: Duration::from_secs(600),
+            max_active_per_token: 4,
         }
     }
 }
@@ -181,6 +186,9 @@ pub struct NotifyConfig {
     pub smtp: SmtpConfig,
     /// The circuit breaker of each target (an SMTP server, a webhook host).
     pub breaker: BreakerConfig,
+    /// Let webhooks reach loopback, private, link-local and unique-local addresses (off: such
+    /// targets are refused when a rule is made and at connect time, whatever DNS answers).
+    pub allow_private_targets: bool,
 }
 
 impl Default for NotifyConfig {
@@ -191,6 +199,7 @@ impl Default for NotifyConfig {
             webhook_timeout: Duration::from_secs(10),
             smtp: SmtpConfig::default(),
             breaker: BreakerConfig::default(),
+            allow_private_targets: false,
         }
     }
 }
@@ -207,8 +216,8 @@ pub struct SmtpConfig {
     pub tls: SmtpTls,
     /// User name (empty: no authentication).
     pub username: String,
-    /// Password.
-    pub password: String,
+    /// Password (printed as `***`).
+    pub password: Secret,
     /// The sender, `Name <address>` or an address.
     pub from: String,
     /// Connections kept open to the server.
@@ -225,7 +234,7 @@ impl Default for SmtpConfig {
             port: 25,
             tls: SmtpTls::None,
             username: String::new(),
-            password: String::new(),
+            password: Secret::default(),
             from: "Malaka <malaka@localhost>".to_owned(),
             pool_size: 16,
             timeout: Duration::from_secs(10),
@@ -297,6 +306,10 @@ pub struct LiveConfig {
     /// Wait before a failed delivery is tried again, doubling up to 10 minutes.
     #[serde(with = "humantime_serde")]
     pub delivery_backoff: Duration,
+    /// WebSocket connections one token may hold open on this node; more are closed with 1008.
+    pub ws_max_per_token: usize,
+    /// WebSocket connections this node holds open at most; more are closed with 1013.
+    pub ws_max_connections: usize,
 }
 
 impl Default for LiveConfig {
@@ -310,6 +323,8 @@ impl Default for LiveConfig {
             ws_ticket_ttl: Duration::from_secs(60),
             delivery_attempts: 10,
             delivery_backoff: Duration::from_secs(1),
+            ws_max_per_token: 50,
+            ws_max_connections: 10_000,
         }
     }
 }
@@ -346,6 +361,14 @@ pub struct ApiConfig {
     /// a retry with its `Idempotency-Key` gets that answer).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Requests that fail authentication each client address may make per minute, sustained;
+    /// past that (and the burst) its requests are answered 429 before any token is looked at.
+    pub failed_auth_per_minute: u32,
+    /// Failed requests a client may make at once above the sustained rate.
+    pub failed_auth_burst: u32,
+    /// Proxies (CIDRs, e.g. `10.0.0.0/8`) whose `X-Forwarded-For` names the client; a request
+    /// from anywhere else is the client itself, whatever it claims. Default: none.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for ApiConfig {
@@ -354,15 +377,20 @@ impl Default for ApiConfig {
             rate_limit_per_second: 50,
             rate_limit_burst: 100,
             request_timeout: Duration::from_secs(30),
+            failed_auth_per_minute: 30,
+            failed_auth_burst: 20,
+            trusted_proxies: Vec::new(),
         }
     }
 }
 
 /// Which database, and how to talk to it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
-    /// `sqlite://PATH` or `postgres://...`; empty means `sqlite://<data_dir>/malaka.db`.
+    /// `sqlite://PATH` or `postgres://...`; empty means `sqlite://<data_dir>/malaka.db`. A
+    /// password in it is printed as `***`.
+    #[serde(serialize_with = "url_without_password")]
     pub url: String,
     /// Connections in the pool.
     pub max_connections: u32,
@@ -370,6 +398,20 @@ pub struct DatabaseConfig {
     /// acknowledged) or `normal` (WAL: survives a process crash, may lose the last commits on a
     /// power cut).
     pub sqlite_synchronous: SqliteSync,
+}
+
+fn url_without_password<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::secret::redact_url_password(url))
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &crate::secret::redact_url_password(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("sqlite_synchronous", &self.sqlite_synchronous)
+            .finish()
+    }
 }
 
 impl Default for DatabaseConfig {
@@ -775,6 +817,18 @@ impl Config {
             1_000_000,
         )?;
         dur("api.request_timeout", a.request_timeout, 10 * MS, HOUR)?;
+        count(
+            "api.failed_auth_per_minute",
+            u64::from(a.failed_auth_per_minute),
+            1,
+            1_000_000,
+        )?;
+        count(
+            "api.failed_auth_burst",
+            u64::from(a.failed_auth_burst),
+            1,
+            1_000_000,
+        )?;
 
         let l = &self.live;
         off_or("live.sweep_every", l.sweep_every, SEC, DAY)?;
@@ -790,6 +844,13 @@ impl Config {
             1000,
         )?;
         dur("live.delivery_backoff", l.delivery_backoff, 10 * MS, HOUR)?;
+        count("live.ws_max_per_token", n(l.ws_max_per_token), 1, 1_000_000)?;
+        count(
+            "live.ws_max_connections",
+            n(l.ws_max_connections),
+            1,
+            10_000_000,
+        )?;
 
         let no = &self.notify;
         count(
@@ -835,6 +896,12 @@ impl Config {
         let r = &self.reports;
         dur("reports.retention", r.retention, MIN, YEARS)?;
         dur("reports.prune_every", r.prune_every, SEC, DAY)?;
+        count(
+            "reports.max_active_per_token",
+            u64::from(r.max_active_per_token),
+            1,
+            10_000,
+        )?;
 
         let q = &self.sqs;
         dur("sqs.wait", q.wait, Duration::ZERO, 20 * SEC)?;

@@ -17,9 +17,11 @@ pub mod http;
 pub mod inbox_cli;
 pub mod input;
 pub mod jobs;
+pub mod limit;
 pub mod live;
 pub mod notify;
 pub mod reports;
+pub mod secret;
 pub mod sqs;
 pub mod telemetry;
 

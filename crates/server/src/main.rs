@@ -666,7 +666,7 @@ async fn bootstrap_token(app: &Application) -> anyhow::Result<()> {
             tracing::warn!(
                 "no API token existed: created admin token `bootstrap`, printed once on stdout"
             );
-            println!("admin token (shown once): {token}");
+            println!("admin token (shown once): {}", token.expose());
         }
     }
     Ok(())
@@ -818,7 +818,7 @@ async fn token_command(cli: &Cli, args: &TokenArgs) -> anyhow::Result<()> {
             tokens
                 .create(name, *role)
                 .await
-                .map(|t| format!("{}\n", t.token))
+                .map(|t| format!("{}\n", t.token.expose()))
         }
         TokenCommand::List => tokens
             .list()

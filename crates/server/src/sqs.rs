@@ -456,7 +456,7 @@ impl SqsBridge {
         }
         let creds = (!config.access_key_id.is_empty()).then_some((
             config.access_key_id.as_str(),
-            config.secret_access_key.as_str(),
+            config.secret_access_key.expose(),
         ));
         let endpoint = (!config.endpoint_url.is_empty()).then_some(config.endpoint_url.as_str());
         let client = malaka_sqs::client_with(&config.region, endpoint, creds).await;

@@ -2,14 +2,17 @@
 //! the token cache, then counted against the token's rate limit) and permission checks.
 //!
 //! Every `/api/v1` handler takes a `Principal`; a missing, malformed, unknown or revoked token is
-//! 401 `unauthorized` with `WWW-Authenticate: Bearer`, a token over its limit is 429
-//! `rate_limited` with `Retry-After`, and [`Principal::require`] answers 403 `forbidden`.
+//! 401 `unauthorized` with `WWW-Authenticate: Bearer` and counts against the client address's
+//! allowance of failures (a client past it is answered 429 before anything else is done), a
+//! token over its limit is 429 `rate_limited` with `Retry-After`, and [`Principal::require`]
+//! answers 403 `forbidden`.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 
 use super::ApiError;
+use super::client::ClientAddr;
 use crate::app::AppState;
 pub use crate::auth::{Permission, Principal};
 
@@ -37,35 +40,52 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     Ok(token.trim())
 }
 
-/// Who sent `headers`: the token is checked (401), then counted against its rate limit (429).
+/// Who sent `headers` from `client`: a client over its allowance of failures is refused first
+/// (429, before any hashing or database work); then the token is checked (401, counted as a
+/// failure of the client), then counted against its rate limit (429).
 ///
 /// # Errors
 /// 401, 429, or 500 when the database fails.
 pub(super) async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
+    client: ClientAddr,
 ) -> Result<Principal, ApiError> {
-    authenticate_token(state, bearer(headers)?).await
+    let failures = &state.auth().failures;
+    failures.check(client.0).map_err(ApiError::client_limited)?;
+    let token = bearer(headers).inspect_err(|_| failures.failed(client.0))?;
+    authenticate_token(state, token, client).await
 }
 
-/// Who holds `token`: checked (401), then counted against its rate limit (429).
+/// Who holds `token`, asked by `client`: as [`authenticate`].
 ///
 /// # Errors
 /// 401, 429, or 500 when the database fails.
 pub(super) async fn authenticate_token(
     state: &AppState,
     token: &str,
+    client: ClientAddr,
 ) -> Result<Principal, ApiError> {
     let auth = state.auth();
-    let principal = auth
-        .tokens
-        .authenticate(token)
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("invalid or revoked token"))?;
+    auth.failures
+        .check(client.0)
+        .map_err(ApiError::client_limited)?;
+    let Some(principal) = auth.tokens.authenticate(token).await? else {
+        auth.failures.failed(client.0);
+        return Err(ApiError::unauthorized("invalid or revoked token"));
+    };
     auth.rate_limit
         .check(principal.id)
         .map_err(ApiError::rate_limited)?;
     Ok(principal)
+}
+
+/// The client address the middleware recorded (none in a bare router).
+pub(super) fn client_of(extensions: &axum::http::Extensions) -> ClientAddr {
+    extensions
+        .get::<ClientAddr>()
+        .copied()
+        .unwrap_or(ClientAddr(None))
 }
 
 impl FromRequestParts<AppState> for Principal {
@@ -78,7 +98,8 @@ impl FromRequestParts<AppState> for Principal {
         if let Some(Authenticated(p)) = parts.extensions.get::<Authenticated>() {
             return Ok(p.clone());
         }
-        let principal = authenticate(state, &parts.headers).await?;
+        let client = client_of(&parts.extensions);
+        let principal = authenticate(state, &parts.headers, client).await?;
         parts.extensions.insert(Authenticated(principal.clone()));
         Ok(principal)
     }

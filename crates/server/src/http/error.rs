@@ -101,6 +101,17 @@ impl ApiError {
         .with_header(header::RETRY_AFTER, HeaderValue::from(secs))
     }
 
+    /// 429 `rate_limited`: the client address made too many failed requests.
+    pub fn client_limited(retry_after: std::time::Duration) -> Self {
+        let secs = (retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).max(1);
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many failed requests from this address; retry in {secs} s"),
+        )
+        .with_header(header::RETRY_AFTER, HeaderValue::from(secs))
+    }
+
     /// 400: a field's value is invalid.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {

@@ -240,6 +240,11 @@ impl PostingHook for Record {
 #[derive(Debug, Clone, Copy)]
 pub struct ReplayStored;
 
+/// Put on a response whose body holds a secret shown once (a new token): a replay answers this
+/// body instead, and only it is stored.
+#[derive(Debug, Clone)]
+pub struct RecordInstead(pub axum::body::Bytes);
+
 /// The middleware, for `/api/v1` routes.
 pub(super) async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if req.method() != Method::POST || !req.headers().contains_key(IDEMPOTENCY_KEY) {
@@ -310,7 +315,10 @@ async fn idempotent(state: &AppState, req: Request, next: Next) -> Result<Respon
         .map_err(fail)?
         .unwrap_or_default();
     // Authentication first: keys belong to a token, and no token means 401.
-    let principal = authenticate(state, req.headers()).await.map_err(fail)?;
+    let client = super::auth::client_of(req.extensions());
+    let principal = authenticate(state, req.headers(), client)
+        .await
+        .map_err(fail)?;
     let (mut parts, body) = req.into_parts();
     parts.extensions.insert(Authenticated(principal.clone()));
     let bytes = axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|_| {
@@ -381,7 +389,11 @@ async fn idempotent(state: &AppState, req: Request, next: Next) -> Result<Respon
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    match record(db, &idem, parts.status, &body, content_type.as_deref()).await {
+    let recorded = parts
+        .extensions
+        .get::<RecordInstead>()
+        .map_or_else(|| body.clone(), |r| r.0.clone());
+    match record(db, &idem, parts.status, &recorded, content_type.as_deref()).await {
         Ok(true) => {}
         Ok(false) => {
             // Recorded meanwhile by a request on another node: that answer stands.

@@ -3,6 +3,7 @@
 
 mod alerts;
 pub mod auth;
+pub mod client;
 mod dashboard;
 mod error;
 mod health;
@@ -55,6 +56,10 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            client::layer,
+        ))
         .layer(axum::middleware::from_fn(record_metrics))
         .layer(
             ServiceBuilder::new()
@@ -66,7 +71,8 @@ pub fn router(state: AppState) -> Router {
                             .get(REQUEST_ID)
                             .and_then(|v| v.to_str().ok())
                             .unwrap_or("-");
-                        tracing::info_span!("http", method = %req.method(), uri = %req.uri(), request_id = %id)
+                        // The path only: a query string may carry a WebSocket ticket.
+                        tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
                     }),
                 )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))

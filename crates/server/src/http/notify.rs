@@ -43,7 +43,9 @@ pub(super) struct RuleIn {
     channel: Option<String>,
     address: Option<String>,
     url: Option<String>,
-    secret: Option<String>,
+    /// Write-only: signs each delivery (16 to 256 characters).
+    #[schema(value_type = Option<String>)]
+    secret: Option<crate::secret::Secret>,
     warehouses: Option<Vec<String>>,
     skus: Option<Vec<String>>,
     /// LOW (default), CRITICAL or OUT_OF_STOCK.
@@ -142,6 +144,7 @@ async fn create_rule(
 ) -> Result<(StatusCode, Json<RuleOut>), ApiError> {
     principal.require(Permission::ManageCatalog)?;
     let rule = NewRule::parse(body.into())?;
+    crate::notify::rules::check_target(&rule, state.notifier().allow_private_targets())?;
     let stored = state
         .notifier()
         .rules()
@@ -196,6 +199,7 @@ async fn patch_rule(
     let rules = state.notifier().rules();
     let existing = rules.get(id).await?.ok_or_else(|| missing(id))?;
     let patched = NewRule::patched(&existing, body.into())?;
+    crate::notify::rules::check_target(&patched, state.notifier().allow_private_targets())?;
     let rule = rules
         .update(id, &patched)
         .await?

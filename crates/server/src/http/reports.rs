@@ -43,6 +43,12 @@ impl From<ReportError> for ApiError {
     fn from(e: ReportError) -> Self {
         match e {
             ReportError::Inventory(i) => i.into(),
+            ReportError::TooMany(n) => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_reports",
+                ReportError::TooMany(n).to_string(),
+            )
+            .with_header(header::RETRY_AFTER, HeaderValue::from(5u32)),
             other => ApiError::internal(other),
         }
     }
@@ -128,7 +134,8 @@ fn not_found(id: &str) -> ApiError {
 }
 
 #[utoipa::path(post, path = "/api/v1/reports", tag = "reports", request_body = ReportIn,
-    responses((status = 202, body = ReportOut), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody)))]
+    responses((status = 202, body = ReportOut), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody),
+              (status = 429, description = "the token has its most reports queued or running (`too_many_reports`), or is over its rate limit", body = super::openapi::ErrorBody)))]
 async fn request_report(
     State(state): State<AppState>,
     principal: Principal,

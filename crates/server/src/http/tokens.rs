@@ -4,6 +4,7 @@
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -72,8 +73,9 @@ struct Created {
     #[schema(value_type = String, example = "clerk")]
     role: Role,
     created_at: DateTime<Utc>,
-    /// The secret: shown in this answer only.
-    token: String,
+    /// The secret: shown in this answer only (a replay of the request with its
+    /// `Idempotency-Key` answers `null`: the secret is stored nowhere).
+    token: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -88,7 +90,7 @@ async fn create(
     State(state): State<AppState>,
     principal: Principal,
     body: Result<Json<CreateToken>, ApiError>,
-) -> Result<(StatusCode, Json<Created>), ApiError> {
+) -> Result<Response, ApiError> {
     principal.require(Permission::ManageTokens)?;
     let Json(body) = body?;
     let name =
@@ -105,16 +107,20 @@ async fn create(
         by = principal.id,
         "token created"
     );
-    Ok((
-        StatusCode::CREATED,
-        Json(Created {
-            id: new.info.id,
-            name: new.info.name,
-            role: new.info.role,
-            created_at: new.info.created_at,
-            token: new.token,
-        }),
-    ))
+    let mut created = Created {
+        id: new.info.id,
+        name: new.info.name,
+        role: new.info.role,
+        created_at: new.info.created_at,
+        token: None,
+    };
+    let without_secret = serde_json::to_vec(&created).map_err(ApiError::internal)?;
+    created.token = Some(new.token.expose().to_owned());
+    let mut response = (StatusCode::CREATED, Json(created)).into_response();
+    response
+        .extensions_mut()
+        .insert(super::idempotency::RecordInstead(without_secret.into()));
+    Ok(response)
 }
 
 #[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", responses((status = 200, body = TokenList), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "not an admin", body = super::openapi::ErrorBody)))]

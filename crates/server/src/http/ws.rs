@@ -19,8 +19,10 @@ use utoipa::ToSchema;
 
 use super::ApiError;
 use super::auth::{Permission, Principal, authenticate_token};
+use super::client::ClientAddr;
 use super::json::Json;
 use crate::app::AppState;
+use crate::live::slots::Refusal;
 use crate::live::{Message, Subscription, hub::TYPES};
 
 /// The subprotocol the server speaks.
@@ -33,6 +35,10 @@ const CLOSE_TIMEOUT: u16 = 4002;
 const CLOSE_PROTOCOL: u16 = 4003;
 /// Close code when the server shuts down.
 const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code of a connection over its token's limit (policy violation).
+const CLOSE_TOO_MANY_FOR_TOKEN: u16 = 1008;
+/// Close code of a connection over the node's limit (try again later).
+const CLOSE_NODE_FULL: u16 = 1013;
 
 #[derive(utoipa::OpenApi)]
 #[openapi(paths(ticket, connect))]
@@ -90,16 +96,20 @@ fn list(v: Option<&String>) -> std::collections::HashSet<String> {
 }
 
 /// Who opens the socket: a ticket, a `bearer.<token>` subprotocol, or an `Authorization` header.
+/// A bad ticket counts against the client's allowance of failures, as a bad token does.
 async fn who(
     state: &AppState,
     q: &ConnectQuery,
     headers: &HeaderMap,
+    client: ClientAddr,
 ) -> Result<Principal, ApiError> {
     if let Some(t) = &q.ticket {
-        let id = state
-            .live()
-            .check_ticket(t, Utc::now().timestamp())
-            .ok_or_else(|| ApiError::unauthorized("invalid or expired ticket"))?;
+        let failures = &state.auth().failures;
+        failures.check(client.0).map_err(ApiError::client_limited)?;
+        let Some(id) = state.live().check_ticket(t, Utc::now().timestamp()) else {
+            failures.failed(client.0);
+            return Err(ApiError::unauthorized("invalid or expired ticket"));
+        };
         let principal = state
             .auth()
             .tokens
@@ -121,9 +131,9 @@ async fn who(
         .map(str::trim)
         .find_map(|p| p.strip_prefix("bearer."));
     if let Some(token) = offered {
-        return authenticate_token(state, token).await;
+        return authenticate_token(state, token, client).await;
     }
-    super::auth::authenticate(state, headers).await
+    super::auth::authenticate(state, headers, client).await
 }
 
 /// Live events. Query: `ticket`, `since` (the last `id` received: what was missed is sent
@@ -138,9 +148,10 @@ pub(super) async fn connect(
     State(state): State<AppState>,
     Query(q): Query<ConnectQuery>,
     headers: HeaderMap,
+    client: ClientAddr,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let principal = who(&state, &q, &headers).await?;
+    let principal = who(&state, &q, &headers, client).await?;
     principal.require(Permission::Read)?;
     let since = q
         .since
@@ -163,11 +174,16 @@ pub(super) async fn connect(
         ));
     }
     tracing::debug!(token = principal.id, "WebSocket client connecting");
+    let slot = state.live().slots().acquire(principal.id);
     Ok(upgrade
         .protocols([PROTOCOL])
         .max_message_size(64 * 1024)
         .on_upgrade(move |socket| async move {
-            Session::new(state, socket).run(subscription, since).await;
+            let session = Session::new(state, socket);
+            match slot {
+                Ok(_slot) => session.run(subscription, since).await,
+                Err(refusal) => session.refuse(principal.id, refusal).await,
+            }
         }))
 }
 
@@ -220,6 +236,26 @@ impl Session {
                 false
             }
         }
+    }
+
+    /// Closes a connection that got no slot, saying why.
+    async fn refuse(mut self, token: i64, refusal: Refusal) {
+        tracing::info!(
+            token,
+            reason = refusal.as_str(),
+            "WebSocket connection refused: over its limit"
+        );
+        let frame = match refusal {
+            Refusal::PerToken(_) => close(
+                CLOSE_TOO_MANY_FOR_TOKEN,
+                "too many connections for this token (live.ws_max_per_token)",
+            ),
+            Refusal::PerNode(_) => close(
+                CLOSE_NODE_FULL,
+                "this server holds its most connections (live.ws_max_connections); retry later",
+            ),
+        };
+        let _sent = self.send(frame).await;
     }
 
     async fn run(mut self, subscription: Subscription, since: Option<i64>) {

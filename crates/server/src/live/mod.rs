@@ -5,6 +5,7 @@
 pub mod deliveries;
 pub mod hub;
 mod relay;
+pub mod slots;
 
 pub use relay::{Leader, leader_lock};
 
@@ -38,6 +39,8 @@ pub struct Live {
     /// Counted for every change another node announces (PostgreSQL `NOTIFY malaka_outbox`).
     remote_changes: Arc<std::sync::atomic::AtomicU64>,
     config: LiveConfig,
+    /// WebSocket connections per token and per node.
+    slots: slots::Slots,
     /// Signs WebSocket tickets; the same on every node of one database.
     ticket_key: Vec<u8>,
     tasks: Mutex<Vec<Supervised>>,
@@ -86,6 +89,7 @@ impl Live {
                 inventory.outbox_written(),
             ),
             config: config.clone(),
+            slots: slots::Slots::new(config.ws_max_per_token, config.ws_max_connections),
             tasks: Mutex::new(Vec::new()),
             stop: CancellationToken::new(),
         })
@@ -111,6 +115,11 @@ impl Live {
     /// Durable delivery to the bus's named listeners, and its failures.
     pub fn deliveries(&self) -> &deliveries::Deliveries {
         &self.deliveries
+    }
+
+    /// WebSocket connection slots.
+    pub fn slots(&self) -> &slots::Slots {
+        &self.slots
     }
 
     /// The configuration.

@@ -4,6 +4,7 @@
 //! behind a circuit breaker of its own. While a breaker is open, deliveries snooze until it may
 //! let a probe through instead of spending their attempts.
 
+pub mod guard;
 pub mod rules;
 mod send;
 
@@ -260,6 +261,11 @@ impl Notifier {
         self.sent[i].load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// Whether webhooks may reach non-public addresses (`notify.allow_private_targets`).
+    pub fn allow_private_targets(&self) -> bool {
+        self.config.allow_private_targets
+    }
+
     /// The rules.
     pub fn rules(&self) -> &RuleStore {
         &self.rules
@@ -377,10 +383,13 @@ impl Notifier {
             data: send::sample_alert(),
         };
         self.sender.send(&rule, &d, 0).await?;
+        let to = match rule.channel {
+            Channel::Email => rule.target.clone(),
+            Channel::Webhook => crate::secret::origin(&rule.target),
+        };
         Ok(format!(
-            "test message sent through rule {id} ({} to {})",
+            "test message sent through rule {id} ({} to {to})",
             rule.channel.as_str(),
-            rule.target
         ))
     }
 }

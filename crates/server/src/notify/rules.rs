@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::auth::on_pool;
 use crate::db::{Database, DbError};
+use crate::secret::Secret;
 
 /// Event types a rule can ask for.
 pub const EVENTS: [&str; 2] = ["stock_alert", "report_ready"];
@@ -31,8 +32,9 @@ impl Channel {
     }
 }
 
-/// A stored rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A stored rule. Its `Debug` shows a webhook's URL as scheme://host only (a chat webhook's
+/// path is its secret) and never the signing secret.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Rule {
     /// Id.
     pub id: i64,
@@ -43,7 +45,7 @@ pub struct Rule {
     /// The address or URL.
     pub target: String,
     /// The webhook's signing secret.
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
     /// Only these warehouses (empty: all).
     pub warehouses: Vec<String>,
     /// Only these articles (empty: all).
@@ -60,6 +62,28 @@ pub struct Rule {
     pub created_at: DateTime<Utc>,
     /// Last changed.
     pub updated_at: DateTime<Utc>,
+}
+
+/// How a rule's target may be shown outside the rule's own API: an email address as it is, a
+/// webhook URL as scheme://host.
+fn shown_target(channel: &Channel, target: &str) -> String {
+    match channel {
+        Channel::Email => target.to_owned(),
+        Channel::Webhook => crate::secret::origin(target),
+    }
+}
+
+impl std::fmt::Debug for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rule")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("channel", &self.channel)
+            .field("target", &shown_target(&self.channel, &self.target))
+            .field("secret", &self.secret)
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Rule {
@@ -96,7 +120,7 @@ fn bad(field: &'static str, message: impl Into<String>) -> RuleError {
 }
 
 /// A rule's fields, checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct NewRule {
     /// Name.
     pub name: String,
@@ -105,7 +129,7 @@ pub struct NewRule {
     /// Address or URL.
     pub target: String,
     /// Webhook secret.
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
     /// Warehouses.
     pub warehouses: Vec<String>,
     /// Articles.
@@ -118,8 +142,19 @@ pub struct NewRule {
     pub enabled: bool,
 }
 
+impl std::fmt::Debug for NewRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewRule")
+            .field("name", &self.name)
+            .field("channel", &self.channel)
+            .field("target", &shown_target(&self.channel, &self.target))
+            .field("secret", &self.secret)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The raw fields of a rule, as a request gives them (all optional; `parse` decides).
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct RuleInput {
     /// Name.
     pub name: Option<String>,
@@ -130,7 +165,7 @@ pub struct RuleInput {
     /// For webhooks.
     pub url: Option<String>,
     /// For webhooks.
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
     /// Warehouses.
     pub warehouses: Option<Vec<String>>,
     /// Articles.
@@ -141,6 +176,15 @@ pub struct RuleInput {
     pub events: Option<Vec<String>>,
     /// On or off.
     pub enabled: Option<bool>,
+}
+
+impl std::fmt::Debug for RuleInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleInput")
+            .field("name", &self.name)
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
 }
 
 fn level(s: &str) -> Result<AlertLevel, RuleError> {
@@ -187,11 +231,34 @@ fn url(s: &str) -> Result<String, RuleError> {
     Ok(u.to_string())
 }
 
-fn secret(s: &str) -> Result<String, RuleError> {
-    if !(16..=256).contains(&s.len()) {
+fn secret(s: &Secret) -> Result<Secret, RuleError> {
+    if !(16..=256).contains(&s.expose().len()) {
         return Err(bad("secret", "secret must be 16 to 256 characters"));
     }
-    Ok(s.to_owned())
+    Ok(s.clone())
+}
+
+/// Refuses a webhook whose URL names a non-public address literally (`http://127.0.0.1/`,
+/// `http://[fd00::1]/`), unless `allow_private`; names are checked when the webhook connects.
+///
+/// # Errors
+/// `url`, saying why.
+pub fn check_target(rule: &NewRule, allow_private: bool) -> Result<(), RuleError> {
+    if allow_private || rule.channel != Channel::Webhook {
+        return Ok(());
+    }
+    let Ok(url) = reqwest::Url::parse(&rule.target) else {
+        return Ok(());
+    };
+    match super::guard::private_literal(&url) {
+        Some(ip) => Err(bad(
+            "url",
+            format!(
+                "url points at {ip}, which is not a public address; webhooks may not reach loopback, private, link-local or unique-local addresses unless notify.allow_private_targets = true"
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 impl NewRule {
@@ -234,7 +301,7 @@ impl NewRule {
                     .url
                     .as_deref()
                     .ok_or_else(|| bad("url", "url is required for a webhook"))?;
-                let s = i.secret.as_deref().ok_or_else(|| {
+                let s = i.secret.as_ref().ok_or_else(|| {
                     bad(
                         "secret",
                         "secret is required for a webhook (16 to 256 characters)",
@@ -243,7 +310,7 @@ impl NewRule {
                 (url(u)?, Some(secret(s)?))
             }
         };
-        let name = i.name.unwrap_or_else(|| target.clone());
+        let name = i.name.unwrap_or_else(|| shown_target(&channel, &target));
         let name = name.trim().to_owned();
         if name.is_empty() || name.len() > 100 {
             return Err(bad("name", "name must be 1 to 100 characters"));
@@ -354,7 +421,7 @@ fn decode(r: Row) -> Result<Rule, DbError> {
             _ => return Err(corrupt("channel")),
         },
         target: r.3.clone(),
-        secret: r.4.clone(),
+        secret: r.4.clone().map(Secret::new),
         warehouses: json_list(&r.5)?,
         skus: json_list(&r.6)?,
         min_level: level(&r.7).map_err(|_| corrupt("min_level"))?,
@@ -395,7 +462,7 @@ impl RuleStore {
         let now = Utc::now();
         let row: Row = on_pool!(&self.db, pool => {
             sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
-                .bind(&r.name).bind(r.channel.as_str()).bind(&r.target).bind(&r.secret)
+                .bind(&r.name).bind(r.channel.as_str()).bind(&r.target).bind(r.secret.as_ref().map(Secret::expose))
                 .bind(json(&r.warehouses)).bind(json(&r.skus)).bind(r.min_level.as_str())
                 .bind(json(&r.events)).bind(r.enabled).bind(by).bind(now)
                 .fetch_one(pool).await?
@@ -440,7 +507,7 @@ impl RuleStore {
         let now = Utc::now();
         let row: Option<Row> = on_pool!(&self.db, pool => {
             sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
-                .bind(&r.name).bind(&r.target).bind(&r.secret).bind(json(&r.warehouses))
+                .bind(&r.name).bind(&r.target).bind(r.secret.as_ref().map(Secret::expose)).bind(json(&r.warehouses))
                 .bind(json(&r.skus)).bind(r.min_level.as_str()).bind(json(&r.events))
                 .bind(r.enabled).bind(now).bind(id)
                 .fetch_optional(pool).await?
@@ -494,11 +561,34 @@ mod tests {
     }
 
     #[test]
+    fn literal_private_targets_are_refused_unless_allowed() {
+        for url in [
+            "http://127.0.0.1:9/x",
+            "http://[::1]/x",
+            "http://10.0.0.1/",
+            "http://169.254.169.254/latest",
+        ] {
+            let r = NewRule::parse(RuleInput {
+                url: Some(url.into()),
+                ..input()
+            })
+            .unwrap();
+            assert_eq!(check_target(&r, false).unwrap_err().field, "url", "{url}");
+            assert!(check_target(&r, true).is_ok());
+        }
+        let public = NewRule::parse(input()).unwrap();
+        assert!(check_target(&public, false).is_ok());
+    }
+
+    #[test]
     fn a_rule_parses_with_defaults_and_names_the_field_at_fault() {
         let r = NewRule::parse(input()).unwrap();
         assert_eq!(r.min_level, AlertLevel::Low);
         assert_eq!(r.events, ["stock_alert"]);
-        assert_eq!(r.name, "https://erp.example/hooks/stock");
+        // Named after the host only: a webhook's path may be its secret.
+        assert_eq!(r.name, "https://erp.example");
+        assert!(!format!("{r:?}").contains("hooks/stock"));
+        assert!(!format!("{r:?}").contains("0123456789abcdef"));
         let field = |i: RuleInput| NewRule::parse(i).unwrap_err().field;
         assert_eq!(
             field(RuleInput {

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use super::{Delivery, NotifyError, Rule, rules::Channel};
 use crate::config::{NotifyConfig, SmtpTls};
+use crate::secret::Secret;
 
 /// Why one send failed.
 #[derive(Debug, thiserror::Error)]
@@ -31,9 +32,13 @@ pub enum SendError {
     /// The webhook could not be reached, timed out, or answered 5xx, 408 or 429.
     #[error("webhook: {0}")]
     Webhook(String),
-    /// The webhook answered another 4xx: it will not take this event.
+    /// The webhook answered another 4xx (or a redirect, which is not followed): it will not
+    /// take this event.
     #[error("webhook refused the event: {0}")]
     WebhookRefused(String),
+    /// The webhook's address is not public (`notify.allow_private_targets` is off).
+    #[error("webhook target refused: {0}")]
+    PrivateTarget(String),
     /// The message could not be built (a template or an address).
     #[error("message: {0}")]
     Message(String),
@@ -48,7 +53,11 @@ impl SendError {
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
-            Self::NoSmtp | Self::SmtpRefused(_) | Self::WebhookRefused(_) | Self::Message(_)
+            Self::NoSmtp
+                | Self::SmtpRefused(_)
+                | Self::WebhookRefused(_)
+                | Self::PrivateTarget(_)
+                | Self::Message(_)
         )
     }
 }
@@ -102,6 +111,7 @@ pub(super) struct Sender {
     http: reqwest::Client,
     templates: Environment<'static>,
     dashboard: String,
+    allow_private: bool,
 }
 
 impl std::fmt::Debug for Sender {
@@ -150,7 +160,10 @@ impl Sender {
                 SmtpTls::Tls => b.tls(Tls::Wrapper(params()?)),
             };
             if !s.username.is_empty() {
-                b = b.credentials(Credentials::new(s.username.clone(), s.password.clone()));
+                b = b.credentials(Credentials::new(
+                    s.username.clone(),
+                    s.password.expose().to_owned(),
+                ));
             }
             Some((b.build(), format!("smtp:{}:{}", s.host, s.port)))
         };
@@ -164,6 +177,12 @@ impl Sender {
             None
         };
         let http = reqwest::Client::builder()
+            // Addresses are checked where they are connected to; redirects are not followed
+            // (one could lead anywhere).
+            .dns_resolver(std::sync::Arc::new(super::guard::GuardedResolver {
+                allow_private: config.allow_private_targets,
+            }))
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(config.webhook_timeout)
             .connect_timeout(Duration::from_secs(5).min(config.webhook_timeout))
             .user_agent(concat!("malaka/", env!("CARGO_PKG_VERSION")))
@@ -175,6 +194,7 @@ impl Sender {
             http,
             templates,
             dashboard: config.dashboard_url.trim_end_matches('/').to_owned(),
+            allow_private: config.allow_private_targets,
         })
     }
 
@@ -186,7 +206,7 @@ impl Sender {
                 .as_ref()
                 .map_or_else(|| "smtp:none".to_owned(), |s| s.1.clone()),
             Channel::Webhook => reqwest::Url::parse(&rule.target).map_or_else(
-                |_| format!("webhook:{}", rule.target),
+                |_| "webhook:invalid".to_owned(),
                 |u| {
                     format!(
                         "webhook:{}:{}",
@@ -268,15 +288,27 @@ impl Sender {
     }
 
     async fn webhook(&self, rule: &Rule, d: &Delivery, job: i64) -> Result<(), SendError> {
+        // Errors name the target by scheme://host only: its path may be the secret.
+        let origin = crate::secret::origin(&rule.target);
+        let url = reqwest::Url::parse(&rule.target)
+            .map_err(|_| SendError::Message(format!("{origin} is not a valid URL")))?;
+        if !self.allow_private
+            && let Some(ip) = super::guard::private_literal(&url)
+        {
+            return Err(SendError::PrivateTarget(format!(
+                "{origin} is {ip}, which is not a public address; set notify.allow_private_targets = true to allow it"
+            )));
+        }
         let body = serde_json::to_vec(&json!({
             "type": d.event, "delivery": job, "sent_at": chrono::Utc::now(), "data": d.data,
         }))
         .map_err(|e| SendError::Message(e.to_string()))?;
         let now = chrono::Utc::now().timestamp();
-        let Signature(sig) = sign(rule.secret.as_deref().unwrap_or_default(), now, &body);
+        let secret = rule.secret.as_ref().map(Secret::expose).unwrap_or_default();
+        let Signature(sig) = sign(secret, now, &body);
         let r = self
             .http
-            .post(&rule.target)
+            .post(url)
             .header("Content-Type", "application/json")
             .header("X-Malaka-Event", d.event.as_str())
             .header("X-Malaka-Delivery", job.to_string())
@@ -285,22 +317,52 @@ impl Sender {
             .body(body)
             .send()
             .await
-            .map_err(|e| SendError::Webhook(e.to_string()))?;
+            .map_err(|e| request_error(&origin, e))?;
         let status = r.status();
         if status.is_success() {
             Ok(())
         } else if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
-            Err(SendError::Webhook(format!(
-                "{} answered {status}",
-                rule.target
+            Err(SendError::Webhook(format!("{origin} answered {status}")))
+        } else if status.is_redirection() {
+            Err(SendError::WebhookRefused(format!(
+                "{origin} answered {status}; redirects are not followed"
             )))
         } else {
             Err(SendError::WebhookRefused(format!(
-                "{} answered {status}",
-                rule.target
+                "{origin} answered {status}"
             )))
         }
     }
+}
+
+/// A failed webhook request, described without its URL (reqwest's message names the whole
+/// URL): the kind of failure and its causes, with the target as `origin`.
+fn request_error(origin: &str, e: reqwest::Error) -> SendError {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    let mut causes = Vec::new();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        if let Some(p) = cause.downcast_ref::<super::guard::PrivateTarget>() {
+            return SendError::PrivateTarget(format!("{origin}: {p}"));
+        }
+        let text = cause.to_string();
+        if !causes.contains(&text) {
+            causes.push(text);
+        }
+        source = cause.source();
+    }
+    let detail = if causes.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", causes.join(": "))
+    };
+    SendError::Webhook(format!("{origin}: {kind}{detail}"))
 }
 
 #[cfg(test)]

@@ -229,6 +229,11 @@ pub enum ReportError {
     /// Writing the file failed.
     #[error("writing the report: {0}")]
     Write(String),
+    /// The token has its most reports queued or running.
+    #[error(
+        "this token already has {0} reports queued or running (reports.max_active_per_token); wait for one to finish"
+    )]
+    TooMany(u32),
 }
 
 impl From<sqlx::Error> for ReportError {
@@ -237,12 +242,16 @@ impl From<sqlx::Error> for ReportError {
     }
 }
 
+/// The first key of the advisory lock that serializes one token's report requests.
+const REPORT_QUOTA_LOCK: i32 = 0x4d52_5054; // "MRPT"
+
 /// Reports: requests, generation (the job handler), downloads, retention.
 #[derive(Debug)]
 pub struct Reports {
     db: Database,
     inventory: Inventory,
     retention: Duration,
+    max_active: u32,
 }
 
 impl Reports {
@@ -252,7 +261,15 @@ impl Reports {
             db,
             inventory,
             retention,
+            max_active: u32::MAX,
         }
+    }
+
+    /// At most `n` reports of one token queued or running at once ([`ReportError::TooMany`]).
+    #[must_use]
+    pub fn max_active_per_token(mut self, n: u32) -> Self {
+        self.max_active = n;
+        self
     }
 
     /// The job options of a report (one attempt more on a database failure; 30 minutes).
@@ -291,12 +308,22 @@ impl Reports {
             .max_attempts(2)
             .tag(kind.as_str());
         let params_text = serde_json::to_string(&params).unwrap_or_else(|_| "{}".into());
+        const ACTIVE: &str = "SELECT count(*) FROM malaka_reports \
+                              WHERE token_id = $1 AND state IN ('queued', 'running')";
         const INSERT: &str = "INSERT INTO malaka_reports (id, kind, params, format, state, token_id, \
                               requested_by, job_id, created_at) \
                               VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8)";
         match &self.db {
             Database::Sqlite(pool) => {
+                // IMMEDIATE: the count and the insert are one step for every writer.
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let active: i64 = sqlx::query_scalar(ACTIVE)
+                    .bind(token_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if active >= i64::from(self.max_active) {
+                    return Err(ReportError::TooMany(self.max_active));
+                }
                 let job = malaka_jobs::sqlite::enqueue_in(&mut tx, &job).await?;
                 sqlx::query(INSERT)
                     .bind(&id)
@@ -313,6 +340,20 @@ impl Reports {
             }
             Database::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
+                // One request of a token at a time past this point (on any node), so two
+                // cannot both see room for one more.
+                sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+                    .bind(REPORT_QUOTA_LOCK)
+                    .bind(i32::try_from(token_id.rem_euclid(i64::from(i32::MAX))).unwrap_or(0))
+                    .execute(&mut *tx)
+                    .await?;
+                let active: i64 = sqlx::query_scalar(ACTIVE)
+                    .bind(token_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if active >= i64::from(self.max_active) {
+                    return Err(ReportError::TooMany(self.max_active));
+                }
                 let job = malaka_jobs::postgres::enqueue_in(&mut tx, &job).await?;
                 sqlx::query(INSERT)
                     .bind(&id)

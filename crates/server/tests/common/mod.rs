@@ -109,6 +109,8 @@ impl TestApp {
             .await
             .expect("create token")
             .token
+            .expose()
+            .to_owned()
     }
 
     /// A new admin token, created directly in this server's database.
