@@ -66,7 +66,7 @@ async fn failed_authentication_is_limited_per_client_before_any_lookup() {
     assert_eq!(limited, 300 - unauthorized);
     // Refused before the token is looked at: even a valid one waits out the block.
     assert_eq!(get_with(&app, &good, None).await.status(), 429);
-    // A missing header is a failure like a bad token.
+    // A blocked client is refused whatever it sends.
     let r = app.client.get(app.url("/api/v1/me")).send().await.unwrap();
     assert_eq!(r.status(), 429);
     let metrics = app.get("/metrics").await.text().await.unwrap();

@@ -41,8 +41,8 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
 }
 
 /// Who sent `headers` from `client`: a client over its allowance of failures is refused first
-/// (429, before any hashing or database work); then the token is checked (401, counted as a
-/// failure of the client), then counted against its rate limit (429).
+/// (429, before any hashing or database work); then the token is checked (401; counted as a
+/// failure of the client when one was presented), then counted against its rate limit (429).
 ///
 /// # Errors
 /// 401, 429, or 500 when the database fails.
@@ -53,7 +53,14 @@ pub(super) async fn authenticate(
 ) -> Result<Principal, ApiError> {
     let failures = &state.auth().failures;
     failures.check(client.0).map_err(ApiError::client_limited)?;
-    let token = bearer(headers).inspect_err(|_| failures.failed(client.0))?;
+    // No credentials at all cost nothing and guess nothing: 401, not counted. Credentials that
+    // are malformed or wrong count against the client.
+    let presented = headers.contains_key(header::AUTHORIZATION);
+    let token = bearer(headers).inspect_err(|_| {
+        if presented {
+            failures.failed(client.0);
+        }
+    })?;
     authenticate_token(state, token, client).await
 }
 
