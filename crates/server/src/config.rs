@@ -1189,4 +1189,30 @@ mod tests {
             Ok(())
         });
     }
+
+    #[test]
+    fn trusted_proxies_are_cidrs_and_secrets_print_as_stars() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "malaka.toml",
+                "[api]\ntrusted_proxies = [\"10.0.0.0/8\", \"2001:db8::/32\"]\n",
+            )?;
+            jail.set_env("MALAKA_NOTIFY__SMTP__PASSWORD", "hunter2");
+            let c = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(c.api.trusted_proxies.len(), 2);
+            assert_eq!(c.notify.smtp.password.expose(), "hunter2");
+            let text = toml::to_string_pretty(&c).map_err(|e| e.to_string())?;
+            assert!(!text.contains("hunter2") && text.contains("password = \"***\""));
+            assert!(!format!("{c:?}").contains("hunter2"));
+            jail.create_file(
+                "malaka.toml",
+                "[api]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
+            )?;
+            let e = Config::load(None, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("trusted_proxies"), "{e}");
+            Ok(())
+        });
+    }
 }
