@@ -1,16 +1,28 @@
-//! `malaka bench movements`: throughput and latency of `POST /api/v1/movements` over loopback
-//! with C concurrent clients, against the same postings made directly through
-//! [`Inventory::post`] (one SQL transaction each, no HTTP, auth or JSON) on the same database in
-//! the same run.
+//! `malaka bench movements`: throughput and latency of `POST /api/v1/movements` over loopback,
+//! against the ceiling the database allows, and how both hold as the ledger grows.
 //!
 //! The real server runs in process (`Application::build` on 127.0.0.1:0, per-token rate limit
-//! off) on a fresh SQLite file or a fresh PostgreSQL database. Setup makes 2 warehouses and 64
-//! articles (moving average) with opening stock in both warehouses, so issues never go negative.
-//! The mix: 50% receipts (1 to 5 units), 45% issues (1 to 3 units), 5% transfers (1 unit),
-//! spread uniformly over articles and warehouses. After a short warm-up of both paths the timed
-//! phases run HTTP S/2, direct S, HTTP S/2, so that a drift as the database grows weighs on both
-//! paths alike. With `--idempotency-keys`, HTTP phases with a fresh `Idempotency-Key` on every
-//! request are interleaved with the others (`keyed_*` figures, and `keyed_over_unkeyed`).
+//! off) on a fresh SQLite file or a fresh PostgreSQL database. Setup makes 2 warehouses and
+//! `--articles` articles (64; every other one FIFO, the rest moving average) with opening stock
+//! in both warehouses, so issues never go negative; with `--ledger-rows N` it then loads N ledger
+//! rows of the same mix through `POST /api/v1/movements/batch` (4 clients, 500 movements a
+//! batch: `load_rows_per_sec`) and reports the database's size per ledger row. The mix: 50%
+//! receipts (1 to 5 units), 45% issues (1 to 3 units), 5% transfers (1 unit), uniform over
+//! articles and warehouses.
+//!
+//! Timed, each from just before the request is sent to the end of the answer:
+//! - `movements_per_sec`, `latency_p50_ms`, `latency_p99_ms`: C concurrent HTTP clients (32), in
+//!   two halves interleaved with the other phases, so the database growing during the run weighs
+//!   on every side alike;
+//! - `latency_1_p50_ms`, `latency_1_p99_ms`: one client alone;
+//! - `direct_per_sec` and `http_over_direct`: the same mix through `Inventory::post` in process
+//!   (the group committer on SQLite, no HTTP, auth or JSON);
+//! - `ceiling_per_sec` (see `bench_ceiling`): the same rows precomputed and written with
+//!   prepared statements on one connection in transactions of 64, on a second fresh database of
+//!   the same kind; `ratio_to_ceiling` = `movements_per_sec` / `ceiling_per_sec`.
+//!
+//! With `--idempotency-keys`, HTTP phases with a fresh `Idempotency-Key` on every request are
+//! interleaved with the others (`keyed_*` figures, and `keyed_over_unkeyed`).
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -28,8 +40,6 @@ use crate::{Application, Config, ServerError};
 
 /// Warehouses made by the setup.
 const WAREHOUSES: [&str; 2] = ["BENCH-A", "BENCH-B"];
-/// Articles made by the setup.
-const ARTICLES: usize = 64;
 /// Opening stock of every article in every warehouse.
 const OPENING_QTY: i64 = 1_000_000;
 /// Warm-up of each path before the timed phases.
@@ -52,6 +62,10 @@ pub struct MovementsBench {
     pub seconds: f64,
     /// Also time the HTTP path with an `Idempotency-Key` on every request.
     pub idempotency_keys: bool,
+    /// Articles in the catalog (every other one FIFO).
+    pub articles: usize,
+    /// Ledger rows loaded (through the batch API) before the timed phases.
+    pub ledger_rows: usize,
 }
 
 /// Why the suite failed.
@@ -91,7 +105,7 @@ impl Rng {
 }
 
 fn sku(i: usize) -> String {
-    format!("BENCH-{i:04}")
+    format!("BENCH-{i:05}")
 }
 
 /// One movement of the mix.
@@ -108,8 +122,8 @@ struct Pick {
 }
 
 impl Pick {
-    fn draw(rng: &mut Rng, client: usize, n: u64) -> Self {
-        let article = sku(rng.below(ARTICLES as u64) as usize);
+    fn draw(rng: &mut Rng, articles: usize, client: usize, n: u64) -> Self {
+        let article = sku(rng.below(articles.max(1) as u64) as usize);
         let w = rng.below(2) as usize;
         let roll = rng.below(100);
         let reference = format!("bench-{client}-{n}");
@@ -160,6 +174,18 @@ impl Pick {
         }
         s.push_str(&format!(r#","reference":"{}"}}"#, self.reference));
         s
+    }
+
+    fn spec(&self) -> crate::bench_ceiling::Spec {
+        crate::bench_ceiling::Spec {
+            kind: self.kind,
+            sku: self.sku.clone(),
+            warehouse: self.warehouse,
+            to_warehouse: self.to_warehouse,
+            qty: self.qty,
+            unit_cost: self.unit_cost,
+            reference: self.reference.clone(),
+        }
     }
 
     fn movement(&self) -> Result<NewMovement, malaka_inventory::InventoryError> {
@@ -223,6 +249,8 @@ struct HttpSide {
     bearer: String,
     /// Send a fresh `Idempotency-Key` with every request.
     keyed: bool,
+    /// Articles to draw from.
+    articles: usize,
 }
 
 async fn http_client(target: Arc<HttpSide>, client: usize, seed: u64, until: Instant) -> Outcome {
@@ -231,7 +259,7 @@ async fn http_client(target: Arc<HttpSide>, client: usize, seed: u64, until: Ins
     let mut n = 0u64;
     while Instant::now() < until {
         n += 1;
-        let body = Pick::draw(&mut rng, client, n).json();
+        let body = Pick::draw(&mut rng, target.articles, client, n).json();
         let start = Instant::now();
         let mut req = target
             .client
@@ -266,7 +294,7 @@ async fn http_client(target: Arc<HttpSide>, client: usize, seed: u64, until: Ins
 
 async fn direct_client(
     inventory: Inventory,
-    alone: bool,
+    articles: usize,
     client: usize,
     seed: u64,
     until: Instant,
@@ -276,14 +304,10 @@ async fn direct_client(
     let mut n = 0u64;
     while Instant::now() < until {
         n += 1;
-        let pick = Pick::draw(&mut rng, client, n);
+        let pick = Pick::draw(&mut rng, articles, client, n);
         let start = Instant::now();
         match pick.movement() {
-            Ok(m) => match if alone {
-                inventory.post_alone(&m, "bench").await
-            } else {
-                inventory.post(&m, "bench").await
-            } {
+            Ok(m) => match inventory.post(&m, "bench").await {
                 Ok(_) => {
                     out.ok += 1;
                     out.latencies.push(start.elapsed());
@@ -300,10 +324,9 @@ async fn direct_client(
 enum Target {
     /// POST /api/v1/movements.
     Http(Arc<HttpSide>),
-    /// `Inventory::post` in process (SQLite: through the group committer).
-    Direct(Inventory),
-    /// `Inventory::post_alone`: one bare SQL transaction per movement.
-    Bare(Inventory),
+    /// `Inventory::post` in process (SQLite: through the group committer), over `usize`
+    /// articles.
+    Direct(Inventory, usize),
 }
 
 /// Runs `clients` tasks on `path` for `length`; the phase's time runs until the last answer.
@@ -315,8 +338,7 @@ async fn phase(target: &Target, clients: usize, length: Duration, round: u64) ->
             let seed = round.wrapping_mul(1_000_003).wrapping_add(c as u64);
             match target.clone() {
                 Target::Http(t) => tokio::spawn(http_client(t, c, seed, until)),
-                Target::Direct(inv) => tokio::spawn(direct_client(inv, false, c, seed, until)),
-                Target::Bare(inv) => tokio::spawn(direct_client(inv, true, c, seed, until)),
+                Target::Direct(inv, a) => tokio::spawn(direct_client(inv, a, c, seed, until)),
             }
         })
         .collect();
@@ -429,26 +451,29 @@ pub(crate) async fn drop_database(admin: &str, name: &str) {
     }
 }
 
-/// Two warehouses, the articles, and opening stock of each article in each warehouse.
-async fn catalog(inventory: &Inventory) -> Result<(), MovementsBenchError> {
+/// Two warehouses, `articles` articles (every other one FIFO), and opening stock of each
+/// article in each warehouse (posted in batches).
+async fn catalog(inventory: &Inventory, articles: usize) -> Result<(), MovementsBenchError> {
     for code in WAREHOUSES {
         inventory
             .create_warehouse(&WarehouseCode::parse(code)?, &format!("Bench {code}"))
             .await?;
     }
-    for i in 0..ARTICLES {
+    let mut opening = Vec::new();
+    for i in 0..articles {
+        let valuation = if i % 2 == 1 { "fifo" } else { "moving_average" };
         let article = NewArticle::parse(
             &sku(i),
             &format!("Bench article {i}"),
             None,
-            None,
+            Some(valuation),
             None,
             None,
             None,
         )?;
         inventory.create_article(&article).await?;
         for w in WAREHOUSES {
-            let opening = NewMovement::parse(
+            opening.push(NewMovement::parse(
                 "receipt",
                 &sku(i),
                 w,
@@ -457,22 +482,112 @@ async fn catalog(inventory: &Inventory) -> Result<(), MovementsBenchError> {
                 Some(Decimal::new(1000, 2)),
                 Some("opening"),
                 None,
-            )?;
-            inventory.post(&opening, "bench").await?;
+            )?);
         }
+    }
+    for chunk in opening.chunks(500) {
+        inventory.post_batch(chunk, "bench").await?;
     }
     Ok(())
 }
 
-/// Runs the suite: `movements_per_sec`, `latency_p50_ms`, `latency_p99_ms`,
-/// `baseline_tx_per_sec`, `ratio`, `clients`, `seconds`, `errors`, and a few more.
+/// Loads `rows` ledger rows of the mix through `POST /api/v1/movements/batch` (4 clients, 500
+/// movements a batch); the rows per second.
+async fn load(side: &HttpSide, rows: usize) -> Result<f64, MovementsBenchError> {
+    const CLIENTS: usize = 4;
+    const BATCH: usize = 500;
+    let url = side.url.replace("/movements", "/movements/batch");
+    let start = Instant::now();
+    let per_client = rows.div_ceil(CLIENTS);
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let (client, url, bearer, articles) = (
+            side.client.clone(),
+            url.clone(),
+            side.bearer.clone(),
+            side.articles,
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng(0xC0FF_EE00 + c as u64);
+            let mut written = 0usize;
+            let mut n = 0u64;
+            while written < per_client {
+                let size = BATCH.min(per_client - written);
+                let mut body = String::from(r#"{"movements":["#);
+                let mut count = 0usize;
+                for k in 0..size {
+                    n += 1;
+                    let p = Pick::draw(&mut rng, articles, 1000 + c, n);
+                    count += if p.kind == "transfer" { 2 } else { 1 };
+                    if k > 0 {
+                        body.push(',');
+                    }
+                    body.push_str(&p.json());
+                }
+                body.push_str("]}");
+                let r = client
+                    .post(&url)
+                    .header(reqwest::header::AUTHORIZATION, &bearer)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| format!("batch: {e}"))?;
+                if r.status() != reqwest::StatusCode::CREATED {
+                    let status = r.status();
+                    let text = r.text().await.unwrap_or_default();
+                    return Err(format!("batch: {status}: {text}"));
+                }
+                written += count;
+            }
+            Ok::<usize, String>(written)
+        }));
+    }
+    let mut total = 0usize;
+    for t in tasks {
+        total += t
+            .await
+            .map_err(|e| MovementsBenchError::Setup(format!("load task: {e}")))?
+            .map_err(MovementsBenchError::Setup)?;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Ledger rows and the database's size in bytes (SQLite: the file and its WAL; PostgreSQL:
+/// `pg_database_size`).
+async fn size(db: &crate::db::Database, config: &Config) -> Result<(i64, i64), MovementsBenchError> {
+    Ok(match db {
+        crate::db::Database::Sqlite(pool) => {
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(pool).await?;
+            let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM inv_ledger")
+                .fetch_one(pool)
+                .await?;
+            let url = config.database_url();
+            let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+            let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+                + std::fs::metadata(format!("{path}-wal")).map(|m| m.len()).unwrap_or(0);
+            (rows, i64::try_from(bytes).unwrap_or(i64::MAX))
+        }
+        crate::db::Database::Postgres(pool) => {
+            let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM inv_ledger")
+                .fetch_one(pool)
+                .await?;
+            let bytes: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
+                .fetch_one(pool)
+                .await?;
+            (rows, bytes)
+        }
+    })
+}
+
+/// Runs the suite: see the module's documentation for every figure.
 ///
 /// # Errors
 /// The database or the server could not be set up.
 pub async fn movements_suite(b: &MovementsBench) -> Result<Figures, MovementsBenchError> {
-    if b.clients == 0 || !b.seconds.is_finite() || b.seconds <= 0.0 {
+    if b.clients == 0 || !b.seconds.is_finite() || b.seconds <= 0.0 || b.articles == 0 {
         return Err(MovementsBenchError::Setup(
-            "--clients and --seconds must be above 0".into(),
+            "--clients, --articles and --seconds must be above 0".into(),
         ));
     }
     let fresh = fresh(b).await?;
@@ -480,7 +595,53 @@ pub async fn movements_suite(b: &MovementsBench) -> Result<Figures, MovementsBen
     if let Some((admin, name)) = &fresh.pg {
         drop_database(admin, name).await;
     }
-    result
+    let mut figures = result?;
+    // The ceiling, on a database of its own.
+    let ceiling = fresh(b).await?;
+    let measured = ceiling_per_sec(b, &ceiling.config).await;
+    if let Some((admin, name)) = &ceiling.pg {
+        drop_database(admin, name).await;
+    }
+    let (ceiling_rate, ceiling_movements) = measured?;
+    let rate = figures.get("movements_per_sec").unwrap_or(0.0);
+    figures.push("ceiling_per_sec", ceiling_rate);
+    figures.push("ceiling_movements", ceiling_movements as f64);
+    figures.push(
+        "ratio_to_ceiling",
+        if ceiling_rate > 0.0 { rate / ceiling_rate } else { 0.0 },
+    );
+    Ok(figures)
+}
+
+/// The ceiling's movements per second: 5,000 a timed second of the suite (at least 20,000),
+/// precomputed, written by `bench_ceiling::write` on a fresh database with the same catalog.
+async fn ceiling_per_sec(
+    b: &MovementsBench,
+    config: &Config,
+) -> Result<(f64, usize), MovementsBenchError> {
+    let db = crate::db::Database::connect(&config.database_url(), &config.database)
+        .await
+        .map_err(|e| MovementsBenchError::Setup(format!("ceiling database: {e}")))?;
+    db.migrate()
+        .await
+        .map_err(|e| MovementsBenchError::Setup(format!("ceiling database: {e}")))?;
+    let inventory = db.inventory();
+    catalog(&inventory, b.articles).await?;
+    let n = ((b.seconds * 5000.0) as usize).max(20_000);
+    let skus: Vec<String> = (0..b.articles).map(sku).collect();
+    let mut books = crate::bench_ceiling::Books::default();
+    books.open(&skus, &WAREHOUSES, OPENING_QTY, Decimal::new(1000, 2));
+    let mut rng = Rng(0x5EED);
+    let rows: Vec<_> = (0..n as u64)
+        .map(|i| books.rows(&Pick::draw(&mut rng, b.articles, 0, i).spec()))
+        .collect();
+    // Warm the connection and its statement cache, then time the rest.
+    let (warm, timed) = rows.split_at(rows.len() / 10);
+    crate::bench_ceiling::write(&db, warm).await?;
+    let took = crate::bench_ceiling::write(&db, timed).await?;
+    drop(inventory);
+    db.close().await;
+    Ok((timed.len() as f64 / took.as_secs_f64(), timed.len()))
 }
 
 async fn serve_and_measure(
@@ -496,7 +657,7 @@ async fn serve_and_measure(
     let server = tokio::spawn(app.run_until(async move {
         let _ = stopped.await;
     }));
-    let measured = measure(b, &state, addr).await;
+    let measured = measure(b, &state, addr, config).await;
     drop(state);
     // The server task waits on this; if it already ended, there is nothing to stop.
     let _already_stopped = stop.send(());
@@ -513,9 +674,10 @@ async fn measure(
     b: &MovementsBench,
     state: &crate::AppState,
     addr: std::net::SocketAddr,
+    config: &Config,
 ) -> Result<Figures, MovementsBenchError> {
     let inventory = state.inventory().clone();
-    catalog(&inventory).await?;
+    catalog(&inventory, b.articles).await?;
     let token = state
         .auth()
         .tokens
@@ -527,26 +689,35 @@ async fn measure(
         .to_owned();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(b.clients)
-        .timeout(Duration::from_secs(30))
+        .timeout(Duration::from_secs(60))
         .build()
         .map_err(|e| MovementsBenchError::Setup(format!("HTTP client: {e}")))?;
     let side = |keyed| {
-        Target::Http(Arc::new(HttpSide {
+        Arc::new(HttpSide {
             client: client.clone(),
             url: format!("http://{addr}/api/v1/movements"),
             bearer: format!("Bearer {token}"),
             keyed,
-        }))
+            articles: b.articles,
+        })
     };
-    let http = side(false);
-    let keyed = side(true);
-    let direct = Target::Direct(inventory.clone());
-    let bare = Target::Bare(inventory);
+    let mut f = Figures::default();
+    if b.ledger_rows > 0 {
+        let rate = load(&side(false), b.ledger_rows).await?;
+        let (rows, bytes) = size(state.db(), config).await?;
+        f.push("ledger_rows", rows as f64);
+        f.push("load_rows_per_sec", rate);
+        f.push("db_bytes_per_ledger_row", bytes as f64 / rows.max(1) as f64);
+    } else {
+        f.push("ledger_rows", 0.0);
+    }
+    let http = Target::Http(side(false));
+    let keyed = Target::Http(side(true));
+    let direct = Target::Direct(inventory, b.articles);
     let clients = b.clients;
 
     // Warm up: connections, caches, the database file.
     let warm_http = phase(&http, clients, WARM_UP, 1).await;
-    let warm_bare = phase(&bare, clients, WARM_UP, 2).await;
     let warm_direct = phase(&direct, clients, WARM_UP, 6).await;
 
     // Interleaved, so the database growing during the run weighs on every side alike.
@@ -561,56 +732,44 @@ async fn measure(
     if b.idempotency_keys {
         with_keys.absorb(phase(&keyed, clients, half, 10).await);
     }
-    let mut baseline = phase(&bare, clients, half, 4).await;
+    let mut alone = phase(&http, 1, half / 2, 4).await;
     let mut grouped = phase(&direct, clients, half, 7).await;
     over_http.absorb(phase(&http, clients, half, 5).await);
     if b.idempotency_keys {
         with_keys.absorb(phase(&keyed, clients, half, 11).await);
     }
-    baseline.absorb(phase(&bare, clients, half, 8).await);
+    alone.absorb(phase(&http, 1, half / 2, 8).await);
     grouped.absorb(phase(&direct, clients, half, 9).await);
 
     let (keyed_errors, shown) = failures(&[&with_keys]);
     for e in shown {
         tracing::warn!(error = %e, "a keyed POST /api/v1/movements failed");
     }
-    let (http_errors, shown) = failures(&[&warm_http, &over_http]);
+    let (http_errors, shown) = failures(&[&warm_http, &over_http, &alone]);
     for e in shown {
         tracing::warn!(error = %e, "a POST /api/v1/movements failed");
     }
-    let (direct_errors, shown) = failures(&[&warm_bare, &baseline, &warm_direct, &grouped]);
+    let (direct_errors, shown) = failures(&[&warm_direct, &grouped]);
     for e in shown {
         tracing::warn!(error = %e, "a direct posting failed");
     }
     let direct_rate = grouped.rate();
-
-    let (rate, base_rate) = (over_http.rate(), baseline.rate());
+    let rate = over_http.rate();
     let mut lat = over_http.latencies;
     lat.sort();
-    let mut base_lat = baseline.latencies;
-    base_lat.sort();
-    let mut f = Figures::default();
+    let mut lat1 = alone.latencies;
+    lat1.sort();
     f.push("movements_per_sec", rate);
     f.push("latency_p50_ms", percentile(&lat, 0.5));
     f.push("latency_p99_ms", percentile(&lat, 0.99));
-    f.push("baseline_tx_per_sec", base_rate);
-    f.push(
-        "ratio",
-        if base_rate > 0.0 {
-            rate / base_rate
-        } else {
-            0.0
-        },
-    );
-    f.push("clients", clients as f64);
-    f.push("seconds", b.seconds);
-    f.push("errors", http_errors as f64);
-    f.push("baseline_errors", direct_errors as f64);
     f.push("latency_max_ms", percentile(&lat, 1.0));
-    f.push("baseline_latency_p50_ms", percentile(&base_lat, 0.5));
-    f.push("baseline_latency_p99_ms", percentile(&base_lat, 0.99));
+    f.push("latency_1_p50_ms", percentile(&lat1, 0.5));
+    f.push("latency_1_p99_ms", percentile(&lat1, 0.99));
+    f.push("clients", clients as f64);
+    f.push("articles", b.articles as f64);
+    f.push("seconds", b.seconds);
+    f.push("errors", (http_errors + direct_errors) as f64);
     f.push("movements", over_http.ok as f64);
-    f.push("baseline_movements", baseline.ok as f64);
     f.push("direct_per_sec", direct_rate);
     f.push(
         "http_over_direct",
@@ -644,7 +803,7 @@ mod tests {
     fn every_pick_parses_and_its_body_is_json() {
         let mut rng = Rng(7);
         for n in 0..1000 {
-            let p = Pick::draw(&mut rng, 3, n);
+            let p = Pick::draw(&mut rng, 64, 3, n);
             assert!(p.movement().is_ok(), "{p:?}");
             let v: Result<serde_json::Value, _> = serde_json::from_str(&p.json());
             assert!(v.is_ok(), "{}", p.json());

@@ -6,6 +6,7 @@ pub mod app;
 pub mod auth;
 pub mod bench;
 pub mod bench_alerts;
+pub mod bench_ceiling;
 pub mod bench_jobs;
 pub mod bench_movements;
 pub mod bench_notify;

@@ -326,7 +326,7 @@ enum Suite {
     Runtime,
     /// Job queue: batched enqueue rate, end-to-end drain rate, idle pickup latency.
     Jobs,
-    /// POST /api/v1/movements over loopback (rate, p50/p99) against direct postings.
+    /// POST /api/v1/movements over loopback (rate, p50/p99) against the database's ceiling.
     Movements,
     /// From a posting's HTTP response to its stock alert on a WebSocket client (p50/p99).
     Alerts,
@@ -403,6 +403,13 @@ struct BenchArgs {
     /// (`keyed_*` figures, interleaved with the unkeyed ones).
     #[arg(long)]
     idempotency_keys: bool,
+    /// movements suite: articles in the catalog (every other one FIFO).
+    #[arg(long, default_value_t = 64)]
+    articles: usize,
+    /// movements suite: ledger rows to load through `POST /movements/batch` before timing
+    /// (quote 0 and 1,000,000 with `--articles 10000`).
+    #[arg(long, default_value_t = 0)]
+    ledger_rows: usize,
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -572,6 +579,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         clients: args.clients,
                         seconds: if args.quick { 1.0 } else { args.seconds },
                         idempotency_keys: args.idempotency_keys,
+                        articles: args.articles,
+                        ledger_rows: if args.quick { 0 } else { args.ledger_rows },
                     };
                     tokio::spawn(
                         async move { malaka::bench_movements::movements_suite(&spec).await },
@@ -637,6 +646,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .context("benchmark task")??
                 }
             };
+            let mut figures = figures;
+            let postgres = matches!(args.backend, BenchBackend::Postgres).then(|| {
+                args.database_url
+                    .clone()
+                    .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+            });
+            let touches_db = !matches!(args.suite, Suite::Runtime);
+            malaka::bench::environment(
+                &mut figures,
+                touches_db && postgres.is_none(),
+                postgres.as_deref().filter(|_| touches_db),
+            )
+            .await;
             if args.json {
                 println!("{}", figures.to_json());
             } else {
