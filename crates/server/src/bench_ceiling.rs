@@ -69,7 +69,13 @@ pub(crate) struct Books(HashMap<(String, &'static str), (Decimal, Decimal)>);
 
 impl Books {
     /// Starts every (article, warehouse) at `qty` units worth `rate` each.
-    pub(crate) fn open(&mut self, skus: &[String], warehouses: &[&'static str], qty: i64, rate: Decimal) {
+    pub(crate) fn open(
+        &mut self,
+        skus: &[String],
+        warehouses: &[&'static str],
+        qty: i64,
+        rate: Decimal,
+    ) {
         for s in skus {
             for w in warehouses {
                 let q = Decimal::from(qty);
@@ -78,14 +84,28 @@ impl Books {
         }
     }
 
-    fn change(&mut self, sku: &str, wh: &'static str, dq: Decimal, cost: Option<Decimal>) -> LedgerRow {
+    fn change(
+        &mut self,
+        sku: &str,
+        wh: &'static str,
+        dq: Decimal,
+        cost: Option<Decimal>,
+    ) -> LedgerRow {
         let e = self.0.entry((sku.to_owned(), wh)).or_default();
-        let rate = if e.0.is_zero() { Decimal::ZERO } else { e.1 / e.0 };
+        let rate = if e.0.is_zero() {
+            Decimal::ZERO
+        } else {
+            e.1 / e.0
+        };
         let unit = cost.unwrap_or(rate).round_dp(6);
         let dv = (dq * unit).round_dp(6);
         e.0 += dq;
         e.1 += dv;
-        let rate_after = if e.0.is_zero() { Decimal::ZERO } else { (e.1 / e.0).round_dp(6) };
+        let rate_after = if e.0.is_zero() {
+            Decimal::ZERO
+        } else {
+            (e.1 / e.0).round_dp(6)
+        };
         LedgerRow {
             warehouse: wh,
             qty_change: dq.to_string(),
@@ -148,7 +168,8 @@ const BALANCE: &str = "INSERT INTO inv_balances (sku, warehouse, qty, value, rat
                        VALUES ($1, $2, $3, $4, $5, '[]', 'NORMAL', $6) \
                        ON CONFLICT (sku, warehouse) DO UPDATE SET qty = excluded.qty, \
                        value = excluded.value, rate = excluded.rate, updated_at = excluded.updated_at";
-const OUTBOX: &str = "INSERT INTO malaka_outbox (topic, payload, created_at) VALUES ('movement.posted', $1, $2)";
+const OUTBOX: &str =
+    "INSERT INTO malaka_outbox (topic, payload, created_at) VALUES ('movement.posted', $1, $2)";
 const GENERATION: &str = "UPDATE inv_generation SET n = n + 1 WHERE id = 1";
 
 macro_rules! write_group {

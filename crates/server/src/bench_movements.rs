@@ -555,17 +555,26 @@ async fn load(side: &HttpSide, rows: usize) -> Result<f64, MovementsBenchError> 
 
 /// Ledger rows and the database's size in bytes (SQLite: the file and its WAL; PostgreSQL:
 /// `pg_database_size`).
-async fn size(db: &crate::db::Database, config: &Config) -> Result<(i64, i64), MovementsBenchError> {
+async fn size(
+    db: &crate::db::Database,
+    config: &Config,
+) -> Result<(i64, i64), MovementsBenchError> {
     Ok(match db {
         crate::db::Database::Sqlite(pool) => {
-            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(pool).await?;
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(pool)
+                .await?;
             let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM inv_ledger")
                 .fetch_one(pool)
                 .await?;
             let url = config.database_url();
-            let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+            let path = url
+                .trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:");
             let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
-                + std::fs::metadata(format!("{path}-wal")).map(|m| m.len()).unwrap_or(0);
+                + std::fs::metadata(format!("{path}-wal"))
+                    .map(|m| m.len())
+                    .unwrap_or(0);
             (rows, i64::try_from(bytes).unwrap_or(i64::MAX))
         }
         crate::db::Database::Postgres(pool) => {
@@ -590,9 +599,9 @@ pub async fn movements_suite(b: &MovementsBench) -> Result<Figures, MovementsBen
             "--clients, --articles and --seconds must be above 0".into(),
         ));
     }
-    let fresh = fresh(b).await?;
-    let result = serve_and_measure(b, &fresh.config).await;
-    if let Some((admin, name)) = &fresh.pg {
+    let served = fresh(b).await?;
+    let result = serve_and_measure(b, &served.config).await;
+    if let Some((admin, name)) = &served.pg {
         drop_database(admin, name).await;
     }
     let mut figures = result?;
@@ -608,7 +617,11 @@ pub async fn movements_suite(b: &MovementsBench) -> Result<Figures, MovementsBen
     figures.push("ceiling_movements", ceiling_movements as f64);
     figures.push(
         "ratio_to_ceiling",
-        if ceiling_rate > 0.0 { rate / ceiling_rate } else { 0.0 },
+        if ceiling_rate > 0.0 {
+            rate / ceiling_rate
+        } else {
+            0.0
+        },
     );
     Ok(figures)
 }
