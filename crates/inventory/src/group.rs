@@ -220,6 +220,11 @@ async fn commit_group(pool: &SqlitePool, group: &mut Vec<Request>) {
         // Loaded articles, warehouses and balances carry over from one posting to the next;
         // each balance is written once, at the end.
         let mut session = Session::default();
+        // What the group will read, in three statements instead of three a posting.
+        {
+            let all: Vec<&NewMovement> = pending.iter().flat_map(|r| r.movements.iter()).collect();
+            crate::store::prefetch_sqlite(&mut conn.conn, &mut session, &all).await;
+        }
         // Rows of batched hooks, by kind: (pending index, row).
         let mut batches: Vec<Batch<'_>> = Vec::new();
         let mut broke: Vec<(usize, InventoryError)> = Vec::new();

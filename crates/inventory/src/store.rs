@@ -577,6 +577,155 @@ pub(crate) struct Session {
     pub(crate) writing: bool,
 }
 
+/// Loads, in three statements, what the postings of one SQLite group would otherwise read one
+/// statement at a time as each first touches it: the facts of their articles, their
+/// warehouses, and their balances (inside the committer's transaction, so what is loaded is
+/// what the postings would have read). Best effort: a missing or archived article or
+/// warehouse, or a row that cannot be read, is left out, and the posting that needs it meets it
+/// as before (and fails alone); an error of the query itself leaves the rest to the postings.
+pub(crate) async fn prefetch_sqlite(
+    conn: &mut sqlx::SqliteConnection,
+    session: &mut Session,
+    ms: &[&NewMovement],
+) {
+    use sqlx::Row;
+    let mut skus: BTreeMap<&str, &Sku> = BTreeMap::new();
+    let mut codes: BTreeMap<&str, &WarehouseCode> = BTreeMap::new();
+    let mut keys: std::collections::BTreeSet<(&str, &str)> = std::collections::BTreeSet::new();
+    for m in ms {
+        skus.insert(m.sku.as_str(), &m.sku);
+        codes.insert(m.warehouse.as_str(), &m.warehouse);
+        keys.insert((m.sku.as_str(), m.warehouse.as_str()));
+        if let Some(to) = &m.to_warehouse {
+            codes.insert(to.as_str(), to);
+            keys.insert((m.sku.as_str(), to.as_str()));
+        }
+    }
+    let all_skus = skus.clone();
+    let all_codes = codes.clone();
+    skus.retain(|_, v| !session.facts.contains_key(*v));
+    codes.retain(|_, v| !session.warehouses.contains(*v));
+    let marks = |n: usize| vec!["?"; n].join(", ");
+    if !skus.is_empty() {
+        let sql = format!(
+            "SELECT sku, valuation, min_qty, allow_negative FROM inv_articles \
+             WHERE NOT archived AND sku IN ({})",
+            marks(skus.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for k in skus.keys() {
+            q = q.bind(*k);
+        }
+        if let Ok(rows) = q.fetch_all(&mut *conn).await {
+            for row in rows {
+                let facts = (|| -> Result<(Sku, ArticleFacts), InventoryError> {
+                    let sku: String = row.try_get("sku")?;
+                    let sku = (*skus.get(sku.as_str()).ok_or(InventoryError::Corrupt(
+                        "an article not asked for".into(),
+                    ))?)
+                    .clone();
+                    Ok((
+                        sku,
+                        ArticleFacts {
+                            valuation: stored(&row.try_get::<String, _>("valuation")?)?,
+                            min_qty: dec("min_qty", &row.try_get::<String, _>("min_qty")?)?,
+                            allow_negative: row.try_get("allow_negative")?,
+                        },
+                    ))
+                })();
+                if let Ok((sku, f)) = facts {
+                    session.facts.insert(sku, f);
+                }
+            }
+        }
+    }
+    if !codes.is_empty() {
+        let sql = format!(
+            "SELECT code FROM inv_warehouses WHERE NOT archived AND code IN ({})",
+            marks(codes.len())
+        );
+        let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+        for k in codes.keys() {
+            q = q.bind(*k);
+        }
+        if let Ok(found) = q.fetch_all(&mut *conn).await {
+            for code in found {
+                if let Some(c) = codes.get(code.as_str()) {
+                    session.warehouses.insert((*c).clone());
+                }
+            }
+        }
+    }
+    let wanted: Vec<&str> = {
+        let mut v: Vec<&str> = keys
+            .iter()
+            .filter(|(sku, wh)| {
+                all_skus
+                    .get(sku)
+                    .is_some_and(|s| session.facts.contains_key(*s))
+                    && !session
+                        .work
+                        .keys()
+                        .any(|(s, w)| s.as_str() == *sku && w.as_str() == *wh)
+            })
+            .map(|(sku, _)| *sku)
+            .collect();
+        v.dedup();
+        v
+    };
+    if wanted.is_empty() {
+        return;
+    }
+    let sql = format!(
+        "SELECT sku, warehouse, qty, value, rate, layers, level FROM inv_balances \
+         WHERE sku IN ({})",
+        marks(wanted.len())
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for k in &wanted {
+        q = q.bind(*k);
+    }
+    let Ok(rows) = q.fetch_all(&mut *conn).await else {
+        return;
+    };
+    for row in rows {
+        let loaded = (|| -> Result<Option<((Sku, WarehouseCode), Working)>, InventoryError> {
+            let sku: String = row.try_get("sku")?;
+            let wh: String = row.try_get("warehouse")?;
+            if !keys.contains(&(sku.as_str(), wh.as_str())) {
+                return Ok(None);
+            }
+            let (Some((sku, facts)), Some(code)) = (
+                all_skus
+                    .get(sku.as_str())
+                    .and_then(|s| session.facts.get_key_value(*s)),
+                all_codes.get(wh.as_str()).copied().cloned(),
+            ) else {
+                return Ok(None);
+            };
+            let layers: VecDeque<crate::types::Layer> =
+                serde_json::from_str(&row.try_get::<String, _>("layers")?)?;
+            Ok(Some((
+                (sku.clone(), code),
+                Working {
+                    stock: Stock {
+                        qty: dec("qty", &row.try_get::<String, _>("qty")?)?,
+                        value: dec("value", &row.try_get::<String, _>("value")?)?,
+                        rate: dec("rate", &row.try_get::<String, _>("rate")?)?,
+                        layers,
+                    },
+                    level: stored(&row.try_get::<String, _>("level")?)?,
+                    min_qty: facts.min_qty,
+                    changed: false,
+                },
+            )))
+        })();
+        if let Ok(Some((key, w))) = loaded {
+            session.work.entry(key).or_insert(w);
+        }
+    }
+}
+
 /// Writes that must commit with a posting, inside its transaction: an idempotency record, an
 /// order's or an import's own rows. It runs after the posting's movements, ledger rows and inbox
 /// record are written (balances and events may follow); an error rolls the posting back and is
