@@ -42,6 +42,7 @@ conformance! {
     case_completed_jobs_deleted_unless_kept => sqlite_completed_jobs_deleted_unless_kept, postgres_completed_jobs_deleted_unless_kept;
     case_snooze_spends_no_attempt => sqlite_snooze_spends_no_attempt, postgres_snooze_spends_no_attempt;
     case_wakes_up_after_a_backlog => sqlite_wakes_up_after_a_backlog, postgres_wakes_up_after_a_backlog;
+    case_wakes_for_other_processes => sqlite_wakes_for_other_processes, postgres_wakes_for_other_processes;
 }
 
 /// The queue the workers in these tests work.
@@ -1777,5 +1778,75 @@ async fn case_wakes_up_after_a_backlog(b: &Backend) {
         );
         tokio::time::sleep(ms(100)).await;
     }
+    worker.shutdown().await;
+}
+
+// 19. ------------------------------------------------------------------------------------------
+
+/// A job another process commits (here: a connection of its own, outside every pool and hook of
+/// this process, in a transaction with a business row) wakes an idle worker at once: on
+/// PostgreSQL by `NOTIFY`, on SQLite by the worker's watcher (`PRAGMA data_version`), well under
+/// the poll interval, every time; a job scheduled for later by another process is run at its
+/// time, not at the next poll. Commits that add no job (the business table alone) wake nothing.
+async fn case_wakes_for_other_processes(b: &Backend) {
+    let started: Arc<Mutex<Vec<(JobId, Instant)>>> = Arc::default();
+    let s = Arc::clone(&started);
+    let registry = Registry::new().register_fn("remote", JobOptions::default(), move |_, ctx| {
+        let s = Arc::clone(&s);
+        async move {
+            s.lock().unwrap().push((ctx.id, Instant::now()));
+            Ok(())
+        }
+    });
+    let poll = Duration::from_secs(30);
+    let worker = start(b, registry, worker_config(2).poll_interval(poll)).await;
+    // Let the worker find the queue empty and go to sleep on its (long) poll.
+    tokio::time::sleep(ms(300)).await;
+    let mut worst = Duration::ZERO;
+    for i in 0..5 {
+        let t0 = Instant::now();
+        let out = b.enqueue_elsewhere(&new_job("remote")).await;
+        let st = &started;
+        wait_for(
+            "the other process's job to start",
+            ms(5000),
+            || async move { st.lock().unwrap().iter().any(|(id, _)| *id == out.id) },
+        )
+        .await;
+        let at = started
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(id, _)| *id == out.id)
+            .map(|(_, at)| *at)
+            .unwrap();
+        worst = worst.max(at - t0);
+        eprintln!(
+            "{:?}: job {i} of another process started after {:?}",
+            b.kind,
+            at - t0
+        );
+        tokio::time::sleep(ms(50)).await;
+    }
+    assert!(
+        worst < ms(500),
+        "a job of another process waited {worst:?} (poll is {poll:?}): no cross-process wake-up"
+    );
+    // Scheduled 400 ms ahead by another process: runs at its time, not at the next poll.
+    let t0 = Instant::now();
+    let later = b
+        .enqueue_elsewhere(&new_job("remote").run_at(Utc::now() + chrono_ms(400)))
+        .await;
+    let st = &started;
+    wait_for("the scheduled job to start", ms(5000), || async move {
+        st.lock().unwrap().iter().any(|(id, _)| *id == later.id)
+    })
+    .await;
+    let took = t0.elapsed();
+    assert!(
+        took >= ms(390) && took < ms(1500),
+        "a job scheduled 400 ms ahead by another process started after {took:?}"
+    );
+    assert_eq!(started.lock().unwrap().len(), 6, "each job ran once");
     worker.shutdown().await;
 }

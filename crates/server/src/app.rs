@@ -86,6 +86,8 @@ struct Inner {
     commands: crate::sqs::Commands,
     /// The job worker's pools, once `run_until` has started it.
     job_pools: Mutex<Vec<WorkerPool>>,
+    /// The SQS inbound consumers' counters, once `run_until` has started them.
+    sqs_inbound: Mutex<Vec<crate::sqs::InboundStats>>,
     /// Queues whose gauges /metrics keeps up to date (configured, or seen in the table).
     job_queues: Mutex<BTreeSet<String>>,
     metrics: PrometheusHandle,
@@ -189,6 +191,11 @@ impl AppState {
     /// The job worker's pools, one per queue (`jobs:<queue>`); empty until the server runs.
     pub fn job_pools(&self) -> Vec<WorkerPool> {
         lock(&self.inner.job_pools).clone()
+    }
+    /// The SQS inbound consumers' counters (empty until [`Application::run_until`] has started
+    /// them, or when no inbound queue is configured).
+    pub fn sqs_inbound(&self) -> Vec<crate::sqs::InboundStats> {
+        lock(&self.inner.sqs_inbound).clone()
     }
     /// The metrics recorder's handle.
     pub fn metrics(&self) -> &PrometheusHandle {
@@ -367,6 +374,7 @@ impl Application {
                 remote_seen: std::sync::atomic::AtomicU64::new(0),
                 commands,
                 job_pools: Mutex::new(Vec::new()),
+                sqs_inbound: Mutex::new(Vec::new()),
                 job_queues: Mutex::new(config.jobs.queues.keys().cloned().collect()),
                 metrics: telemetry::metrics_handle(),
                 installation_id,
@@ -444,6 +452,9 @@ impl Application {
         let sqs =
             crate::sqs::SqsBridge::start(&sqs, state.db(), state.commands(), state.supervisor())
                 .await?;
+        if let Some(b) = &sqs {
+            *lock(&state.inner.sqs_inbound) = b.inbound_stats().to_vec();
+        }
         let prune = {
             let (reports, stop) = (Arc::clone(state.reports()), state.live().stopping());
             state.supervisor().spawn(

@@ -526,6 +526,13 @@ pub struct JobsConfig {
     /// `LISTEN/NOTIFY` and SQLite commit hooks wake it at once otherwise).
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// On SQLite: how often each worker checks (`PRAGMA data_version`, no table read) whether
+    /// another connection committed, and then looks for new waiting jobs: the bound on picking up
+    /// a job another process enqueued (`malaka jobs enqueue`, a second server). Zero turns it off
+    /// (such jobs then wait for `poll_interval`). Ignored on PostgreSQL, where `NOTIFY` reaches
+    /// every process.
+    #[serde(with = "humantime_serde")]
+    pub watch_interval: Duration,
     /// Completed jobs are deleted this long after they finished; zero (the default) deletes
     /// each as it completes, which costs the database least. Discarded and cancelled jobs are
     /// kept (`failed_retention`) for inspection and retry either way.
@@ -565,6 +572,7 @@ impl Default for JobsConfig {
             ]),
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(2),
+            watch_interval: malaka_jobs::sqlite::DEFAULT_WATCH_INTERVAL,
             completed_retention: Duration::ZERO,
             failed_retention: Duration::from_secs(7 * 24 * 3600),
             rescue_every: Duration::from_secs(5),
@@ -773,6 +781,7 @@ impl Config {
         let j = &self.jobs;
         dur("jobs.lease", j.lease, 100 * MS, DAY)?;
         dur("jobs.poll_interval", j.poll_interval, 10 * MS, HOUR)?;
+        off_or("jobs.watch_interval", j.watch_interval, MS, j.poll_interval)?;
         dur("jobs.rescue_every", j.rescue_every, 10 * MS, HOUR)?;
         dur(
             "jobs.completed_retention",
@@ -1015,6 +1024,7 @@ mod tests {
             let c = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
             assert_eq!(c.jobs.lease, Duration::from_secs(30));
             assert_eq!(c.jobs.poll_interval, Duration::from_secs(2));
+            assert_eq!(c.jobs.watch_interval, Duration::from_millis(5));
             assert_eq!(c.jobs.completed_retention, Duration::ZERO);
             assert_eq!(c.jobs.failed_retention, Duration::from_secs(7 * 24 * 3600));
             assert_eq!(c.jobs.rescue_every, Duration::from_secs(5));
@@ -1029,6 +1039,7 @@ mod tests {
                 [jobs]
                 lease = "2s"
                 rescue_every = "250ms"
+                watch_interval = "0s"
                 completed_retention = "1h"
                 [jobs.queues.mail]
                 concurrency = 4
@@ -1042,6 +1053,7 @@ mod tests {
             let c = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
             assert_eq!(c.jobs.lease, Duration::from_secs(2));
             assert_eq!(c.jobs.rescue_every, Duration::from_millis(250));
+            assert_eq!(c.jobs.watch_interval, Duration::ZERO);
             assert_eq!(c.jobs.completed_retention, Duration::from_secs(3600));
             assert_eq!(c.jobs.poll_interval, Duration::from_millis(500));
             assert_eq!(
@@ -1114,6 +1126,7 @@ mod tests {
                 ("[live]\nws_buffer = 0", "live.ws_buffer"),
                 ("[live]\nsweep_every = \"1ms\"", "live.sweep_every"),
                 ("[jobs]\npoll_interval = \"0s\"", "jobs.poll_interval"),
+                ("[jobs]\nwatch_interval = \"10s\"", "jobs.watch_interval"),
                 ("[jobs]\nlease = \"400days\"", "jobs.lease"),
                 (
                     "[jobs.queues.mail]\nconcurrency = 1000000",

@@ -199,7 +199,12 @@ impl Database {
                     .test_before_acquire(false)
                     .acquire_timeout(Duration::from_secs(10))
                     .connect_lazy_with(opts);
-                Arc::new(malaka_jobs::SqliteStorage::new(jobs_pool).keep_completed(keep))
+                // Jobs other processes enqueue are found within `watch_interval`.
+                Arc::new(
+                    malaka_jobs::SqliteStorage::new(jobs_pool)
+                        .keep_completed(keep)
+                        .watch_interval(jobs.watch_interval),
+                )
             }
             Self::Postgres(pool) => {
                 Arc::new(malaka_jobs::PgStorage::new(pool.clone()).keep_completed(keep))

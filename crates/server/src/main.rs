@@ -381,6 +381,21 @@ struct BenchArgs {
     /// does (default: deleted as they complete, the server's default).
     #[arg(long)]
     keep_completed: bool,
+    /// jobs suite: how the pickup-latency jobs are enqueued, one or more of `api`
+    /// (`Queue::enqueue` in the worker's process: `latency_*`), `tx` (`enqueue_in` inside a
+    /// committed business transaction: `tx_latency_*`, from just before COMMIT), `process`
+    /// (by another OS process: `process_latency_*`, from its commit, on the wall clock).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "api",
+        value_name = "api|tx|process"
+    )]
+    enqueue_from: Vec<malaka::bench_jobs::EnqueueFrom>,
+    /// jobs suite, internal: be the enqueueing child process of `--enqueue-from process` (one
+    /// job on this queue per line read, the commit time printed after each).
+    #[arg(long, hide = true, value_name = "QUEUE")]
+    enqueue_child: Option<String>,
     /// sqs suite: the SQS-compatible server (e.g. moto: scripts/bench-sqs starts one).
     #[arg(long, value_name = "URL")]
     sqs_endpoint: Option<String>,
@@ -544,6 +559,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .await
                         .context("benchmark task")??
                 }
+                Suite::Jobs if args.enqueue_child.is_some() => {
+                    let backend = match args.backend {
+                        BenchBackend::Sqlite => malaka::bench_jobs::Backend::Sqlite,
+                        BenchBackend::Postgres => malaka::bench_jobs::Backend::Postgres,
+                    };
+                    let url = args
+                        .database_url
+                        .clone()
+                        .context("--enqueue-child needs --database-url")?;
+                    let queue = args.enqueue_child.clone().unwrap_or_default();
+                    malaka::bench_jobs::enqueue_child(backend, &url, &queue).await?;
+                    return Ok(());
+                }
                 Suite::Jobs => {
                     let quick = args.quick;
                     let spec = malaka::bench_jobs::JobsBench {
@@ -557,6 +585,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         samples: if quick { 20 } else { args.samples },
                         prefetch: args.prefetch,
                         keep_completed: args.keep_completed,
+                        enqueue_from: args.enqueue_from.clone(),
                         sqlite_synchronous_full: match args.sqlite_synchronous.as_str() {
                             "full" => true,
                             "normal" => false,

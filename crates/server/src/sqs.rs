@@ -432,10 +432,22 @@ impl Handler for Inbound {
     }
 }
 
+/// The counters of a running inbound consumer (for benchmarks and diagnostics).
+#[derive(Debug, Clone)]
+pub struct InboundStats {
+    /// The queue.
+    pub queue_url: String,
+    /// When its consumer started (just before its pollers were spawned).
+    pub started: std::time::Instant,
+    /// Its counters: received, done, deleted (acknowledged by the queue), retried...
+    pub stats: Arc<malaka_sqs::ConsumerStats>,
+}
+
 /// The SQS side of a node: consumers of the inbound queues, the outbound publisher.
 #[derive(Debug)]
 pub struct SqsBridge {
     consumers: Vec<Consumer>,
+    inbound: Vec<InboundStats>,
     publisher: Option<Supervised>,
     stop: CancellationToken,
 }
@@ -461,6 +473,7 @@ impl SqsBridge {
         let endpoint = (!config.endpoint_url.is_empty()).then_some(config.endpoint_url.as_str());
         let client = malaka_sqs::client_with(&config.region, endpoint, creds).await;
         let mut consumers = Vec::new();
+        let mut inbound = Vec::new();
         for q in &config.inbound {
             let name = q.url.rsplit('/').next().unwrap_or("inbound").to_owned();
             let max_receives = match malaka_sqs::admin::max_receive_count(&client, &q.url).await {
@@ -480,12 +493,14 @@ impl SqsBridge {
                 .concurrency(q.concurrency)
                 .wait(config.wait)
                 .visibility(q.visibility);
-            consumers.push(Consumer::start_supervised(
-                client.clone(),
-                c,
-                handler,
-                supervisor,
-            )?);
+            let started = std::time::Instant::now();
+            let consumer = Consumer::start_supervised(client.clone(), c, handler, supervisor)?;
+            inbound.push(InboundStats {
+                queue_url: q.url.clone(),
+                started,
+                stats: consumer.shared_stats(),
+            });
+            consumers.push(consumer);
         }
         let stop = CancellationToken::new();
         let publisher = (!config.outbound_url.is_empty()).then(|| {
@@ -506,9 +521,15 @@ impl SqsBridge {
         });
         Ok(Some(Self {
             consumers,
+            inbound,
             publisher,
             stop,
         }))
+    }
+
+    /// The inbound consumers' counters.
+    pub fn inbound_stats(&self) -> &[InboundStats] {
+        &self.inbound
     }
 
     /// Stops receiving, finishes in-flight messages within `timeout`, stops publishing.

@@ -412,10 +412,12 @@ async fn sqlite_worker_runs_what_the_cli_enqueues_and_exits_zero_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // The `mail` queue is worked only because the environment says so.
+    // The poll is long: a job another process enqueues must be found by the worker's watcher
+    // (`jobs.watch_interval`), not by the poll.
     let env = [
         ("MALAKA_DATA_DIR", "d"),
         ("MALAKA_JOBS__QUEUES__MAIL__CONCURRENCY", "2"),
-        ("MALAKA_JOBS__POLL_INTERVAL", "100ms"),
+        ("MALAKA_JOBS__POLL_INTERVAL", "1h"),
     ];
     ok(
         d,
@@ -456,7 +458,8 @@ async fn sqlite_worker_runs_what_the_cli_enqueues_and_exits_zero_on_sigterm() {
         ],
     );
     let worker = WorkerProcess::start(d, &env);
-    // A job enqueued by another process while the worker runs is found by the poll.
+    // A job enqueued by another process while the worker runs is found at once by its watcher
+    // (within `jobs.watch_interval`, 5 ms), not by the hour-long poll.
     ok(
         d,
         &[
@@ -469,6 +472,7 @@ async fn sqlite_worker_runs_what_the_cli_enqueues_and_exits_zero_on_sigterm() {
             "d",
         ],
     );
+    let enqueued = Instant::now();
     let db = Database::connect(
         &format!("sqlite://{}", d.join("d/malaka.db").display()),
         &DatabaseConfig::default(),
@@ -492,6 +496,11 @@ async fn sqlite_worker_runs_what_the_cli_enqueues_and_exits_zero_on_sigterm() {
         },
     )
     .await;
+    let waited = enqueued.elapsed();
+    assert!(
+        waited < Duration::from_secs(5),
+        "the job another process enqueued finished after {waited:?}: no cross-process wake-up"
+    );
     let unknown = job(queue, 3).await;
     assert_eq!(unknown.state, JobState::Discarded);
     assert!(

@@ -218,8 +218,11 @@ impl ConsumerConfig {
 pub struct ConsumerStats {
     /// Messages received.
     pub received: AtomicU64,
-    /// Handled and deleted.
+    /// Handled successfully (their deletes are then queued for the deleter).
     pub done: AtomicU64,
+    /// Deletes the queue acknowledged (a message counts once its `DeleteMessageBatch` entry
+    /// succeeded): `done` minus this is what is handled but not yet deleted.
+    pub deleted: AtomicU64,
     /// Handed back for a retry.
     pub retried: AtomicU64,
     /// Visibility extensions made while handlers ran.
@@ -312,15 +315,21 @@ impl Consumer {
         let deleter = {
             let rx = Arc::new(tokio::sync::Mutex::new(rx));
             let (url, name) = (config.queue_url.clone(), config.name.clone());
+            let stats = Arc::clone(&stats);
             let spec =
                 TaskSpec::new(format!("sqs.{}.deleter", config.name)).stop_on(deleter_stop.clone());
             supervisor.spawn(spec, move |_| {
-                let (client, url, name, rx) =
-                    (client.clone(), url.clone(), name.clone(), Arc::clone(&rx));
+                let (client, url, name, rx, stats) = (
+                    client.clone(),
+                    url.clone(),
+                    name.clone(),
+                    Arc::clone(&rx),
+                    Arc::clone(&stats),
+                );
                 async move {
                     // A restarted deleter takes the same receipts over.
                     let mut rx = rx.lock().await;
-                    delete_batches(client, url, name, &mut rx).await;
+                    delete_batches(client, url, name, &stats, &mut rx).await;
                 }
             })
         };
@@ -340,6 +349,11 @@ impl Consumer {
     /// Its counters.
     pub fn stats(&self) -> &ConsumerStats {
         &self.stats
+    }
+
+    /// Its counters, shared: they stay readable after the consumer is moved or shut down.
+    pub fn shared_stats(&self) -> Arc<ConsumerStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Its handler pool.
@@ -604,6 +618,7 @@ async fn delete_batches(
     client: Client,
     queue_url: String,
     name: String,
+    stats: &ConsumerStats,
     rx: &mut mpsc::Receiver<String>,
 ) {
     let mut batch: Vec<String> = Vec::with_capacity(10);
@@ -634,12 +649,16 @@ async fn delete_batches(
             .send()
             .await
         {
-            Ok(o) if !o.failed.is_empty() => {
-                tracing::warn!(queue = %name, failed = o.failed.len(), "some deletes failed; those messages will be delivered again");
-                metrics::counter!("malaka_sqs_delete_errors_total", "queue" => name.clone())
-                    .increment(o.failed.len() as u64);
+            Ok(o) => {
+                stats
+                    .deleted
+                    .fetch_add(o.successful.len() as u64, Ordering::Relaxed);
+                if !o.failed.is_empty() {
+                    tracing::warn!(queue = %name, failed = o.failed.len(), "some deletes failed; those messages will be delivered again");
+                    metrics::counter!("malaka_sqs_delete_errors_total", "queue" => name.clone())
+                        .increment(o.failed.len() as u64);
+                }
             }
-            Ok(_) => {}
             Err(e) => {
                 tracing::warn!(queue = %name, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "deleting messages failed; they will be delivered again");
                 metrics::counter!("malaka_sqs_delete_errors_total", "queue" => name.clone())

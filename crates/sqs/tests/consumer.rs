@@ -136,8 +136,14 @@ async fn a_handler_slower_than_the_visibility_timeout_runs_once() {
             .load(std::sync::atomic::Ordering::Relaxed)
             >= 2
     );
+    let stats = consumer.shared_stats();
     consumer.shutdown(Duration::from_secs(5)).await;
     assert_eq!(admin::counts(&c, &url).await.unwrap(), (0, 0));
+    assert_eq!(
+        stats.deleted.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "its delete counted once the queue acknowledged it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,5 +1,8 @@
 //! SQLite storage: one writer, claims and completions as single `UPDATE ... RETURNING` statements
-//! in `BEGIN IMMEDIATE` transactions; wake-ups in process (commit hooks see every insert).
+//! in `BEGIN IMMEDIATE` transactions. Wake-ups: in process, at once (the storage's own writes, and
+//! commit hooks that see every insert of a hooked connection); from other processes, within
+//! [`DEFAULT_WATCH_INTERVAL`] (each subscribed worker's watcher reads the WAL index header, and
+//! when a commit changed it, looks for new waiting jobs; see `Watcher`).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -82,6 +85,12 @@ pub async fn install_hooks(conn: &mut SqliteConnection) -> Result<(), sqlx::Erro
     Ok(())
 }
 
+/// How often a subscribed worker's watcher checks whether another connection (another process,
+/// typically) committed, by default: what bounds the pickup of a job enqueued elsewhere (plus one
+/// query and one claim), instead of the worker's `poll_interval`. An idle check reads 48 bytes
+/// of the `-shm` file (no SQL; `PRAGMA data_version` every 20th check as a safety net).
+pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_millis(5);
+
 /// Applies this crate's SQLite migrations (sharing `_sqlx_migrations` with other crates).
 ///
 /// # Errors
@@ -107,6 +116,8 @@ pub struct SqliteStorage {
     /// The database file: it scopes this storage's wake-ups.
     db: Arc<str>,
     keep_completed: bool,
+    /// How often a subscription's watcher looks for other connections' commits (zero: never).
+    watch: Duration,
 }
 
 /// The writer connection, held.
@@ -126,7 +137,17 @@ impl SqliteStorage {
             writer: Arc::new(tokio::sync::Mutex::new(None)),
             db: db.to_string_lossy().into(),
             keep_completed: true,
+            watch: DEFAULT_WATCH_INTERVAL,
         }
+    }
+
+    /// How often each subscribed worker looks for jobs that other connections (other processes:
+    /// `malaka jobs enqueue`, another server) committed (default [`DEFAULT_WATCH_INTERVAL`]).
+    /// Zero turns the watcher off: such jobs then wait for the worker's `poll_interval`.
+    #[must_use]
+    pub fn watch_interval(mut self, every: Duration) -> Self {
+        self.watch = every;
+        self
     }
 
     /// Whether a completed job stays in the table (state `completed`, until the pruner's
@@ -813,6 +834,19 @@ impl Storage for SqliteStorage {
 
     async fn subscribe(&self) -> Result<mpsc::Receiver<Wakeup>, JobsError> {
         let (tx, rx) = mpsc::channel(256);
+        if !self.watch.is_zero() {
+            // A connection of its own, outside the pool: it is held for the subscription's life.
+            // Without it (an in-memory database has no other process), the poll finds such jobs.
+            let watcher = match self.pool.connect_options().connect().await {
+                Ok(conn) => Watcher::start(conn, &self.db, tx.clone()).await,
+                Err(e) => Err(e.into()),
+            };
+            match watcher {
+                Ok(w) => drop(tokio::spawn(w.run(self.watch))),
+                Err(e) => tracing::warn!(error = %e,
+                    "job watcher not started; jobs other processes enqueue wait for the poll"),
+            }
+        }
         subscribers()
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -821,4 +855,166 @@ impl Storage for SqliteStorage {
             .push(tx);
         Ok(rx)
     }
+}
+
+/// Finds jobs that other connections committed and wakes one subscription for their queues.
+///
+/// SQLite has no cross-process notification, so the watcher looks every `interval`, as cheaply
+/// as it can: it reads the 48-byte header of the database's WAL index (the `-shm` file, which
+/// every commit of every process changes: its `iChange` counter and `mxFrame`) with one `pread`,
+/// no SQL. Only when that changed does it run one query on a connection of its own: the queues of
+/// jobs inserted since its last look (ids above the last `AUTOINCREMENT` value it saw) that are
+/// still waiting. Every [`SAFETY_TICKS`] quiet looks it also compares `PRAGMA data_version`
+/// (which changes when another connection committed), so a change the header read missed (no
+/// `-shm` file, a future SQLite) costs at most that much longer. Jobs this process enqueued are
+/// usually claimed by then (they woke the worker at once), so they cost nothing more. Other
+/// processes' retries and cancels are not watched for: the poll and the heartbeat find them.
+struct Watcher {
+    conn: SqliteConnection,
+    tx: mpsc::Sender<Wakeup>,
+    probe: Option<Probe>,
+    version: i64,
+    seen: i64,
+}
+
+/// Looks since the last SQL check after which `PRAGMA data_version` is compared anyway.
+const SAFETY_TICKS: u32 = 20;
+
+/// The WAL index header of a database file, read with plain file I/O.
+struct Probe {
+    file: std::fs::File,
+    last: [u8; 48],
+}
+
+impl Probe {
+    /// The header of `db`'s `-shm` file, if it has one (WAL mode) that can be read.
+    fn open(db: &str) -> Option<Self> {
+        let file = std::fs::File::open(format!("{db}-shm")).ok()?;
+        let mut p = Self {
+            file,
+            last: [0; 48],
+        };
+        p.changed().ok()?;
+        Some(p)
+    }
+
+    /// Whether the header changed since the last read (a torn read counts as a change).
+    fn changed(&mut self) -> std::io::Result<bool> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut now = [0u8; 48];
+        self.file.seek(SeekFrom::Start(0))?;
+        self.file.read_exact(&mut now)?;
+        let changed = now != self.last;
+        self.last = now;
+        Ok(changed)
+    }
+}
+
+impl Watcher {
+    async fn start(
+        mut conn: SqliteConnection,
+        db: &str,
+        tx: mpsc::Sender<Wakeup>,
+    ) -> Result<Self, JobsError> {
+        let version = data_version(&mut conn).await?;
+        let (seen, _) = new_waiting(&mut conn, i64::MAX).await?;
+        // After the queries above: this connection now holds the WAL index open, so the file
+        // stays for as long as the watcher runs.
+        let probe = Probe::open(db);
+        if probe.is_none() {
+            tracing::debug!(%db, "no WAL index to read; the job watcher checks `PRAGMA data_version` instead");
+        }
+        Ok(Self {
+            conn,
+            tx,
+            probe,
+            version,
+            seen,
+        })
+    }
+
+    async fn run(mut self, interval: Duration) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        let mut quiet = 0u32;
+        loop {
+            tick.tick().await;
+            if self.tx.is_closed() {
+                return;
+            }
+            // Whether a commit surely happened (the header changed); without a header to read,
+            // `PRAGMA data_version` tells, every time.
+            let changed = match self.probe.as_mut().map(Probe::changed) {
+                Some(Ok(true)) => true,
+                Some(Ok(false)) => {
+                    quiet += 1;
+                    if quiet < SAFETY_TICKS {
+                        continue;
+                    }
+                    false
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "the WAL index header cannot be read; the job watcher checks `PRAGMA data_version` instead");
+                    self.probe = None;
+                    false
+                }
+                None => false,
+            };
+            quiet = 0;
+            match self.look(changed).await {
+                Ok(()) => failing = false,
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "job watcher: reading the database failed; jobs of other processes wait for the poll meanwhile");
+                    }
+                    failing = true;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Looks for new waiting jobs: at once when the header read saw a change, else only if
+    /// `PRAGMA data_version` says another connection committed.
+    async fn look(&mut self, changed: bool) -> Result<(), JobsError> {
+        if !changed {
+            let version = data_version(&mut self.conn).await?;
+            if version == self.version {
+                return Ok(());
+            }
+            self.version = version;
+        }
+        let (seen, queues) = new_waiting(&mut self.conn, self.seen).await?;
+        self.seen = seen;
+        for q in queues {
+            // A full channel already holds wake-ups enough.
+            let _full = self.tx.try_send(Wakeup::Available(q));
+        }
+        Ok(())
+    }
+}
+
+async fn data_version(conn: &mut SqliteConnection) -> Result<i64, JobsError> {
+    Ok(sqlx::query_scalar("PRAGMA data_version")
+        .fetch_one(&mut *conn)
+        .await?)
+}
+
+/// The last job id handed out, and the queues of waiting jobs with an id above `after`, read in
+/// one statement (one snapshot).
+async fn new_waiting(
+    conn: &mut SqliteConnection,
+    after: i64,
+) -> Result<(i64, Vec<String>), JobsError> {
+    let row = sqlx::query(
+        "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'malaka_jobs'), 0) AS seen, \
+                (SELECT json_group_array(DISTINCT queue) FROM malaka_jobs \
+                 WHERE id > ?1 AND state IN ('available', 'scheduled', 'retryable')) AS queues",
+    )
+    .bind(after)
+    .fetch_one(&mut *conn)
+    .await?;
+    let queues: String = row.try_get("queues")?;
+    Ok((row.try_get("seen")?, serde_json::from_str(&queues)?))
 }

@@ -258,6 +258,50 @@ impl Backend {
         }
     }
 
+    /// Enqueues `job` as another process would: through a connection of its own, outside every
+    /// pool and storage of this process (on SQLite: no commit hooks, so nothing in this process
+    /// hears of the commit), inside a transaction with a row of another table, then commits.
+    pub async fn enqueue_elsewhere(&self, job: &NewJob) -> malaka_jobs::Enqueued {
+        use sqlx::{ConnectOptions, Connection};
+        match &self.db {
+            Db::Sqlite(_, path) => {
+                let mut conn = SqliteConnectOptions::new()
+                    .filename(path)
+                    .busy_timeout(Duration::from_secs(5))
+                    .connect()
+                    .await
+                    .expect("another SQLite connection");
+                let mut tx = conn.begin().await.expect("begin");
+                sqlx::query("CREATE TABLE IF NOT EXISTS elsewhere (id INTEGER PRIMARY KEY)")
+                    .execute(&mut *tx)
+                    .await
+                    .expect("business table");
+                sqlx::query("INSERT INTO elsewhere DEFAULT VALUES")
+                    .execute(&mut *tx)
+                    .await
+                    .expect("business row");
+                let out = malaka_jobs::sqlite::enqueue_in(&mut tx, job)
+                    .await
+                    .expect("enqueue_in");
+                tx.commit().await.expect("commit");
+                conn.close().await.expect("close");
+                out
+            }
+            Db::Postgres(_, url) => {
+                let mut conn = sqlx::PgConnection::connect(url)
+                    .await
+                    .expect("another PostgreSQL connection");
+                let mut tx = conn.begin().await.expect("begin");
+                let out = malaka_jobs::postgres::enqueue_in(&mut tx, job)
+                    .await
+                    .expect("enqueue_in");
+                tx.commit().await.expect("commit");
+                conn.close().await.expect("close");
+                out
+            }
+        }
+    }
+
     /// The job, which must exist.
     pub async fn job(&self, id: JobId) -> JobRecord {
         self.storage
