@@ -1,6 +1,11 @@
 //! Reports an accountant needs: stock balance, ledger, valuation, low stock and ageing. Each
 //! reads one consistent snapshot (one read transaction) and streams its rows to a
 //! [`ReportSink`] in batches, so memory stays bounded however long the ledger is.
+//!
+//! Ageing ages what is in stock, from the date its goods were received: a FIFO balance by its
+//! open layers (each carries its receipt date; a transfer keeps it, a count gain is a new layer
+//! dated at the count), a moving-average one (no layers) by replaying the article's ledger under
+//! a FIFO assumption with the same rules (see `replay`), valued at the average rate.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -12,7 +17,7 @@ use sqlx::Row;
 
 use crate::error::InventoryError;
 use crate::store::{Inventory, dec, text};
-use crate::types::{Sku, ValuationMethod, WarehouseCode};
+use crate::types::{Layer, Sku, ValuationMethod, WarehouseCode};
 
 /// Rows handed to the sink at a time.
 pub(crate) const BATCH: usize = 1000;
@@ -29,7 +34,8 @@ pub enum ReportKind {
     Valuation,
     /// Every balance below NORMAL with a suggested order quantity.
     LowStock,
-    /// Stock by age of the receipts it came from: 0-30, 31-60, 61-90, over 90 days.
+    /// Stock in hand by days since its goods were received: 0-30, 31-60, 61-90, over 90 days
+    /// (a transfer keeps the receipt's date, a count gain is new).
     Ageing,
 }
 
@@ -303,6 +309,97 @@ fn age(
     Ok((q, v))
 }
 
+/// One ledger row as the replay reads it.
+struct Step {
+    transfer: bool,
+    warehouse: String,
+    qty: Decimal,
+    at: DateTime<Utc>,
+    /// The movement, for a transfer (its two rows meet by it).
+    movement: String,
+}
+
+/// One warehouse's stock as the replay finds it: dated quantities, oldest first, and what was
+/// issued ahead of stock (covered by the next goods in).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Slots {
+    slots: std::collections::VecDeque<(Decimal, DateTime<Utc>)>,
+    short: Decimal,
+}
+
+impl Slots {
+    fn put(&mut self, qty: Decimal, at: DateTime<Utc>) -> Result<(), InventoryError> {
+        let cover = self.short.min(qty);
+        self.short = minus(self.short, cover)?;
+        let rest = minus(qty, cover)?;
+        if rest > Decimal::ZERO {
+            self.slots.push_back((rest, at));
+        }
+        Ok(())
+    }
+
+    /// Takes `qty`, oldest first; what was not there is dated `at`.
+    fn take(
+        &mut self,
+        qty: Decimal,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<(Decimal, DateTime<Utc>)>, InventoryError> {
+        let mut want = qty;
+        let mut taken = Vec::new();
+        while want > Decimal::ZERO {
+            let Some(front) = self.slots.front_mut() else {
+                break;
+            };
+            let t = want.min(front.0);
+            taken.push((t, front.1));
+            front.0 = minus(front.0, t)?;
+            want = minus(want, t)?;
+            if front.0.is_zero() {
+                self.slots.pop_front();
+            }
+        }
+        if want > Decimal::ZERO {
+            plus(&mut self.short, want)?;
+            taken.push((want, at));
+        }
+        Ok(taken)
+    }
+}
+
+/// Replays one article's ledger (in posting order) under a FIFO assumption: receipts and count
+/// gains add stock dated at their posting, issues and count losses take the oldest, a transfer
+/// moves what it took, with its dates, to the destination. The stock of each warehouse.
+fn replay(steps: Vec<Step>) -> Result<BTreeMap<String, Slots>, InventoryError> {
+    let mut by_wh: BTreeMap<String, Slots> = BTreeMap::new();
+    let mut moving: BTreeMap<String, Vec<(Decimal, DateTime<Utc>)>> = BTreeMap::new();
+    for s in steps {
+        let q = by_wh.entry(s.warehouse).or_default();
+        if s.qty < Decimal::ZERO {
+            let taken = q.take(-s.qty, s.at)?;
+            if s.transfer {
+                moving.insert(s.movement, taken);
+            }
+        } else if s.qty > Decimal::ZERO {
+            let mut left = s.qty;
+            if s.transfer
+                && let Some(carried) = moving.remove(&s.movement)
+            {
+                for (cq, cat) in carried {
+                    let t = cq.min(left);
+                    if t > Decimal::ZERO {
+                        q.put(t, cat)?;
+                        left = minus(left, t)?;
+                    }
+                }
+            }
+            if left > Decimal::ZERO {
+                q.put(left, s.at)?;
+            }
+        }
+    }
+    Ok(by_wh)
+}
+
 fn overflow() -> InventoryError {
     InventoryError::OutOfRange {
         field: "total".to_owned(),
@@ -397,7 +494,8 @@ macro_rules! backend {
                         let low = kind == ReportKind::LowStock;
                         let rows = sqlx::query(
                             "SELECT b.sku, a.name, b.warehouse, b.qty, b.rate, b.value, b.level, \
-                                    a.min_qty, a.reorder_qty, a.valuation \
+                                    a.min_qty, a.reorder_qty, a.valuation, \
+                                    CASE WHEN $4 THEN b.layers ELSE '[]' END AS layers \
                              FROM inv_balances b JOIN inv_articles a ON a.sku = b.sku \
                              WHERE ($1 IS NULL OR b.sku = $1) AND ($2 IS NULL OR b.warehouse = $2) \
                                AND (NOT $3 OR b.level <> 'NORMAL') \
@@ -406,12 +504,16 @@ macro_rules! backend {
                         .bind(sku)
                         .bind(wh)
                         .bind(low)
+                        .bind(kind == ReportKind::Ageing)
                         .fetch_all(&mut *tx)
                         .await?;
                         let mut out = Batcher::new(sink, kind.columns().len(), rows.len() as u64);
                         let mut total_value = Decimal::ZERO;
                         let mut aged = [Decimal::ZERO; 8];
                         let mut any_ma = false;
+                        let mut undated = 0u64;
+                        // The last sku replayed from the ledger: its stock by warehouse.
+                        let mut replayed: Option<(String, BTreeMap<String, Slots>)> = None;
                         for r in &rows {
                             let g = |c: &str| -> Result<String, InventoryError> { Ok(r.try_get(c)?) };
                             let (sku, name, warehouse) = (g("sku")?, g("name")?, g("warehouse")?);
@@ -443,26 +545,54 @@ macro_rules! backend {
                                     if qty <= Decimal::ZERO {
                                         continue;
                                     }
-                                    let receipts: Vec<(Decimal, Decimal, DateTime<Utc>)> = sqlx::query(
-                                        "SELECT qty_change, unit_cost, posted_at FROM inv_ledger \
-                                         WHERE sku = $1 AND warehouse = $2 ORDER BY id DESC",
-                                    )
-                                    .bind(&sku)
-                                    .bind(&warehouse)
-                                    .fetch_all(&mut *tx)
-                                    .await?
-                                    .iter()
-                                    .filter_map(|l| {
-                                        let q = l.try_get::<String, _>("qty_change").ok()?;
-                                        let q = Decimal::from_str(&q).ok()?;
-                                        (q > Decimal::ZERO).then_some(())?;
-                                        let c = Decimal::from_str(&l.try_get::<String, _>("unit_cost").ok()?).ok()?;
-                                        Some((q, c, l.try_get("posted_at").ok()?))
-                                    })
-                                    .collect();
-                                    let ma = method == ValuationMethod::MovingAverage;
-                                    any_ma |= ma;
-                                    let rate = ma.then(|| dec("rate", &rate_s)).transpose()?;
+                                    let layers: Vec<Layer> = serde_json::from_str(&g("layers")?)?;
+                                    let dated = method == ValuationMethod::Fifo
+                                        && layers.iter().all(|l| l.received_at.is_some());
+                                    // Newest first: (qty, unit cost, received at).
+                                    let (receipts, rate) = if dated {
+                                        let open = layers
+                                            .iter()
+                                            .rev()
+                                            .filter(|l| l.qty > Decimal::ZERO)
+                                            .filter_map(|l| Some((l.qty, l.rate, l.received_at?)))
+                                            .collect::<Vec<_>>();
+                                        (open, None)
+                                    } else {
+                                        // Moving average (no layers), or layers stored before
+                                        // their dates were kept: the sku's ledger replayed.
+                                        if method == ValuationMethod::MovingAverage {
+                                            any_ma = true;
+                                        } else {
+                                            undated += 1;
+                                        }
+                                        if replayed.as_ref().is_none_or(|(k, _)| *k != sku) {
+                                            let rows = sqlx::query(
+                                                "SELECT kind, warehouse, qty_change, posted_at, \
+                                                        CASE WHEN kind = 'transfer' THEN movement_id ELSE '' END AS movement_id \
+                                                 FROM inv_ledger WHERE sku = $1 ORDER BY id",
+                                            )
+                                            .bind(&sku)
+                                            .fetch_all(&mut *tx)
+                                            .await?;
+                                            let mut steps = Vec::with_capacity(rows.len());
+                                            for l in &rows {
+                                                steps.push(Step {
+                                                    transfer: l.try_get::<String, _>("kind")? == "transfer",
+                                                    warehouse: l.try_get("warehouse")?,
+                                                    qty: dec("qty_change", &l.try_get::<String, _>("qty_change")?)?,
+                                                    at: l.try_get("posted_at")?,
+                                                    movement: l.try_get("movement_id")?,
+                                                });
+                                            }
+                                            replayed = Some((sku.clone(), replay(steps)?));
+                                        }
+                                        let slots = replayed
+                                            .as_ref()
+                                            .and_then(|(_, by_wh)| by_wh.get(&warehouse))
+                                            .map(|q| q.slots.iter().rev().map(|(q, at)| (*q, Decimal::ZERO, *at)).collect())
+                                            .unwrap_or_default();
+                                        (slots, Some(dec("rate", &rate_s)?))
+                                    };
                                     let (q, v) = age(qty, &receipts, rate, as_of)?;
                                     // Values per bucket are rounded; the last takes the rest so
                                     // the buckets add up to the balance's value.
@@ -498,16 +628,29 @@ macro_rules! backend {
                                 s.totals.insert(format!("qty_{name}"), text(aged[i]));
                                 s.totals.insert(format!("value_{name}"), text(aged[4 + i]));
                             }
+                            if any_ma {
+                                s.notes.push(
+                                    "Moving-average articles keep no layers: their ledger is replayed under a \
+                                     FIFO assumption (receipts and count gains add stock dated at their posting, \
+                                     issues and count losses take the oldest, a transfer moves what it took with \
+                                     its dates to the destination) and the stock so found is valued at the \
+                                     average rate."
+                                        .to_owned(),
+                                );
+                            }
+                            if undated > 0 {
+                                s.notes.push(format!(
+                                    "{undated} FIFO balances hold layers stored before receipt dates were \
+                                     kept: they are aged as moving-average ones are, valued at their rate."
+                                ));
+                            }
                             s.notes.push(
-                                "FIFO articles are aged by their stock layers; moving-average articles \
-                                 by the receipts still in stock under a FIFO assumption, valued at the \
-                                 average rate."
+                                "Ages are days since the goods were received, as of the report: FIFO \
+                                 articles are aged by their open stock layers, each from its receipt date \
+                                 (a transfer keeps the original receipt's date; a count gain is new stock \
+                                 dated at the count)."
                                     .to_owned(),
                             );
-                            if !any_ma {
-                                s.notes.clear();
-                                s.notes.push("Ages are days since the receipt, as of the report.".into());
-                            }
                         }
                     }
                 }
@@ -584,6 +727,48 @@ mod tests {
         // More stock than receipts explain: the rest is oldest.
         let (q3, _) = age(dec!(30), &receipts, Some(dec!(1)), now).unwrap();
         assert_eq!(q3[3], dec!(15));
+    }
+
+    #[test]
+    fn the_replay_carries_dates_through_transfers_and_dates_gains_new() {
+        let day = |d: i64| DateTime::from_timestamp(1_700_000_000 + d * 86_400, 0).unwrap();
+        let step = |t: bool, w: &str, q: Decimal, d: i64, m: &str| Step {
+            transfer: t,
+            warehouse: w.into(),
+            qty: q,
+            at: day(d),
+            movement: m.into(),
+        };
+        let stock = replay(vec![
+            step(false, "MAIN", dec!(10), 0, ""),
+            step(false, "MAIN", dec!(5), 10, ""),
+            step(false, "MAIN", dec!(-3), 20, ""),
+            step(true, "MAIN", dec!(-9), 30, "t1"),
+            step(true, "SIDE", dec!(9), 30, "t1"),
+            step(false, "MAIN", dec!(4), 40, ""),
+            // Issued ahead of stock, then covered by the next goods in.
+            step(false, "SIDE", dec!(-12), 45, ""),
+            step(false, "SIDE", dec!(5), 50, ""),
+        ])
+        .unwrap();
+        let main: Vec<_> = stock["MAIN"].slots.iter().copied().collect();
+        assert_eq!(main, [(dec!(3), day(10)), (dec!(4), day(40))]);
+        let side = &stock["SIDE"];
+        assert_eq!(side.short, Decimal::ZERO);
+        assert_eq!(
+            side.slots.iter().copied().collect::<Vec<_>>(),
+            [(dec!(2), day(50))]
+        );
+        // The 9 transferred kept their dates: 7 from day 0, 2 from day 10.
+        let moved = replay(vec![
+            step(false, "MAIN", dec!(10), 0, ""),
+            step(false, "MAIN", dec!(5), 10, ""),
+            step(true, "MAIN", dec!(-12), 30, "t"),
+            step(true, "SIDE", dec!(12), 30, "t"),
+        ])
+        .unwrap();
+        let side: Vec<_> = moved["SIDE"].slots.iter().copied().collect();
+        assert_eq!(side, [(dec!(10), day(0)), (dec!(2), day(10))]);
     }
 
     #[test]

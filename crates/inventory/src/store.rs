@@ -823,7 +823,7 @@ fn plan_all<'a>(
                         .map(|x| (w.clone(), x.level))
                 })
                 .collect();
-            let pending = plan_movement(m, f, &mut session.work)?;
+            let pending = plan_movement(m, f, &mut session.work, now)?;
             let id = uuid::Uuid::now_v7().to_string();
             let mut levels = Vec::new();
             for (wh, from) in before {
@@ -936,10 +936,12 @@ fn refused(m: &NewMovement, wh: &WarehouseCode, e: ValuationError) -> InventoryE
     }
 }
 
+/// Computes one movement posted `now` (the date of the layers it receives).
 fn plan_movement(
     m: &NewMovement,
     facts: &ArticleFacts,
     work: &mut BTreeMap<(Sku, WarehouseCode), Working>,
+    now: DateTime<Utc>,
 ) -> Result<Vec<PendingRow>, InventoryError> {
     let method = facts.valuation;
     let key = (m.sku.clone(), m.warehouse.clone());
@@ -955,7 +957,7 @@ fn plan_movement(
                 .unit_cost
                 .map(crate::types::Money::get)
                 .unwrap_or_default();
-            next.receive_at_into(method, qty, cost)
+            next.receive_at_into(method, qty, cost, now)
         }
         MovementKind::Issue | MovementKind::Transfer => {
             if qty > next.qty && !facts.allow_negative {
@@ -967,7 +969,7 @@ fn plan_movement(
             }
         }
         MovementKind::Count => {
-            next.count_into(method, qty, m.unit_cost.map(crate::types::Money::get))
+            next.count_into(method, qty, m.unit_cost.map(crate::types::Money::get), now)
         }
     }
     .map_err(|e| refused(m, &m.warehouse, e))?;
@@ -981,7 +983,7 @@ fn plan_movement(
             let mut d_next = d.stock.clone();
             // Exactly the value the source gave up: rounding must not make or lose value.
             let inn = d_next
-                .receive_into(method, &change.consumed, -change.value)
+                .receive_into(method, &change.consumed, -change.value, now)
                 .map_err(|e| refused(m, to, e))?;
             check_limits(m, to, &d_next, &inn)?;
             Some((to.clone(), d_next, inn))
@@ -2203,8 +2205,8 @@ mod tests {
         let key = (m.sku.clone(), m.warehouse.clone());
         let mut work = work_for(&m);
         // ~10^15 of value fits; a second receipt takes the quantity past 10^12.
-        assert!(plan_movement(&m, &facts(), &mut work).is_ok());
-        let err = plan_movement(&m, &facts(), &mut work).unwrap_err();
+        assert!(plan_movement(&m, &facts(), &mut work, Utc::now()).is_ok());
+        let err = plan_movement(&m, &facts(), &mut work, Utc::now()).unwrap_err();
         assert_eq!(field_of(err), "qty");
         // Values stay below 10^16: a costly receipt names its unit cost.
         let mut fresh = work_for(&m);
@@ -2220,7 +2222,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            field_of(plan_movement(&dear, &facts(), &mut fresh).unwrap_err()),
+            field_of(plan_movement(&dear, &facts(), &mut fresh, Utc::now()).unwrap_err()),
             "unit_cost"
         );
         assert_eq!(fresh[&key].stock, Stock::default());
@@ -2242,7 +2244,7 @@ mod tests {
             };
         }
         let before = work[&key].stock.clone();
-        let err = plan_movement(&m, &facts(), &mut work).unwrap_err();
+        let err = plan_movement(&m, &facts(), &mut work, Utc::now()).unwrap_err();
         assert_eq!(field_of(err), "qty");
         assert_eq!(work[&key].stock, before);
     }

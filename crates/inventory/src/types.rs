@@ -786,7 +786,8 @@ impl NewMovement {
     }
 }
 
-/// A FIFO layer: a quantity still in stock at the rate it came in at.
+/// A FIFO layer: a quantity still in stock at the rate it came in at, and when it first came
+/// in (a transfer keeps the date; a count gain is a new layer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Layer {
     /// Quantity left in the layer.
@@ -795,6 +796,22 @@ pub struct Layer {
     /// Its unit cost.
     #[serde(with = "rust_decimal::serde::str")]
     pub rate: Decimal,
+    /// When its goods were received (the receipt or count that brought them in, not a transfer
+    /// that moved them). `None` only for layers stored before dates were kept, and for what
+    /// an issue took beyond the stock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_at: Option<DateTime<Utc>>,
+}
+
+impl Layer {
+    /// A layer of `qty` at `rate`, received `received_at`.
+    pub fn new(qty: Decimal, rate: Decimal, received_at: Option<DateTime<Utc>>) -> Self {
+        Self {
+            qty,
+            rate,
+            received_at,
+        }
+    }
 }
 
 /// One append-only ledger row: a signed change of one article in one warehouse and what it left.

@@ -3,9 +3,16 @@
 //! a figure that leaves `Decimal`'s range is a `ValuationError::OutOfRange`, never a panic, and
 //! a refused operation leaves the stock as it was. The store persists the result and checks it
 //! against the documented limits (`crate::types::MAX_QTY`, `MAX_VALUE`, ...).
+//!
+//! A FIFO layer carries the date its goods first came in (`Layer::received_at`): a receipt
+//! and a count gain make a layer dated at the posting; a transfer moves the layers it took from
+//! the source, with their dates, to the destination; what an issue took beyond the stock (an
+//! article that allows negative stock) has no receipt, and a destination dates it at the
+//! transfer. The ageing report ages the open layers from those dates.
 
 use std::collections::VecDeque;
 
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
 use crate::types::{Layer, ValuationMethod, round_money};
@@ -94,7 +101,7 @@ impl Stock {
         Ok(())
     }
 
-    /// Goods in: `qty` (> 0) at `unit_cost`.
+    /// Goods in: `qty` (> 0) at `unit_cost`, received `at` (the date of its FIFO layer).
     ///
     /// # Errors
     /// `OutOfRange` when a figure leaves `Decimal`'s range; the stock is unchanged then.
@@ -103,19 +110,18 @@ impl Stock {
         method: ValuationMethod,
         qty: Decimal,
         unit_cost: Decimal,
+        at: DateTime<Utc>,
     ) -> Checked<Change> {
-        let layers = [Layer {
-            qty,
-            rate: unit_cost,
-        }];
+        let layers = [Layer::new(qty, unit_cost, Some(at))];
         let value = worth(qty, unit_cost)?;
-        self.receive_valued(method, &layers, value)
+        self.receive_valued(method, &layers, value, at)
     }
 
     /// Goods in from a transfer: the source's consumed `layers`, worth exactly `value`, what the
     /// source gave up (its issue's value change, negated). Re-pricing the layers instead can
     /// differ from that by rounding (a moving-average rate is rounded), and a transfer would then
-    /// make or lose value.
+    /// make or lose value. The layers keep their receipt dates; one without (taken beyond the
+    /// source's stock) is dated `at`, the transfer.
     ///
     /// # Errors
     /// As [`Self::receive`].
@@ -124,8 +130,9 @@ impl Stock {
         method: ValuationMethod,
         layers: &[Layer],
         value: Decimal,
+        at: DateTime<Utc>,
     ) -> Checked<Change> {
-        self.receive_valued(method, layers, value)
+        self.receive_valued(method, layers, value, at)
     }
 
     fn receive_valued(
@@ -133,19 +140,22 @@ impl Stock {
         method: ValuationMethod,
         layers: &[Layer],
         value: Decimal,
+        at: DateTime<Utc>,
     ) -> Checked<Change> {
         let mut next = self.clone();
-        let change = next.receive_into(method, layers, value)?;
+        let change = next.receive_into(method, layers, value, at)?;
         *self = next;
         Ok(change)
     }
 
     /// Goods in, in place: on an error the stock is left half-changed (callers work on a copy).
+    /// A layer without a receipt date is dated `at`.
     pub(crate) fn receive_into(
         &mut self,
         method: ValuationMethod,
         layers: &[Layer],
         value: Decimal,
+        at: DateTime<Utc>,
     ) -> Checked<Change> {
         let before = self.value;
         let qty = layers
@@ -156,7 +166,10 @@ impl Stock {
             self.qty = add(self.qty, qty)?;
             self.value = add(self.value, value)?;
             if method == ValuationMethod::Fifo {
-                self.layers.extend(layers.iter().copied());
+                self.layers.extend(layers.iter().map(|l| Layer {
+                    received_at: l.received_at.or(Some(at)),
+                    ..*l
+                }));
             }
         } else {
             // Negative stock: the receipt first covers what was issued ahead of it; what is
@@ -171,10 +184,10 @@ impl Stock {
             self.value = worth(self.qty, rate)?;
             self.layers.clear();
             if method == ValuationMethod::Fifo && self.qty > Decimal::ZERO {
-                self.layers.push_back(Layer {
-                    qty: self.qty,
-                    rate,
-                });
+                // What is left came in with the newest of the layers received.
+                let newest = layers.iter().rev().find_map(|l| l.received_at);
+                self.layers
+                    .push_back(Layer::new(self.qty, rate, newest.or(Some(at))));
             }
         }
         if self.qty <= Decimal::ZERO {
@@ -232,10 +245,7 @@ impl Stock {
                     } else {
                         round_money(div(mul(in_stock, self.value)?, self.qty)?)
                     };
-                    consumed.push(Layer {
-                        qty: in_stock,
-                        rate: self.rate,
-                    });
+                    consumed.push(Layer::new(in_stock, self.rate, None));
                 }
             }
             ValuationMethod::Fifo => {
@@ -246,10 +256,7 @@ impl Stock {
                     };
                     let take = want.min(front.qty);
                     out = add(out, mul(take, front.rate)?)?;
-                    consumed.push(Layer {
-                        qty: take,
-                        rate: front.rate,
-                    });
+                    consumed.push(Layer::new(take, front.rate, front.received_at));
                     front.qty = sub(front.qty, take)?;
                     want = sub(want, take)?;
                     if front.qty.is_zero() {
@@ -266,10 +273,7 @@ impl Stock {
         if beyond > Decimal::ZERO {
             // Issued ahead of stock: at the last known rate.
             out = add(out, worth(beyond, self.rate)?)?;
-            consumed.push(Layer {
-                qty: beyond,
-                rate: self.rate,
-            });
+            consumed.push(Layer::new(beyond, self.rate, None));
         }
         self.qty = sub(self.qty, qty)?;
         self.value = sub(self.value, out)?;
@@ -287,8 +291,9 @@ impl Stock {
         })
     }
 
-    /// A stock count: `counted` becomes the quantity. A gain is valued at `unit_cost` if given,
-    /// else at the current rate; a loss is issued by the method.
+    /// A stock count `at`: `counted` becomes the quantity. A gain is valued at `unit_cost` if
+    /// given, else at the current rate, and is a new layer dated `at`; a loss is issued by the
+    /// method.
     ///
     /// # Errors
     /// `OutOfRange`; the stock is unchanged then.
@@ -297,9 +302,10 @@ impl Stock {
         method: ValuationMethod,
         counted: Decimal,
         unit_cost: Option<Decimal>,
+        at: DateTime<Utc>,
     ) -> Checked<Change> {
         let mut next = self.clone();
-        let change = next.count_into(method, counted, unit_cost)?;
+        let change = next.count_into(method, counted, unit_cost, at)?;
         *self = next;
         Ok(change)
     }
@@ -310,11 +316,12 @@ impl Stock {
         method: ValuationMethod,
         counted: Decimal,
         unit_cost: Option<Decimal>,
+        at: DateTime<Utc>,
     ) -> Checked<Change> {
         let diff = sub(counted, self.qty)?;
         if diff > Decimal::ZERO {
             let cost = unit_cost.unwrap_or(self.rate);
-            self.receive_at_into(method, diff, cost)
+            self.receive_at_into(method, diff, cost, at)
         } else if diff < Decimal::ZERO {
             // Down to `counted` >= 0: never below zero, so never refused for stock.
             self.issue_into(method, -diff)
@@ -323,19 +330,17 @@ impl Stock {
         }
     }
 
-    /// Goods in at a unit cost, in place (see [`Self::receive_into`]).
+    /// Goods in at a unit cost, received `at`, in place (see [`Self::receive_into`]).
     pub(crate) fn receive_at_into(
         &mut self,
         method: ValuationMethod,
         qty: Decimal,
         unit_cost: Decimal,
+        at: DateTime<Utc>,
     ) -> Checked<Change> {
-        let layers = [Layer {
-            qty,
-            rate: unit_cost,
-        }];
+        let layers = [Layer::new(qty, unit_cost, Some(at))];
         let value = worth(qty, unit_cost)?;
-        self.receive_into(method, &layers, value)
+        self.receive_into(method, &layers, value, at)
     }
 }
 
@@ -347,11 +352,15 @@ mod tests {
 
     use ValuationMethod::{Fifo, MovingAverage};
 
+    fn t0() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000, 0).unwrap()
+    }
+
     #[test]
     fn moving_average_receipts_average_and_issues_keep_the_rate() {
         let mut s = Stock::default();
-        s.receive(MovingAverage, dec!(10), dec!(100)).unwrap();
-        s.receive(MovingAverage, dec!(10), dec!(120)).unwrap();
+        s.receive(MovingAverage, dec!(10), dec!(100), t0()).unwrap();
+        s.receive(MovingAverage, dec!(10), dec!(120), t0()).unwrap();
         assert_eq!((s.qty, s.value, s.rate), (dec!(20), dec!(2200), dec!(110)));
         let c = s.issue(MovingAverage, dec!(15), false).unwrap();
         assert_eq!(c.value, dec!(-1650));
@@ -362,17 +371,14 @@ mod tests {
     #[test]
     fn fifo_issues_consume_the_oldest_layers() {
         let mut s = Stock::default();
-        s.receive(Fifo, dec!(10), dec!(100)).unwrap();
-        s.receive(Fifo, dec!(10), dec!(120)).unwrap();
+        s.receive(Fifo, dec!(10), dec!(100), t0()).unwrap();
+        s.receive(Fifo, dec!(10), dec!(120), t0()).unwrap();
         let c = s.issue(Fifo, dec!(15), false).unwrap();
         assert_eq!(c.value, dec!(-1600));
         assert_eq!((s.qty, s.value, s.rate), (dec!(5), dec!(600), dec!(120)));
         assert_eq!(
             s.layers.iter().copied().collect::<Vec<_>>(),
-            vec![Layer {
-                qty: dec!(5),
-                rate: dec!(120)
-            }]
+            vec![Layer::new(dec!(5), dec!(120), Some(t0()))]
         );
         assert_eq!(c.consumed.len(), 2);
     }
@@ -380,7 +386,7 @@ mod tests {
     #[test]
     fn refuses_negative_stock_unless_allowed() {
         let mut s = Stock::default();
-        s.receive(Fifo, dec!(3), dec!(2)).unwrap();
+        s.receive(Fifo, dec!(3), dec!(2), t0()).unwrap();
         assert_eq!(
             s.issue(Fifo, dec!(4), false),
             Err(ValuationError::Insufficient { available: dec!(3) })
@@ -390,34 +396,34 @@ mod tests {
         assert_eq!(c.value, dec!(-8));
         assert_eq!((s.qty, s.value), (dec!(-1), dec!(-2)));
         // A receipt covers the shortfall; the rest is valued at the receipt's rate.
-        s.receive(Fifo, dec!(5), dec!(3)).unwrap();
+        s.receive(Fifo, dec!(5), dec!(3), t0()).unwrap();
         assert_eq!((s.qty, s.value, s.rate), (dec!(4), dec!(12), dec!(3)));
     }
 
     #[test]
     fn counts_adjust_to_the_counted_quantity() {
         let mut s = Stock::default();
-        s.receive(MovingAverage, dec!(10), dec!(5)).unwrap();
-        let c = s.count(MovingAverage, dec!(12), None).unwrap();
+        s.receive(MovingAverage, dec!(10), dec!(5), t0()).unwrap();
+        let c = s.count(MovingAverage, dec!(12), None, t0()).unwrap();
         assert_eq!((c.qty, c.value), (dec!(2), dec!(10)));
-        let c = s.count(MovingAverage, dec!(12), None).unwrap();
+        let c = s.count(MovingAverage, dec!(12), None, t0()).unwrap();
         assert_eq!((c.qty, c.value), (dec!(0), dec!(0)));
-        let c = s.count(MovingAverage, dec!(0), None).unwrap();
+        let c = s.count(MovingAverage, dec!(0), None, t0()).unwrap();
         assert_eq!((c.qty, c.value), (dec!(-12), dec!(-60)));
         assert_eq!((s.qty, s.value), (dec!(0), dec!(0)));
-        let c = s.count(Fifo, dec!(4), Some(dec!(7))).unwrap();
+        let c = s.count(Fifo, dec!(4), Some(dec!(7)), t0()).unwrap();
         assert_eq!((c.qty, c.value, s.rate), (dec!(4), dec!(28), dec!(7)));
     }
 
     #[test]
     fn transfers_carry_value_and_layers() {
         let mut from = Stock::default();
-        from.receive(Fifo, dec!(10), dec!(100)).unwrap();
-        from.receive(Fifo, dec!(10), dec!(120)).unwrap();
+        from.receive(Fifo, dec!(10), dec!(100), t0()).unwrap();
+        from.receive(Fifo, dec!(10), dec!(120), t0()).unwrap();
         let out = from.issue(Fifo, dec!(15), false).unwrap();
         let mut to = Stock::default();
         let inn = to
-            .receive_transfer(Fifo, &out.consumed, -out.value)
+            .receive_transfer(Fifo, &out.consumed, -out.value, t0())
             .unwrap();
         assert_eq!(inn.value, -out.value);
         assert_eq!(to.layers.len(), 2);
@@ -425,17 +431,55 @@ mod tests {
     }
 
     #[test]
+    fn layers_keep_their_receipt_date_through_transfers_and_counts_date_gains_new() {
+        let day = |d: i64| t0() + chrono::Duration::days(d);
+        let mut from = Stock::default();
+        from.receive(Fifo, dec!(10), dec!(100), day(0)).unwrap();
+        from.receive(Fifo, dec!(10), dec!(120), day(5)).unwrap();
+        let out = from.issue(Fifo, dec!(12), false).unwrap();
+        let mut to = Stock::default();
+        to.receive(Fifo, dec!(1), dec!(90), day(1)).unwrap();
+        to.receive_transfer(Fifo, &out.consumed, -out.value, day(30))
+            .unwrap();
+        let dates: Vec<_> = to.layers.iter().map(|l| (l.qty, l.received_at)).collect();
+        assert_eq!(
+            dates,
+            [
+                (dec!(1), Some(day(1))),
+                (dec!(10), Some(day(0))),
+                (dec!(2), Some(day(5)))
+            ]
+        );
+        // A count gain is new stock, dated at the count.
+        to.count(Fifo, dec!(15), None, day(40)).unwrap();
+        assert_eq!(
+            to.layers.back().map(|l| (l.qty, l.received_at)),
+            Some((dec!(2), Some(day(40))))
+        );
+        // Issued beyond the stock, then transferred: dated at the transfer.
+        let mut short = Stock::default();
+        let out = short.issue(Fifo, dec!(3), true).unwrap();
+        let mut dest = Stock::default();
+        dest.receive_transfer(Fifo, &out.consumed, -out.value, day(50))
+            .unwrap();
+        assert_eq!(dest.layers[0].received_at, Some(day(50)));
+        // Layers stored before dates were kept read back undated.
+        let old: Layer = serde_json::from_str(r#"{"qty":"1","rate":"2"}"#).unwrap();
+        assert_eq!(old.received_at, None);
+    }
+
+    #[test]
     fn transfers_neither_make_nor_lose_value_through_rounding() {
         // 3 units worth 4: the moving-average rate 1.333333 is rounded.
         let mut from = Stock::default();
-        from.receive(MovingAverage, dec!(1), dec!(1)).unwrap();
-        from.receive(MovingAverage, dec!(1), dec!(1)).unwrap();
-        from.receive(MovingAverage, dec!(1), dec!(2)).unwrap();
+        from.receive(MovingAverage, dec!(1), dec!(1), t0()).unwrap();
+        from.receive(MovingAverage, dec!(1), dec!(1), t0()).unwrap();
+        from.receive(MovingAverage, dec!(1), dec!(2), t0()).unwrap();
         let out = from.issue(MovingAverage, dec!(2), false).unwrap();
         assert_eq!(out.value, dec!(-2.666667));
         let mut to = Stock::default();
         let inn = to
-            .receive_transfer(MovingAverage, &out.consumed, -out.value)
+            .receive_transfer(MovingAverage, &out.consumed, -out.value, t0())
             .unwrap();
         assert_eq!(inn.value, dec!(2.666667));
         assert_eq!(from.value + to.value, dec!(4));
@@ -448,7 +492,7 @@ mod tests {
     fn figures_beyond_decimal_range_are_refused_not_panics() {
         // What an API without limits once accepted: 10^12 units worth 5 * 10^23.
         let mut s = Stock::default();
-        s.receive(MovingAverage, dec!(999999999999), dec!(500000000000))
+        s.receive(MovingAverage, dec!(999999999999), dec!(500000000000), t0())
             .unwrap();
         let before = s.clone();
         // 200000 * 5e23 does not fit in a Decimal.
@@ -458,9 +502,12 @@ mod tests {
         );
         assert_eq!(s, before, "a refused operation changes nothing");
         let huge = Decimal::MAX;
-        assert_eq!(s.receive(Fifo, huge, huge), Err(ValuationError::OutOfRange));
         assert_eq!(
-            s.count(MovingAverage, Decimal::MIN, None),
+            s.receive(Fifo, huge, huge, t0()),
+            Err(ValuationError::OutOfRange)
+        );
+        assert_eq!(
+            s.count(MovingAverage, Decimal::MIN, None, t0()),
             Err(ValuationError::OutOfRange)
         );
         assert_eq!(s, before);
@@ -499,9 +546,9 @@ mod tests {
                 let qty = Decimal::new(i64::from(qty), 2);
                 let cost = Decimal::new(i64::from(cost), 3);
                 let c = match kind {
-                    0 => s.receive(method, qty, cost).unwrap(),
+                    0 => s.receive(method, qty, cost, t0()).unwrap(),
                     1 => match s.issue(method, qty, neg) { Ok(c) => c, Err(_) => continue },
-                    _ => s.count(method, qty, Some(cost)).unwrap(),
+                    _ => s.count(method, qty, Some(cost), t0()).unwrap(),
                 };
                 q += c.qty;
                 v += c.value;
@@ -530,11 +577,11 @@ mod tests {
             for (kind, a, b) in ops {
                 let before = s.clone();
                 let r = match kind {
-                    0 => s.receive(method, a.abs(), b.abs()),
+                    0 => s.receive(method, a.abs(), b.abs(), t0()),
                     1 => s.issue(method, a.abs().max(dec!(0.000001)), true),
-                    2 => s.count(method, a.abs(), Some(b.abs())),
+                    2 => s.count(method, a.abs(), Some(b.abs()), t0()),
                     _ => s.issue(method, a.abs().max(dec!(0.000001)), true)
-                        .and_then(|c| other.receive_transfer(method, &c.consumed, -c.value)),
+                        .and_then(|c| other.receive_transfer(method, &c.consumed, -c.value, t0())),
                 };
                 if r.is_err() && kind != 3 {
                     prop_assert_eq!(&s, &before);

@@ -332,7 +332,8 @@ enum Suite {
     Alerts,
     /// Email and webhook deliveries per second through the notifications queue.
     Notify,
-    /// Valuation, stock balance and full ledger export times on a seeded ledger; peak memory.
+    /// Valuation, stock balance, full ledger export and ageing (open FIFO layers) reports, each
+    /// timed end to end over HTTP (request, job, download); peak memory.
     Reports,
     /// SQS messages consumed into postings per second, against a bare receive-and-delete loop.
     Sqs,
@@ -402,6 +403,9 @@ struct BenchArgs {
     /// reports suite: ledger rows to seed.
     #[arg(long, default_value_t = 1_000_000)]
     rows: usize,
+    /// reports suite: open FIFO layers to seed for the ageing report.
+    #[arg(long, default_value_t = 100_000)]
+    layers: usize,
     /// notify suite: messages per channel.
     #[arg(long, default_value_t = 2000)]
     messages: usize,
@@ -669,6 +673,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         },
                         database_url: args.database_url.clone(),
                         rows: if args.quick { 5_000 } else { args.rows },
+                        layers: if args.quick { 2_000 } else { args.layers },
                     };
                     tokio::spawn(async move { malaka::bench_reports::reports_suite(&spec).await })
                         .await

@@ -320,6 +320,154 @@ async fn each_report_on_a_known_ledger(app: &TestApp) {
     }
 }
 
+/// Moves every stored time of the inventory `days` back, as if it had all been posted that much
+/// earlier: ledger rows, movements and the receipt dates of FIFO layers (the API takes no
+/// back-dated postings).
+async fn travel(app: &TestApp, days: i64) {
+    let back = chrono::Duration::days(days);
+    macro_rules! shift {
+        ($pool:expr) => {{
+            let pool = $pool;
+            for table in ["inv_ledger", "inv_movements"] {
+                let rows: Vec<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+                    sqlx::AssertSqlSafe(format!("SELECT CAST(id AS TEXT), posted_at FROM {table}")),
+                )
+                .fetch_all(pool)
+                .await
+                .unwrap();
+                for (id, at) in rows {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "UPDATE {table} SET posted_at = $2 WHERE CAST(id AS TEXT) = $1"
+                    )))
+                    .bind(id)
+                    .bind(at - back)
+                    .execute(pool)
+                    .await
+                    .unwrap();
+                }
+            }
+            let rows: Vec<(String, String, String)> =
+                sqlx::query_as("SELECT sku, warehouse, layers FROM inv_balances")
+                    .fetch_all(pool)
+                    .await
+                    .unwrap();
+            for (sku, wh, layers) in rows {
+                let mut layers: Vec<Value> = serde_json::from_str(&layers).unwrap();
+                for l in &mut layers {
+                    let at: chrono::DateTime<chrono::Utc> =
+                        serde_json::from_value(l["received_at"].clone()).unwrap();
+                    l["received_at"] = json!(at - back);
+                }
+                sqlx::query(
+                    "UPDATE inv_balances SET layers = $3 WHERE sku = $1 AND warehouse = $2",
+                )
+                .bind(sku)
+                .bind(wh)
+                .bind(serde_json::to_string(&layers).unwrap())
+                .execute(pool)
+                .await
+                .unwrap();
+            }
+        }};
+    }
+    match app.state.db() {
+        malaka::db::Database::Sqlite(pool) => shift!(pool),
+        malaka::db::Database::Postgres(pool) => shift!(pool),
+    }
+}
+
+on_both!(ageing_ages_the_stock_from_its_receipt_through_transfers);
+async fn ageing_ages_the_stock_from_its_receipt_through_transfers(app: &TestApp) {
+    let t = app.admin_token().await;
+    for code in ["MAIN", "SIDE"] {
+        ok(
+            app,
+            &t,
+            "/api/v1/warehouses",
+            json!({"code": code, "name": code}),
+        )
+        .await;
+    }
+    for (sku, method) in [("F", "fifo"), ("M", "moving_average")] {
+        ok(
+            app,
+            &t,
+            "/api/v1/articles",
+            json!({"sku": sku, "name": sku, "valuation": method}),
+        )
+        .await;
+        ok(app, &t, "/api/v1/movements", json!({"type": "receipt", "sku": sku, "warehouse": "MAIN", "qty": "10", "unit_cost": "100"})).await;
+    }
+    // Day D: 10 received. 100 days later 4 move to SIDE; 50 days after that a count finds 2 more.
+    travel(app, 100).await;
+    for sku in ["F", "M"] {
+        ok(app, &t, "/api/v1/movements", json!({"type": "transfer", "sku": sku, "warehouse": "MAIN", "to_warehouse": "SIDE", "qty": "4"})).await;
+    }
+    travel(app, 50).await;
+    for sku in ["F", "M"] {
+        ok(
+            app,
+            &t,
+            "/api/v1/movements",
+            json!({"type": "count", "sku": sku, "warehouse": "MAIN", "qty": "8"}),
+        )
+        .await;
+    }
+    let ageing = json_report(app, &t, "ageing", json!({})).await;
+    let rows: Vec<(&str, &str, [Decimal; 4], [Decimal; 4])> = ageing["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let b =
+                |p: &str| ["0_30", "31_60", "61_90", "over_90"].map(|k| d(&r[format!("{p}_{k}")]));
+            (
+                r["sku"].as_str().unwrap(),
+                r["warehouse"].as_str().unwrap(),
+                b("qty"),
+                b("value"),
+            )
+        })
+        .collect();
+    let z = Decimal::ZERO;
+    // The 4 transferred are as old as the receipt (150 days), not the transfer (50 days); the
+    // count's 2 are new.
+    let main = ([n("2"), z, z, n("6")], [n("200"), z, z, n("600")]);
+    let side = ([z, z, z, n("4")], [z, z, z, n("400")]);
+    assert_eq!(
+        rows,
+        vec![
+            ("F", "MAIN", main.0, main.1),
+            ("F", "SIDE", side.0, side.1),
+            ("M", "MAIN", main.0, main.1),
+            ("M", "SIDE", side.0, side.1),
+        ],
+        "{ageing}"
+    );
+    assert_eq!(d(&ageing["totals"]["qty_over_90"]), n("20"));
+    assert_eq!(d(&ageing["totals"]["qty_0_30"]), n("4"));
+    assert!(
+        ageing["notes"][0]
+            .as_str()
+            .unwrap()
+            .contains("FIFO assumption"),
+        "{ageing}"
+    );
+    // The layers show where the dates come from.
+    let b = get(app, &t, "/api/v1/articles/F/valuation").await;
+    let side = b["warehouses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["warehouse"] == "SIDE")
+        .unwrap();
+    let layer = &side["layers"][0];
+    let received: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(layer["received_at"].clone()).unwrap_or_else(|e| panic!("{e}: {b}"));
+    let age = (chrono::Utc::now() - received).num_days();
+    assert!((149..=150).contains(&age), "{b}");
+}
+
 // ---- limits, snapshots, cancel, retention -----------------------------------------------------
 
 /// A ledger of about `n` rows on one article (batches of receipts).

@@ -274,6 +274,10 @@ struct LayerOut {
     qty: Decimal,
     #[schema(value_type = String, example = "12.5")]
     rate: Decimal,
+    /// When its goods were received (a transfer keeps the date; a count gain is new); absent
+    /// for layers stored before dates were kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    received_at: Option<DateTime<Utc>>,
 }
 
 impl From<&Layer> for LayerOut {
@@ -281,6 +285,7 @@ impl From<&Layer> for LayerOut {
         Self {
             qty: l.qty.normalize(),
             rate: l.rate.normalize(),
+            received_at: l.received_at,
         }
     }
 }
