@@ -384,7 +384,10 @@ mod tests {
         let hub = Hub::new(Outbox::new(malaka_inventory::EventPool::Sqlite(pool)), 0, 8);
         hub.broadcast_snapshot(msg("job_update", &[], &[]));
         let mut alerts = hub.register(sub(&[], &[], &["stock_alert"]));
-        assert!(alerts.rx.try_recv().is_err(), "not subscribed to job_update");
+        assert!(
+            alerts.rx.try_recv().is_err(),
+            "not subscribed to job_update"
+        );
         let mut everything = hub.register(Subscription::default());
         assert_eq!(everything.rx.try_recv().unwrap().kind, "job_update");
         let mut by_sku = hub.register(sub(&["A"], &[], &[]));
