@@ -14,6 +14,7 @@ use sqlx::postgres::PgPool;
 use sqlx::sqlite::SqlitePool;
 
 use crate::error::InventoryError;
+use crate::gate::WriteTurn;
 use crate::store::{OutboxEvent, dec, text};
 use crate::types::AlertLevel;
 
@@ -415,7 +416,7 @@ impl Alerts {
 }
 
 macro_rules! backend {
-    ($module:ident, $pool:ty, begin = $begin:literal, lock = $lock:literal, notify = $notify:literal) => {
+    ($module:ident, $pool:ty, begin = $begin:literal, lock = $lock:literal, notify = $notify:literal, turn = $turn:path) => {
         mod $module {
             use super::*;
             use sqlx::Row;
@@ -501,6 +502,7 @@ macro_rules! backend {
                 events: &[(i64, i64)],
             ) -> Result<u64, InventoryError> {
                 let now = Utc::now();
+                let _turn = $turn(pool).await;
                 let mut tx = pool.begin_with($begin).await?;
                 let mut n = 0;
                 for (id, seq) in events {
@@ -555,6 +557,7 @@ macro_rules! backend {
                 floor: i64,
                 limit: u32,
             ) -> Result<u64, InventoryError> {
+                let _turn = $turn(pool).await;
                 Ok(sqlx::query(
                     "DELETE FROM malaka_outbox WHERE id IN (SELECT id FROM malaka_outbox \
                      WHERE published_at IS NOT NULL AND published_at < $1 AND seq <= $2 \
@@ -589,6 +592,7 @@ macro_rules! backend {
                 change: &LevelChange,
                 cause: Option<i64>,
             ) -> Result<Option<AlertChange>, InventoryError> {
+                let _turn = $turn(pool).await;
                 let mut tx = pool.begin_with($begin).await?;
                 let latest = sqlx::query(sqlx::AssertSqlSafe(format!(
                     "SELECT {ALERT_COLS}, last_event FROM inv_alerts WHERE sku = $1 AND warehouse = $2 \
@@ -780,6 +784,7 @@ macro_rules! backend {
                 id: i64,
                 by: &str,
             ) -> Result<Alert, InventoryError> {
+                let _turn = $turn(pool).await;
                 let mut tx = pool.begin_with($begin).await?;
                 let now = Utc::now();
                 let row = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -819,6 +824,16 @@ macro_rules! backend {
     };
 }
 
+/// This process's turn to write to an SQLite file (see [`crate::WriteGate`]).
+async fn sqlite_write_turn(pool: &SqlitePool) -> Option<WriteTurn> {
+    Some(crate::gate::sqlite_turn(pool).await)
+}
+
+/// PostgreSQL writers need no turn.
+async fn no_write_turn(_: &PgPool) -> Option<WriteTurn> {
+    None
+}
+
 /// The sqlx database behind a pool type (for the transaction type in `backend!`).
 trait PoolDb {
     type Db: sqlx::Database;
@@ -835,14 +850,16 @@ backend!(
     SqlitePool,
     begin = "BEGIN IMMEDIATE",
     lock = "",
-    notify = false
+    notify = false,
+    turn = sqlite_write_turn
 );
 backend!(
     postgres,
     PgPool,
     begin = "BEGIN",
     lock = " FOR UPDATE",
-    notify = true
+    notify = true,
+    turn = no_write_turn
 );
 
 #[cfg(test)]

@@ -14,7 +14,9 @@
 //!
 //! SQLite has one writer at a time, and each commit costs a disk flush. Postings that each open
 //! their own transaction queue in SQLite's busy handler, which sleeps 1 to 100 ms between tries;
-//! here they queue in order, in process, and share the flush.
+//! here they queue in order, in process, and share the flush. Each group takes its turn at the
+//! file's [`WriteGate`](crate::WriteGate) like the process's other writers, so that they come
+//! between two groups rather than wait in the busy handler.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, OnceLock};
@@ -25,6 +27,7 @@ use sqlx::sqlite::SqlitePool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::error::InventoryError;
+use crate::gate::WriteGate;
 use crate::inbox::InboxEntry;
 use crate::store::{BatchRow, BatchedHook, PostingHook, Session};
 use crate::types::{Movement, NewMovement};
@@ -138,8 +141,16 @@ impl Committer {
 }
 
 async fn run(pool: &SqlitePool, rx: &mut mpsc::Receiver<Request>) {
+    let gate = WriteGate::of(pool);
     let mut group = Vec::with_capacity(GROUP);
     while rx.recv_many(&mut group, GROUP).await > 0 {
+        // In turn with the process's other writers of the file (the outbox relay, alerts),
+        // taking in the postings that arrived meanwhile.
+        let _turn = gate.turn().await;
+        while group.len() < GROUP {
+            let Ok(more) = rx.try_recv() else { break };
+            group.push(more);
+        }
         commit_group(pool, &mut group).await;
         group.clear();
     }

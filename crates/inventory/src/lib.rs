@@ -24,6 +24,7 @@
 
 mod error;
 mod events;
+mod gate;
 mod group;
 mod inbox;
 mod reports;
@@ -36,6 +37,7 @@ pub use events::{
     Alert, AlertAction, AlertChange, AlertEffects, AlertFilter, Alerts, EventPool, LevelChange,
     Outbox, Published, SweepReport, TOPIC_ALERT,
 };
+pub use gate::{WriteGate, WriteTurn, sqlite_turn};
 pub use inbox::{
     Disposition, InboxAttempt, InboxEntry, InboxFilter, InboxRecord, InboxState, Recorded,
 };

@@ -620,9 +620,9 @@ pub(crate) async fn prefetch_sqlite(
             for row in rows {
                 let facts = (|| -> Result<(Sku, ArticleFacts), InventoryError> {
                     let sku: String = row.try_get("sku")?;
-                    let sku = (*skus.get(sku.as_str()).ok_or(InventoryError::Corrupt(
-                        "an article not asked for".into(),
-                    ))?)
+                    let sku = (*skus
+                        .get(sku.as_str())
+                        .ok_or(InventoryError::Corrupt("an article not asked for".into()))?)
                     .clone();
                     Ok((
                         sku,

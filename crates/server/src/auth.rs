@@ -456,6 +456,7 @@ impl TokenStore {
         });
         if let Some((id, _, _)) = &row {
             let now = Utc::now();
+            let _turn = self.db.write_turn().await;
             on_pool!(&self.db, pool => {
                 sqlx::query(TOUCH).bind(id).bind(now).execute(pool).await?;
             });

@@ -39,7 +39,9 @@ use crate::bench_jobs::Backend;
 use crate::{Application, Config, ServerError};
 
 /// Warehouses made by the setup.
-const WAREHOUSES: [&str; 2] = ["BENCH-A", "BENCH-B"];
+pub(crate) const WAREHOUSES: [&str; 2] = ["BENCH-A", "BENCH-B"];
+/// Articles made by the setup unless `--articles` says otherwise.
+pub(crate) const ARTICLES: usize = 64;
 /// Opening stock of every article in every warehouse.
 const OPENING_QTY: i64 = 1_000_000;
 /// Warm-up of each path before the timed phases.
@@ -87,7 +89,7 @@ pub enum MovementsBenchError {
 
 /// A small deterministic generator (splitmix64): each client draws its own movements.
 #[derive(Debug, Clone)]
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -110,7 +112,7 @@ fn sku(i: usize) -> String {
 
 /// One movement of the mix.
 #[derive(Debug, Clone)]
-struct Pick {
+pub(crate) struct Pick {
     kind: &'static str,
     sku: String,
     warehouse: &'static str,
@@ -122,7 +124,7 @@ struct Pick {
 }
 
 impl Pick {
-    fn draw(rng: &mut Rng, articles: usize, client: usize, n: u64) -> Self {
+    pub(crate) fn draw(rng: &mut Rng, articles: usize, client: usize, n: u64) -> Self {
         let article = sku(rng.below(articles.max(1) as u64) as usize);
         let w = rng.below(2) as usize;
         let roll = rng.below(100);
@@ -161,7 +163,7 @@ impl Pick {
     }
 
     /// The request body (every value is a safe code, number or reference: no escaping needed).
-    fn json(&self) -> String {
+    pub(crate) fn json(&self) -> String {
         let mut s = format!(
             r#"{{"type":"{}","sku":"{}","warehouse":"{}","qty":{}"#,
             self.kind, self.sku, self.warehouse, self.qty
@@ -453,7 +455,10 @@ pub(crate) async fn drop_database(admin: &str, name: &str) {
 
 /// Two warehouses, `articles` articles (every other one FIFO), and opening stock of each
 /// article in each warehouse (posted in batches).
-async fn catalog(inventory: &Inventory, articles: usize) -> Result<(), MovementsBenchError> {
+pub(crate) async fn catalog(
+    inventory: &Inventory,
+    articles: usize,
+) -> Result<(), MovementsBenchError> {
     for code in WAREHOUSES {
         inventory
             .create_warehouse(&WarehouseCode::parse(code)?, &format!("Bench {code}"))

@@ -336,6 +336,15 @@ impl Database {
         }
     }
 
+    /// On SQLite, this process's turn to write to the file ([`malaka_inventory::WriteGate`]):
+    /// a write that would otherwise wait in SQLite's busy handler while postings commit.
+    pub async fn write_turn(&self) -> Option<malaka_inventory::WriteTurn> {
+        match self {
+            Self::Sqlite(pool) => Some(malaka_inventory::sqlite_turn(pool).await),
+            Self::Postgres(_) => None,
+        }
+    }
+
     /// A round trip to the database.
     ///
     /// # Errors

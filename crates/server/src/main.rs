@@ -368,7 +368,8 @@ struct BenchArgs {
     /// jobs suite: jobs run at once.
     #[arg(long, default_value_t = 24)]
     workers: usize,
-    /// jobs suite: latency samples (after 50 warm-ups); alerts suite: timed postings (after 20).
+    /// jobs suite: latency samples (after 50 warm-ups); alerts suite: timed postings of the idle
+    /// phase (after 20 warm-ups) and of the loaded one (after 5).
     #[arg(long, default_value_t = 500)]
     samples: usize,
     /// jobs suite: jobs claimed ahead of free workers (default 4 x --workers, 10 to 1000).
@@ -429,6 +430,14 @@ struct BenchArgs {
     /// (quote 0 and 1,000,000 with `--articles 10000`).
     #[arg(long, default_value_t = 0)]
     ledger_rows: usize,
+    /// alerts suite: clients posting a background mix while the loaded alert postings are timed
+    /// (0: no loaded phase).
+    #[arg(long, default_value_t = 32)]
+    load_clients: usize,
+    /// alerts suite: WebSocket clients that each time every fan-out posting's alert (0: no
+    /// fan-out phase).
+    #[arg(long, default_value_t = 0)]
+    ws_clients: usize,
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -629,6 +638,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         },
                         database_url: args.database_url.clone(),
                         samples: if args.quick { 20 } else { args.samples },
+                        load_clients: args.load_clients,
+                        ws_clients: args.ws_clients,
+                        fanout_rounds: if args.quick { 5 } else { 20 },
                     };
                     tokio::spawn(async move { malaka::bench_alerts::alerts_suite(&spec).await })
                         .await

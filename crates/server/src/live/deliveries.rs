@@ -209,6 +209,15 @@ impl Deliveries {
         }
     }
 
+    /// On SQLite, this process's turn to write to the file (see [`malaka_inventory::WriteGate`]):
+    /// waiting in SQLite's busy handler behind back-to-back posting commits can take seconds.
+    async fn write_turn(&self) -> Option<malaka_inventory::WriteTurn> {
+        match &self.pool {
+            EventPool::Sqlite(p) => Some(malaka_inventory::sqlite_turn(p).await),
+            EventPool::Postgres(_) => None,
+        }
+    }
+
     /// Publishing happened: deliver now.
     pub fn wake(&self) {
         self.wake.notify_one();
@@ -233,6 +242,7 @@ impl Deliveries {
                               VALUES ($1, $2, $3) ON CONFLICT (listener) DO NOTHING";
         const SELECT: &str = "SELECT seq FROM malaka_listener_cursors WHERE listener = $1";
         let now = Utc::now();
+        let _turn = self.write_turn().await;
         Ok(on_pool!(&self.pool, p => {
             sqlx::query(INSERT).bind(listener).bind(start).bind(now).execute(p).await?;
             sqlx::query_scalar::<_, i64>(SELECT).bind(listener).fetch_one(p).await?
@@ -243,6 +253,7 @@ impl Deliveries {
         const SQL: &str = "UPDATE malaka_listener_cursors SET seq = $2, updated_at = $3 \
                            WHERE listener = $1 AND seq < $2";
         let now = Utc::now();
+        let _turn = self.write_turn().await;
         on_pool!(&self.pool, p => {
             sqlx::query(SQL).bind(listener).bind(seq).bind(now).execute(p).await?;
         });
@@ -375,6 +386,7 @@ impl Deliveries {
         }])?;
         let (state, next) = self.after_attempt(1, now);
         let payload = event_data(p).to_string();
+        let _turn = self.write_turn().await;
         on_pool!(&self.pool, pool => {
             sqlx::query(SQL)
                 .bind(listener)
@@ -473,16 +485,19 @@ impl Deliveries {
         const SQL: &str = "UPDATE malaka_delivery_failures SET state = $2, attempts = attempts + 1, \
                            errors = $3, next_attempt_at = $4, updated_at = $5 WHERE id = $1";
         let errors = serde_json::to_string(&errors)?;
-        on_pool!(&self.pool, p => {
-            sqlx::query(SQL)
-                .bind(f.id)
-                .bind(state.as_str())
-                .bind(&errors)
-                .bind(next)
-                .bind(now)
-                .execute(p)
-                .await?;
-        });
+        {
+            let _turn = self.write_turn().await;
+            on_pool!(&self.pool, p => {
+                sqlx::query(SQL)
+                    .bind(f.id)
+                    .bind(state.as_str())
+                    .bind(&errors)
+                    .bind(next)
+                    .bind(now)
+                    .execute(p)
+                    .await?;
+            });
+        }
         self.failure(f.id).await
     }
 
@@ -547,6 +562,7 @@ impl Deliveries {
     pub async fn prune(&self, before: DateTime<Utc>) -> Result<u64, InventoryError> {
         const SQL: &str =
             "DELETE FROM malaka_delivery_failures WHERE state = 'resolved' AND updated_at < $1";
+        let _turn = self.write_turn().await;
         Ok(on_pool!(&self.pool, p => {
             sqlx::query(SQL).bind(before).execute(p).await?.rows_affected()
         }))

@@ -217,18 +217,20 @@ impl Hub {
     }
 
     /// Registers a client with `subscription`; it receives every message after the returned
-    /// cursor (and the latest `job_update` snapshot).
+    /// cursor (and the latest `job_update` snapshot, if it wants one).
     pub fn register(&self, subscription: Subscription) -> ClientHandle {
         let (tx, rx) = mpsc::channel(self.inner.buffer);
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let subscription = Arc::new(RwLock::new(subscription));
         let lagged = CancellationToken::new();
         let mut st = lock(&self.inner.state);
+        // The snapshot goes only to a client that wants it, as every later one does.
         if let Some(snap) = &st.snapshot
+            && subscription.wants(snap)
             && tx.try_send(Arc::clone(snap)).is_err()
         {
             lagged.cancel();
         }
+        let subscription = Arc::new(RwLock::new(subscription));
         st.clients.insert(
             id,
             Client {
@@ -372,5 +374,23 @@ mod tests {
         assert!(!w.wants(&msg("stock_alert", &["A"], &["W"])));
         assert_eq!(sub(&[], &[], &["nope"]).unknown_type(), Some("nope"));
         assert_eq!(w.unknown_type(), None);
+    }
+
+    #[tokio::test]
+    async fn the_snapshot_goes_only_to_clients_that_want_it() {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .connect_lazy("sqlite::memory:")
+            .unwrap();
+        let hub = Hub::new(Outbox::new(malaka_inventory::EventPool::Sqlite(pool)), 0, 8);
+        hub.broadcast_snapshot(msg("job_update", &[], &[]));
+        let mut alerts = hub.register(sub(&[], &[], &["stock_alert"]));
+        assert!(
+            alerts.rx.try_recv().is_err(),
+            "not subscribed to job_update"
+        );
+        let mut everything = hub.register(Subscription::default());
+        assert_eq!(everything.rx.try_recv().unwrap().kind, "job_update");
+        let mut by_sku = hub.register(sub(&["A"], &[], &[]));
+        assert_eq!(by_sku.rx.try_recv().unwrap().kind, "job_update");
     }
 }
