@@ -689,7 +689,8 @@ pub(crate) async fn prefetch_sqlite(
         return;
     };
     for row in rows {
-        let loaded = (|| -> Result<Option<((Sku, WarehouseCode), Working)>, InventoryError> {
+        type Loaded = Option<((Sku, WarehouseCode), Working)>;
+        let loaded = (|| -> Result<Loaded, InventoryError> {
             let sku: String = row.try_get("sku")?;
             let wh: String = row.try_get("warehouse")?;
             if !keys.contains(&(sku.as_str(), wh.as_str())) {
