@@ -98,6 +98,23 @@ impl Outbox {
         on!(self.mark_published(events))
     }
 
+    /// Publishes the next unpublished events, oldest first and at most `limit`, under sequence
+    /// numbers `after + 1`, `after + 2`, ...: reads and marks them in one transaction, so that
+    /// on SQLite the batch is read once this process's turn to write has come and holds what
+    /// was committed until then. Returns the (id, seq) given, none when all is published; on
+    /// PostgreSQL the same transaction notifies channel `malaka_live` with the last seq.
+    ///
+    /// # Errors
+    /// A database error (a sequence number already given, by another relay, included: the
+    /// caller then reads [`Self::last_seq`] again).
+    pub async fn publish_next(
+        &self,
+        limit: u32,
+        after: i64,
+    ) -> Result<Vec<(i64, i64)>, InventoryError> {
+        on!(self.publish_next(limit, after))
+    }
+
     /// Published events after `seq`, in publication order, at most `limit`.
     ///
     /// # Errors
@@ -416,7 +433,7 @@ impl Alerts {
 }
 
 macro_rules! backend {
-    ($module:ident, $pool:ty, begin = $begin:literal, lock = $lock:literal, notify = $notify:literal, turn = $turn:path) => {
+    ($module:ident, $pool:ty, begin = $begin:literal, lock = $lock:literal, notify = $notify:literal, turn = $turn:path, marks = $marks:literal) => {
         mod $module {
             use super::*;
             use sqlx::Row;
@@ -504,19 +521,19 @@ macro_rules! backend {
                 let now = Utc::now();
                 let _turn = $turn(pool).await;
                 let mut tx = pool.begin_with($begin).await?;
-                let mut n = 0;
-                for (id, seq) in events {
-                    n += sqlx::query(
-                        "UPDATE malaka_outbox SET published_at = $1, seq = $2 \
-                         WHERE id = $3 AND seq IS NULL",
-                    )
-                    .bind(now)
-                    .bind(seq)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                }
+                // One statement for the batch: `[[id, seq], ...]` as JSON.
+                let marks = serde_json::to_string(events)
+                    .map_err(|e| InventoryError::Database(sqlx::Error::Encode(Box::new(e))))?;
+                let n = sqlx::query(concat!(
+                    "UPDATE malaka_outbox SET published_at = $1, seq = m.seq FROM (",
+                    $marks,
+                    ") AS m WHERE malaka_outbox.id = m.id AND malaka_outbox.seq IS NULL"
+                ))
+                .bind(now)
+                .bind(marks)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
                 if $notify {
                     let last = events.iter().map(|e| e.1).max().unwrap_or_default();
                     sqlx::query("SELECT pg_notify('malaka_live', $1)")
@@ -526,6 +543,42 @@ macro_rules! backend {
                 }
                 tx.commit().await?;
                 Ok(n)
+            }
+
+            pub(super) async fn publish_next(
+                pool: &$pool,
+                limit: u32,
+                after: i64,
+            ) -> Result<Vec<(i64, i64)>, InventoryError> {
+                let _turn = $turn(pool).await;
+                let mut tx = pool.begin_with($begin).await?;
+                // One statement: the oldest unpublished events numbered `after + 1, ...` in id
+                // order.
+                let mut marks: Vec<(i64, i64)> = sqlx::query_as(
+                    "UPDATE malaka_outbox SET published_at = $1, seq = $2 + m.n \
+                     FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM malaka_outbox \
+                           WHERE published_at IS NULL ORDER BY id LIMIT $3) AS m \
+                     WHERE malaka_outbox.id = m.id \
+                     RETURNING malaka_outbox.id, malaka_outbox.seq",
+                )
+                .bind(Utc::now())
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(&mut *tx)
+                .await?;
+                if marks.is_empty() {
+                    return Ok(Vec::new());
+                }
+                marks.sort_unstable();
+                if $notify {
+                    let last = marks.last().map_or(after, |m| m.1);
+                    sqlx::query("SELECT pg_notify('malaka_live', $1)")
+                        .bind(last.to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(marks)
             }
 
             pub(super) async fn published_after(
@@ -851,7 +904,8 @@ backend!(
     begin = "BEGIN IMMEDIATE",
     lock = "",
     notify = false,
-    turn = sqlite_write_turn
+    turn = sqlite_write_turn,
+    marks = "SELECT value ->> 0 AS id, value ->> 1 AS seq FROM json_each($2)"
 );
 backend!(
     postgres,
@@ -859,7 +913,8 @@ backend!(
     begin = "BEGIN",
     lock = " FOR UPDATE",
     notify = true,
-    turn = no_write_turn
+    turn = no_write_turn,
+    marks = "SELECT (e ->> 0)::bigint AS id, (e ->> 1)::bigint AS seq FROM jsonb_array_elements($2::jsonb) AS e"
 );
 
 #[cfg(test)]

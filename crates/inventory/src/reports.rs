@@ -422,7 +422,7 @@ fn times(a: Decimal, b: Decimal) -> Result<Decimal, InventoryError> {
 }
 
 macro_rules! backend {
-    ($module:ident, $pool:ty, begin = $begin:literal, agg = $agg:literal, line = $line:literal) => {
+    ($module:ident, $pool:ty, begin = $begin:literal, agg = $agg:literal, line = $line:literal, stream = $stream:literal) => {
         mod $module {
             use super::*;
 
@@ -456,36 +456,77 @@ macro_rules! backend {
                         .await?;
                         let width = kind.columns().len();
                         let mut out = Batcher::new(sink, width, u64::try_from(total).unwrap_or(0));
-                        // Pages of 1,000 rows, each packed into one text by the database: one
-                        // row crosses from the database per page, not one per ledger row.
-                        let page = format!(
-                            "SELECT max(id) AS last, count(*) AS n, {agg} AS packed FROM ( \
-                               SELECT id, {line} AS line FROM inv_ledger \
-                               WHERE id > $1 AND ($2 IS NULL OR sku = $2) AND ($3 IS NULL OR warehouse = $3) \
-                                 AND ($4 IS NULL OR posted_at >= $4) AND ($5 IS NULL OR posted_at < $5) \
-                               ORDER BY id LIMIT {BATCH}) AS page",
-                            agg = $agg,
-                            line = $line,
-                        );
-                        let mut after = 0i64;
-                        loop {
-                            let r = sqlx::query(sqlx::AssertSqlSafe(page.clone()))
-                                .bind(after)
+                        if $stream {
+                            // One query, its rows (each packed into one text by the database)
+                            // streamed: the database makes the next rows while these are
+                            // written, where pages would leave one side idle while the other
+                            // works (pages of 1,000: 379k rows/s end to end on a quiet
+                            // machine; pages of 100,000 were slower still; streamed: up to 394k
+                            // on a busy one). Handed on 1,000 at a time. A large export runs
+                            // past sqlx's slow-statement threshold and logs a warning.
+                            let all = format!(
+                                "SELECT {line} AS line FROM inv_ledger \
+                                 WHERE ($1 IS NULL OR sku = $1) AND ($2 IS NULL OR warehouse = $2) \
+                                   AND ($3 IS NULL OR posted_at >= $3) AND ($4 IS NULL OR posted_at < $4) \
+                                 ORDER BY id",
+                                line = $line,
+                            );
+                            let mut lines = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(all))
                                 .bind(sku)
                                 .bind(wh)
                                 .bind(p.from)
                                 .bind(p.to)
-                                .fetch_one(&mut *tx)
-                                .await?;
-                            let n: i64 = r.try_get("n")?;
-                            if n == 0 {
-                                break;
+                                .fetch(&mut *tx);
+                            let mut packed = String::with_capacity(BATCH * 160);
+                            let mut n = 0u64;
+                            while let Some(line) = futures::TryStreamExt::try_next(&mut lines).await? {
+                                if n > 0 {
+                                    packed.push('\u{1e}');
+                                }
+                                packed.push_str(&line);
+                                n += 1;
+                                if n == BATCH as u64 {
+                                    out.packed(&packed, n).await?;
+                                    packed.clear();
+                                    n = 0;
+                                }
                             }
-                            after = r.try_get("last")?;
-                            let packed: String = r.try_get("packed")?;
-                            out.packed(&packed, u64::try_from(n).unwrap_or(0)).await?;
-                            if n < BATCH as i64 {
-                                break;
+                            if n > 0 {
+                                out.packed(&packed, n).await?;
+                            }
+                        } else {
+                            // Pages of 1,000 rows, each packed into one text by the database:
+                            // one row crosses from the database per page, not one per ledger
+                            // row (SQLite runs in process: a page costs no round trip).
+                            let page = format!(
+                                "SELECT max(id) AS last, count(*) AS n, {agg} AS packed FROM ( \
+                                   SELECT id, {line} AS line FROM inv_ledger \
+                                   WHERE id > $1 AND ($2 IS NULL OR sku = $2) AND ($3 IS NULL OR warehouse = $3) \
+                                     AND ($4 IS NULL OR posted_at >= $4) AND ($5 IS NULL OR posted_at < $5) \
+                                   ORDER BY id LIMIT {BATCH}) AS page",
+                                agg = $agg,
+                                line = $line,
+                            );
+                            let mut after = 0i64;
+                            loop {
+                                let r = sqlx::query(sqlx::AssertSqlSafe(page.clone()))
+                                    .bind(after)
+                                    .bind(sku)
+                                    .bind(wh)
+                                    .bind(p.from)
+                                    .bind(p.to)
+                                    .fetch_one(&mut *tx)
+                                    .await?;
+                                let n: i64 = r.try_get("n")?;
+                                if n == 0 {
+                                    break;
+                                }
+                                after = r.try_get("last")?;
+                                let packed: String = r.try_get("packed")?;
+                                out.packed(&packed, u64::try_from(n).unwrap_or(0)).await?;
+                                if n < BATCH as i64 {
+                                    break;
+                                }
                             }
                         }
                         s.rows = out.done;
@@ -670,7 +711,8 @@ backend!(
     line = "id || char(31) || posted_at || char(31) || movement_id || char(31) || kind || char(31) || \
             sku || char(31) || warehouse || char(31) || qty_change || char(31) || unit_cost || char(31) || \
             value_change || char(31) || qty_after || char(31) || value_after || char(31) || \
-            coalesce(reference, '') || char(31) || posted_by"
+            coalesce(reference, '') || char(31) || posted_by",
+    stream = false
 );
 backend!(
     postgres,
@@ -680,7 +722,8 @@ backend!(
     line = "id::text || chr(31) || to_char(posted_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') || \
             chr(31) || movement_id || chr(31) || kind || chr(31) || sku || chr(31) || warehouse || chr(31) || \
             qty_change || chr(31) || unit_cost || chr(31) || value_change || chr(31) || qty_after || chr(31) || \
-            value_after || chr(31) || coalesce(reference, '') || chr(31) || posted_by"
+            value_after || chr(31) || coalesce(reference, '') || chr(31) || posted_by",
+    stream = true
 );
 
 impl Inventory {

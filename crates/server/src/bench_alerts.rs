@@ -260,14 +260,17 @@ impl Client {
         }
     }
 
-    /// Makes the next alert posting; the instant just before its request was sent.
-    async fn alert_posting(&mut self) -> Result<(Instant, &'static str), MovementsBenchError> {
+    /// Makes the next alert posting; the instant just before its request was sent, and the
+    /// time until its answer was read.
+    async fn alert_posting(
+        &mut self,
+    ) -> Result<(Instant, Duration, &'static str), MovementsBenchError> {
         let (body, want) = self.next_alert();
         let sent = Instant::now();
         self.post("/movements", body)
             .await
             .map_err(setup_err("alert posting"))?;
-        Ok((sent, want))
+        Ok((sent, sent.elapsed(), want))
     }
 
     /// A WebSocket client of the listening node, subscribed to `stock_alert`.
@@ -334,18 +337,19 @@ fn check_alert(text: &str, want: &str) -> Result<(), MovementsBenchError> {
     }
 }
 
-/// One timed alert posting seen by one client: from the send to the client's read.
+/// One timed alert posting seen by one client: from the send to the client's read of the
+/// alert, and to the posting's answer.
 async fn one_alert(
     client: &mut Client,
     rx: &mut mpsc::UnboundedReceiver<Arrival>,
-) -> Result<Duration, MovementsBenchError> {
-    let (sent, want) = client.alert_posting().await?;
+) -> Result<(Duration, Duration), MovementsBenchError> {
+    let (sent, answered, want) = client.alert_posting().await?;
     let arrival = tokio::time::timeout(ALERT_TIMEOUT, rx.recv())
         .await
         .map_err(|_| MovementsBenchError::Setup(format!("a {want} alert never arrived")))?
         .ok_or_else(|| MovementsBenchError::Setup("the WebSocket closed".into()))?;
     check_alert(&arrival.text, want)?;
-    Ok(arrival.at.saturating_duration_since(sent))
+    Ok((arrival.at.saturating_duration_since(sent), answered))
 }
 
 /// Waits until `node`'s hub holds `n` clients (a client has its 101 before it is registered).
@@ -449,17 +453,21 @@ async fn idle(
     for _ in 0..WARM_UP {
         one_alert(client, rx).await?;
     }
-    let mut latencies = Vec::with_capacity(b.samples);
+    let (mut latencies, mut posts) = (Vec::with_capacity(b.samples), Vec::new());
     for _ in 0..b.samples {
-        latencies.push(one_alert(client, rx).await?);
+        let (latency, post) = one_alert(client, rx).await?;
+        latencies.push(latency);
+        posts.push(post);
     }
     latencies.sort();
+    posts.sort();
     f.push("alert_latency_p50_ms", percentile(&latencies, 0.5));
     f.push("alert_latency_p99_ms", percentile(&latencies, 0.99));
     let avg =
         latencies.iter().map(Duration::as_secs_f64).sum::<f64>() / latencies.len().max(1) as f64;
     f.push("alert_latency_avg_ms", avg * 1000.0);
     f.push("alert_latency_max_ms", percentile(&latencies, 1.0));
+    f.push("alert_post_p50_ms", percentile(&posts, 0.5));
     f.push("samples", latencies.len() as f64);
     Ok(())
 }
@@ -553,24 +561,29 @@ async fn loaded(
             one_alert(client, rx).await?;
         }
         let (start, ok_before) = (Instant::now(), counts.ok.load(Ordering::Relaxed));
-        let mut latencies = Vec::with_capacity(b.samples);
+        let (mut latencies, mut posts) = (Vec::with_capacity(b.samples), Vec::new());
         for _ in 0..b.samples {
-            latencies.push(one_alert(client, rx).await?);
+            let (latency, post) = one_alert(client, rx).await?;
+            latencies.push(latency);
+            posts.push(post);
         }
         let rate =
             (counts.ok.load(Ordering::Relaxed) - ok_before) as f64 / start.elapsed().as_secs_f64();
-        Ok::<_, MovementsBenchError>((latencies, rate))
+        Ok::<_, MovementsBenchError>((latencies, posts, rate))
     };
     let result = timed.await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ended = t.await;
     }
-    let (mut latencies, rate) = result?;
+    let (mut latencies, mut posts, rate) = result?;
     latencies.sort();
+    posts.sort();
     f.push("loaded_alert_latency_p50_ms", percentile(&latencies, 0.5));
     f.push("loaded_alert_latency_p99_ms", percentile(&latencies, 0.99));
     f.push("loaded_alert_latency_max_ms", percentile(&latencies, 1.0));
+    f.push("loaded_post_p50_ms", percentile(&posts, 0.5));
+    f.push("loaded_post_p99_ms", percentile(&posts, 0.99));
     f.push("loaded_samples", latencies.len() as f64);
     f.push("load_movements_per_sec", rate);
     f.push("load_clients", b.load_clients as f64);
@@ -622,7 +635,7 @@ async fn fanout(
         let (mut all, mut firsts, mut lasts) = (Vec::new(), Vec::new(), Vec::new());
         let mut seen = vec![false; n];
         for round in 0..(SHORT_WARM_UP + b.fanout_rounds) {
-            let (sent, want) = client.alert_posting().await?;
+            let (sent, _, want) = client.alert_posting().await?;
             let deadline = tokio::time::Instant::now() + ALERT_TIMEOUT;
             let mut got = Vec::with_capacity(n);
             seen.iter_mut().for_each(|s| *s = false);

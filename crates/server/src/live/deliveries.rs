@@ -279,6 +279,9 @@ impl Deliveries {
             return;
         };
         let mut cursors: HashMap<String, i64> = HashMap::new();
+        // When each listener's cursor was last written, and the positions not written yet.
+        let mut saved_at: HashMap<String, tokio::time::Instant> = HashMap::new();
+        let mut unsaved: HashMap<String, i64> = HashMap::new();
         let mut last_check = tokio::time::Instant::now();
         loop {
             if stop.is_cancelled() {
@@ -289,11 +292,20 @@ impl Deliveries {
             let this = &self;
             let rounds = listeners.iter().map(|(name, topics)| {
                 let start = cursors.get(name).copied();
-                async move { (name.clone(), this.advance(name, topics, start).await) }
+                let due = saved_at
+                    .get(name)
+                    .is_none_or(|t| t.elapsed() >= self.config.poll);
+                async move { (name.clone(), this.advance(name, topics, start, due).await) }
             });
             for (name, r) in futures::future::join_all(rounds).await {
                 match r {
-                    Ok((seq, moved)) => {
+                    Ok(Advanced { seq, moved, saved }) => {
+                        if saved {
+                            saved_at.insert(name.clone(), tokio::time::Instant::now());
+                            unsaved.remove(&name);
+                        } else if moved {
+                            unsaved.insert(name.clone(), seq);
+                        }
                         cursors.insert(name, seq);
                         progressed |= moved;
                         task.healthy();
@@ -314,6 +326,17 @@ impl Deliveries {
                 self.relay.notify_one();
                 continue;
             }
+            // Caught up: the positions passed over in a hurry are written now.
+            for (name, seq) in std::mem::take(&mut unsaved) {
+                match self.save_cursor(&name, seq).await {
+                    Ok(()) => {
+                        saved_at.insert(name, tokio::time::Instant::now());
+                    }
+                    Err(e) => {
+                        tracing::warn!(listener = %name, error = %e, "saving a listener's position failed");
+                    }
+                }
+            }
             if last_check.elapsed() >= self.config.poll * 5 {
                 last_check = tokio::time::Instant::now();
                 if !leader.alive().await {
@@ -330,14 +353,17 @@ impl Deliveries {
         }
     }
 
-    /// Delivers the next published events after `listener`'s cursor; its new position and
-    /// whether it moved.
+    /// Delivers the next published events after `listener`'s cursor. The new position is
+    /// written when an event was delivered to it or when `due`; a batch of events the listener
+    /// does not take is otherwise passed over without a write (each write waits its turn behind
+    /// the postings on SQLite), since reading them again after a restart delivers nothing.
     async fn advance(
         &self,
         listener: &str,
         topics: &[String],
         known: Option<i64>,
-    ) -> Result<(i64, bool), InventoryError> {
+        due: bool,
+    ) -> Result<Advanced, InventoryError> {
         let cursor = match known {
             Some(c) => c,
             None => {
@@ -347,12 +373,18 @@ impl Deliveries {
         };
         let events = self.outbox.published_after(cursor, BATCH).await?;
         let Some(last) = events.last().map(|p| p.seq) else {
-            return Ok((cursor, false));
+            return Ok(Advanced {
+                seq: cursor,
+                moved: false,
+                saved: false,
+            });
         };
+        let mut delivered = false;
         for p in &events {
             if !topics.contains(&p.event.topic) {
                 continue;
             }
+            delivered = true;
             let event = event_of(p);
             let report = self.bus.dispatch_named_to(event, listener).await;
             if let Some(err) = report.failures().find_map(|f| f.result.as_ref().err()) {
@@ -363,10 +395,17 @@ impl Deliveries {
                 self.record_failure(listener, p, &err.to_string()).await?;
             }
         }
-        self.save_cursor(listener, last).await?;
+        let saved = delivered || due;
+        if saved {
+            self.save_cursor(listener, last).await?;
+        }
         metrics::gauge!("malaka_listener_position", "listener" => listener.to_owned())
             .set(last as f64);
-        Ok((last, true))
+        Ok(Advanced {
+            seq: last,
+            moved: true,
+            saved,
+        })
     }
 
     async fn record_failure(
@@ -567,6 +606,16 @@ impl Deliveries {
             sqlx::query(SQL).bind(before).execute(p).await?.rows_affected()
         }))
     }
+}
+
+/// Where one round left a listener.
+struct Advanced {
+    /// Its position.
+    seq: i64,
+    /// Whether the round read events.
+    moved: bool,
+    /// Whether the position was written.
+    saved: bool,
 }
 
 /// The bus event of a published outbox event: its payload with `outbox_id`.

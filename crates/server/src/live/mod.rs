@@ -186,7 +186,7 @@ impl Live {
         jobs: &Queue,
         supervisor: &Supervisor,
     ) -> Result<(), DbError> {
-        let alerts = self.alerts.clone();
+        let (alerts, relay_wake) = (self.alerts.clone(), Arc::clone(&self.relay_wake));
         bus.on_named(
             TOPIC_LEVEL_CHANGED,
             "stock_monitor",
@@ -198,7 +198,7 @@ impl Live {
                 )
                 .timeout(Duration::from_secs(10)),
             move |e| {
-                let alerts = alerts.clone();
+                let (alerts, relay_wake) = (alerts.clone(), Arc::clone(&relay_wake));
                 async move {
                     let id = e.data["outbox_id"]
                         .as_i64()
@@ -206,6 +206,9 @@ impl Live {
                     let change = LevelChange::from_payload(&e.data)
                         .map_err(|err| ListenerError::permanent(err.to_string()))?;
                     if let Some(c) = alerts.apply(id, &change).await? {
+                        // Its `stock.alert` event is published now, not after the rest of
+                        // the deliverer's round.
+                        relay_wake.notify_one();
                         tracing::info!(sku = %c.alert.sku, warehouse = %c.alert.warehouse,
                             action = c.action.as_str(), level = c.alert.level.as_str(), "stock alert");
                     }

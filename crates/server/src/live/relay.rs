@@ -131,45 +131,32 @@ impl Relay {
             if stop.is_cancelled() {
                 return false;
             }
-            let batch = match outbox.unpublished(BATCH).await {
-                Ok(b) => b,
+            match outbox.publish_next(BATCH, seq).await {
+                Ok(marks) if !marks.is_empty() => {
+                    seq = marks.last().map_or(seq, |m| m.1);
+                    metrics::counter!("malaka_outbox_published_total")
+                        .increment(marks.len() as u64);
+                    self.hub.wake();
+                    self.deliveries.wake();
+                    continue;
+                }
+                Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, "outbox relay: reading events failed; retrying");
+                    // Another relay took these numbers (two leaders for a moment), or the
+                    // database failed: read where publication stands and go on; the events
+                    // are dispatched again (listeners are idempotent).
+                    tracing::warn!(error = %e, "outbox relay: publishing events failed; retrying");
+                    metrics::counter!("malaka_outbox_mark_errors_total").increment(1);
                     tokio::select! {
                         () = stop.cancelled() => return false,
-                        () = tokio::time::sleep(self.config.poll_interval) => {}
+                        () = tokio::time::sleep(self.config.poll_interval.min(Duration::from_millis(50))) => {}
+                    }
+                    match outbox.last_seq().await {
+                        Ok(s) => seq = s,
+                        Err(_) => return true,
                     }
                     continue;
                 }
-            };
-            if !batch.is_empty() {
-                let marks: Vec<(i64, i64)> = batch
-                    .iter()
-                    .map(|e| {
-                        seq += 1;
-                        (e.id, seq)
-                    })
-                    .collect();
-                match outbox.mark_published(&marks).await {
-                    Ok(_) => {
-                        metrics::counter!("malaka_outbox_published_total")
-                            .increment(marks.len() as u64);
-                        self.hub.wake();
-                        self.deliveries.wake();
-                    }
-                    Err(e) => {
-                        // Another relay took these numbers (two leaders for a moment), or the
-                        // database failed: read where publication stands and go on; the events
-                        // are dispatched again (listeners are idempotent).
-                        tracing::warn!(error = %e, "outbox relay: marking events published failed");
-                        metrics::counter!("malaka_outbox_mark_errors_total").increment(1);
-                        match outbox.last_seq().await {
-                            Ok(s) => seq = s,
-                            Err(_) => return true,
-                        }
-                    }
-                }
-                continue;
             }
             // Caught up: the moment for the safety nets.
             let now = Instant::now();

@@ -534,6 +534,7 @@ impl Reports {
             bytes: 0,
             ctx: Some(ctx),
             last_progress: Instant::now(),
+            writing: None,
         };
         let summary = self
             .inventory
@@ -542,6 +543,7 @@ impl Reports {
         sink.writer.finish(&summary)?;
         let rest = sink.writer.take();
         sink.store(rest).await?;
+        sink.written().await?;
         Ok((summary, sink.bytes))
     }
 
@@ -667,7 +669,9 @@ impl Reports {
     }
 }
 
-/// Stores a report's file in chunks as rows arrive, and its progress.
+/// Stores a report's file in chunks as rows arrive, and its progress. A chunk is written while
+/// the next one is being made (one write in flight): the report's rows and the chunk's insert
+/// then use the two sides of the work (formatting here, the write in the database) at once.
 struct ChunkSink<'a> {
     reports: &'a Reports,
     id: &'a str,
@@ -676,22 +680,49 @@ struct ChunkSink<'a> {
     bytes: u64,
     ctx: Option<&'a JobContext>,
     last_progress: Instant,
+    /// The chunk being written.
+    writing: Option<tokio::task::JoinHandle<Result<(), DbError>>>,
 }
 
 impl ChunkSink<'_> {
+    /// Starts writing `data` as the next chunk, once the one before it is written.
     async fn store(&mut self, data: Vec<u8>) -> Result<(), DbError> {
         if data.is_empty() {
             return Ok(());
         }
+        self.written().await?;
         self.bytes += data.len() as u64;
         const SQL: &str =
             "INSERT INTO malaka_report_chunks (report_id, seq, data) VALUES ($1, $2, $3)";
         let seq = self.seq;
         self.seq += 1;
-        on_pool!(&self.reports.db, pool => {
-            sqlx::query(SQL).bind(self.id).bind(seq).bind(&data).execute(pool).await?;
-        });
+        let (db, id) = (self.reports.db.clone(), self.id.to_owned());
+        self.writing = Some(tokio::spawn(async move {
+            on_pool!(&db, pool => {
+                sqlx::query(SQL).bind(&id).bind(seq).bind(&data).execute(pool).await?;
+            });
+            Ok(())
+        }));
         Ok(())
+    }
+
+    /// Waits for the chunk being written, if any.
+    async fn written(&mut self) -> Result<(), DbError> {
+        match self.writing.take() {
+            None => Ok(()),
+            Some(w) => w.await.map_err(|e| {
+                DbError::Sqlx(sqlx::Error::Protocol(format!("writing a chunk: {e}")))
+            })?,
+        }
+    }
+}
+
+impl Drop for ChunkSink<'_> {
+    fn drop(&mut self) {
+        // A report that failed or was cancelled leaves no write behind.
+        if let Some(w) = self.writing.take() {
+            w.abort();
+        }
     }
 }
 
