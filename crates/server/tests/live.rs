@@ -697,17 +697,21 @@ async fn the_relay_resumes_after_a_crash_without_losing_or_repeating_side_effect
     let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let left: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM malaka_outbox WHERE published_at IS NULL")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
+        // Every event published, and every listener (the stock monitor) past the last one.
+        let left: i64 = sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM malaka_outbox WHERE published_at IS NULL) \
+                  + (SELECT COUNT(*) FROM malaka_listener_cursors \
+                     WHERE seq < (SELECT COALESCE(MAX(seq), 0) FROM malaka_outbox))",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
         if left == 0 {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{left} events never published"
+            "{left} events never published or delivered"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
