@@ -4,7 +4,7 @@
 //! database is a retryable 503, and an `Idempotency-Key` posts once whatever the client does.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::str::FromStr;

@@ -3,7 +3,7 @@
 //! `report_ready`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
-mod common;
+use crate::common;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! the sweep; two nodes on one PostgreSQL; the relay after a crash.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! in-process worker and job gauges of `malaka serve`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)] // test helpers may panic
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

@@ -2,7 +2,7 @@
 //! backend; the bootstrap token and `malaka token` through the binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

@@ -3,7 +3,7 @@
 //! and the outbox events postings write.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::str::FromStr;

@@ -5,7 +5,7 @@
 //! the npm package; outside CI the test is skipped when they are missing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Health, readiness, metrics and error answers, through the real HTTP API on every backend.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers may panic
 
-mod common;
+use crate::common;
 
 use common::{Backend, spawn_app, spawn_app_on};
 
