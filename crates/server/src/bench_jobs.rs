@@ -26,7 +26,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use malaka_jobs::{
     JobOptions, NewJob, Queue, QueueConfig, Registry, Storage, Worker, WorkerConfig,
 };
-use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -200,11 +199,10 @@ async fn fresh(b: &JobsBench) -> Result<Fresh, JobsBenchError> {
                 .clone()
                 .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".to_owned());
             let admin_opts = PgConnectOptions::from_str(&admin)?;
-            let name = format!("malaka_bench_{}", uuid::Uuid::now_v7().simple());
-            let mut conn = admin_opts.connect().await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .execute(&mut conn)
-                .await?;
+            let name = malaka_db::FreshPostgres::create(&admin, "malaka_bench")
+                .await
+                .map_err(|e| JobsBenchError::Setup(format!("a fresh database: {e}")))?
+                .name;
             let pool = PgPoolOptions::new()
                 .max_connections(u32::try_from(b.workers.clamp(4, 32)).unwrap_or(16))
                 .connect_with(admin_opts.clone().database(&name))
@@ -217,13 +215,7 @@ async fn fresh(b: &JobsBench) -> Result<Fresh, JobsBenchError> {
             sqlx::query("CREATE TABLE bench_orders (id BIGSERIAL PRIMARY KEY, at BIGINT NOT NULL)")
                 .execute(&business)
                 .await?;
-            let url = match admin.rsplit_once('/') {
-                Some((base, rest)) => match rest.split_once('?') {
-                    Some((_, query)) => format!("{base}/{name}?{query}"),
-                    None => format!("{base}/{name}"),
-                },
-                None => admin.clone(),
-            };
+            let url = malaka_db::fresh::with_database(&admin, &name);
             Ok(Fresh {
                 storage: Arc::new(
                     malaka_jobs::PgStorage::new(pool).keep_completed(b.keep_completed),
@@ -238,15 +230,7 @@ async fn fresh(b: &JobsBench) -> Result<Fresh, JobsBenchError> {
 }
 
 async fn drop_database(admin: &str, name: &str) {
-    if let Ok(opts) = PgConnectOptions::from_str(admin)
-        && let Ok(mut conn) = opts.connect().await
-    {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&mut conn)
-        .await;
-    }
+    malaka_db::fresh::drop_database(admin, name).await;
 }
 
 fn percentile(sorted: &[Duration], q: f64) -> f64 {

@@ -24,14 +24,11 @@
 //! With `--idempotency-keys`, HTTP phases with a fresh `Idempotency-Key` on every request are
 //! interleaved with the others (`keyed_*` figures, and `keyed_over_unkeyed`).
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use malaka_inventory::{Inventory, NewArticle, NewMovement, WarehouseCode};
 use rust_decimal::Decimal;
-use sqlx::ConnectOptions;
-use sqlx::postgres::PgConnectOptions;
 use tokio::sync::oneshot;
 
 use crate::bench::Figures;
@@ -419,18 +416,11 @@ pub(crate) async fn fresh_database(
             let admin = database_url
                 .unwrap_or("postgres://postgres@127.0.0.1:5432/test")
                 .to_owned();
-            let mut conn = PgConnectOptions::from_str(&admin)?.connect().await?;
-            let name = format!("malaka_bench_{}", uuid::Uuid::now_v7().simple());
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .execute(&mut conn)
-                .await?;
-            let (path, query) = admin.split_once('?').unwrap_or((admin.as_str(), ""));
-            let base = path.rsplit_once('/').map_or(path, |(b, _)| b);
-            config.database.url = if query.is_empty() {
-                format!("{base}/{name}")
-            } else {
-                format!("{base}/{name}?{query}")
-            };
+            let fresh = malaka_db::FreshPostgres::create(&admin, "malaka_bench")
+                .await
+                .map_err(|e| MovementsBenchError::Setup(format!("a fresh database: {e}")))?;
+            config.database.url = fresh.url;
+            let name = fresh.name;
             pg = Some((admin, name));
         }
     }
@@ -442,15 +432,7 @@ pub(crate) async fn fresh_database(
 }
 
 pub(crate) async fn drop_database(admin: &str, name: &str) {
-    if let Ok(opts) = PgConnectOptions::from_str(admin)
-        && let Ok(mut conn) = opts.connect().await
-    {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&mut conn)
-        .await;
-    }
+    malaka_db::fresh::drop_database(admin, name).await;
 }
 
 /// Two warehouses, `articles` articles (every other one FIFO), and opening stock of each

@@ -126,16 +126,10 @@ impl Drop for PgDatabase {
             else {
                 return;
             };
-            rt.block_on(async move {
-                use sqlx::Connection;
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                    )))
-                    .execute(&mut conn)
-                    .await;
-                }
-            });
+            rt.block_on(malaka_db::fresh::drop_database(
+                &postgres_admin_url(),
+                &name,
+            ));
         });
         let _ = dropper.join();
     }
@@ -165,25 +159,19 @@ impl Backend {
     /// A fresh PostgreSQL database, or `None` (after a message) when no server answers outside
     /// CI. Under CI (`CI=true`) a missing server fails the test.
     pub async fn postgres() -> Option<Self> {
-        use sqlx::Connection;
         let admin = postgres_admin_url();
-        let mut conn = match sqlx::PgConnection::connect(&admin).await {
-            Ok(c) => c,
+        let fresh = match malaka_db::FreshPostgres::create(&admin, "malaka_jobs_test").await {
+            Ok(f) => f,
             Err(e) if !in_ci() => {
                 eprintln!("skipping PostgreSQL test: {admin} unreachable ({e})");
                 return None;
             }
             Err(e) => panic!("PostgreSQL at {admin} is required under CI: {e}"),
         };
-        let name = format!("malaka_jobs_test_{}", uuid::Uuid::now_v7().simple());
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await
-            .expect("create test database");
-        let _ = conn.close().await;
-        let guard = PgDatabase { name: name.clone() };
-        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-        let url = format!("{base}/{name}");
+        let guard = PgDatabase {
+            name: fresh.name.clone(),
+        };
+        let url = fresh.url;
         let pool = pg_pool(&url).await;
         malaka_jobs::postgres::migrate(&pool)
             .await

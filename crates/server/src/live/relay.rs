@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 use malaka_inventory::Alerts;
-use sqlx::{Connection, PgConnection};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+pub use malaka_db::Leader;
 
 use super::hub::Hub;
 use crate::config::LiveConfig;
@@ -36,58 +37,18 @@ pub(crate) struct Relay {
     pub(crate) config: LiveConfig,
 }
 
-/// Leadership: on PostgreSQL, the connection that holds an advisory lock (dropping it lets the
-/// lock go); on SQLite there is one node, always leader.
-#[derive(Debug)]
-pub struct Leader(Option<PgConnection>);
-
-/// Waits until this node holds advisory lock `key` on PostgreSQL (trying every `every`), at
-/// once on SQLite. `None` when stopped first.
+/// Waits until this node holds advisory lock `key` (see [`malaka_db::leader_lock`]).
 pub async fn leader_lock(
     db: &Database,
     key: i64,
     every: Duration,
     stop: &CancellationToken,
 ) -> Option<Leader> {
-    let Database::Postgres(pool) = db else {
-        return Some(Leader(None));
+    let pool = match db {
+        Database::Postgres(pool) => Some(pool),
+        Database::Sqlite(_) => None,
     };
-    loop {
-        let attempt = async {
-            let mut conn = PgConnection::connect_with(&pool.connect_options()).await?;
-            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(key)
-                .fetch_one(&mut conn)
-                .await?;
-            Ok::<_, sqlx::Error>(got.then_some(conn))
-        };
-        match attempt.await {
-            Ok(Some(conn)) => return Some(Leader(Some(conn))),
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot reach the database for a leader lock"),
-        }
-        tokio::select! {
-            () = stop.cancelled() => return None,
-            () = tokio::time::sleep(every) => {}
-        }
-    }
-}
-
-impl Leader {
-    /// Still leader? On PostgreSQL, asks the lock's connection (a broken one lost the lock).
-    pub(crate) async fn alive(&mut self) -> bool {
-        let Some(conn) = &mut self.0 else {
-            return true;
-        };
-        matches!(
-            tokio::time::timeout(
-                Duration::from_secs(5),
-                sqlx::query("SELECT 1").execute(&mut *conn)
-            )
-            .await,
-            Ok(Ok(_))
-        )
-    }
+    malaka_db::leader_lock(pool, key, every, stop).await
 }
 
 impl Relay {

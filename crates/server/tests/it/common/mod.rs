@@ -42,35 +42,20 @@ pub fn in_ci_pub() -> bool {
 /// A fresh PostgreSQL database, or `None` when no server answers outside CI. Under CI a missing
 /// server fails the test: PostgreSQL tests always run there.
 pub async fn fresh_postgres() -> Option<(String, String)> {
-    use sqlx::Connection;
     let admin = postgres_admin_url();
-    let mut conn = match sqlx::PgConnection::connect(&admin).await {
-        Ok(c) => c,
+    match malaka_db::FreshPostgres::create(&admin, "malaka_test").await {
+        Ok(db) => Some((db.url, db.name)),
         Err(e) if !in_ci() => {
             eprintln!("skipping PostgreSQL test: {admin} unreachable ({e})");
-            return None;
+            None
         }
         Err(e) => panic!("PostgreSQL at {admin} is required under CI: {e}"),
-    };
-    let name = format!("malaka_test_{}", uuid::Uuid::now_v7().simple());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .expect("create test database");
-    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-    Some((format!("{base}/{name}"), name))
+    }
 }
 
 /// Drops a database made by [`fresh_postgres`] (connections still open are closed).
 pub async fn drop_postgres(name: &str) {
-    use sqlx::Connection;
-    if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&mut conn)
-        .await;
-    }
+    malaka_db::fresh::drop_database(&postgres_admin_url(), name).await;
 }
 
 /// A running server.

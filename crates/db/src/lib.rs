@@ -1,0 +1,22 @@
+//! Database plumbing shared by every Malaka crate that stores, below the domain crates.
+//!
+//! - [`leader`]: one node at a time on PostgreSQL (an advisory lock held by a connection).
+//! - [`fresh`]: a new, uniquely named PostgreSQL database for a test or a benchmark run.
+//!
+//! The pool type over SQLite and PostgreSQL and the migrations runner move here next (they
+//! live in the server crate's `db.rs` today).
+
+pub mod fresh;
+pub mod leader;
+
+pub use fresh::FreshPostgres;
+pub use leader::{Leader, leader_lock};
+
+/// What can go wrong here.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DbError {
+    /// The database refused or could not be reached.
+    #[error(transparent)]
+    Sqlx(#[from] sqlx::Error),
+}
