@@ -18,8 +18,7 @@ use crate::gate::WriteTurn;
 use crate::store::{OutboxEvent, dec, text};
 use crate::types::AlertLevel;
 
-/// Topic of the event an alert's change writes.
-pub const TOPIC_ALERT: &str = "stock.alert";
+pub use crate::topics::TOPIC_ALERT;
 
 /// A pool for [`Outbox`] and [`Alerts`].
 #[derive(Debug, Clone)]

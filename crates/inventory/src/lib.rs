@@ -29,6 +29,7 @@ mod group;
 mod inbox;
 mod reports;
 mod store;
+pub mod topics;
 mod types;
 mod valuation;
 

@@ -28,10 +28,7 @@ use crate::valuation::{Change, Stock, ValuationError};
 /// Most movements in one batch.
 pub const MAX_BATCH: usize = 1000;
 
-/// Topic of the event every posting writes.
-pub const TOPIC_MOVEMENT_POSTED: &str = "movement.posted";
-/// Topic of the event a change of alert level writes.
-pub const TOPIC_LEVEL_CHANGED: &str = "stock.level_changed";
+pub use crate::topics::{TOPIC_LEVEL_CHANGED, TOPIC_MOVEMENT_POSTED};
 
 /// A difference `verify` found between the ledger and a balance.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

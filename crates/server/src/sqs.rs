@@ -25,8 +25,7 @@ use crate::config::SqsConfig;
 use crate::db::Database;
 use crate::input::{JsonError, MovementIn, from_json};
 
-/// Outbox topics sent to the outbound queue.
-pub const OUTBOUND_TOPICS: [&str; 3] = ["movement.posted", "stock.level_changed", "stock.alert"];
+pub use malaka_inventory::topics::OUTBOUND_TOPICS;
 
 /// The `malaka_meta` key holding the outbound publisher's position.
 pub const CURSOR_KEY: &str = "sqs_outbound_seq";

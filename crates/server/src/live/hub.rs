@@ -14,8 +14,7 @@ use serde::Deserialize;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-/// Topic of the event a finished report writes.
-pub const TOPIC_REPORT_READY: &str = "report.ready";
+pub use malaka_inventory::topics::TOPIC_REPORT_READY;
 
 /// Message types a client can subscribe to.
 pub const TYPES: [&str; 4] = ["stock_alert", "stock_changed", "job_update", "report_ready"];

@@ -28,7 +28,7 @@ pub const QUEUE: &str = "reports";
 /// The job kind.
 pub const KIND: &str = "report";
 /// Topic of the event a finished report writes.
-pub const TOPIC_READY: &str = crate::live::hub::TOPIC_REPORT_READY;
+pub const TOPIC_READY: &str = malaka_inventory::topics::TOPIC_REPORT_READY;
 /// Size of a stored chunk of a report's file.
 const CHUNK: usize = 1024 * 1024;
 
