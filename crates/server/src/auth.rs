@@ -20,18 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::ApiConfig;
-use crate::db::{Database, DbError};
-
-/// Runs `$body` with `$pool` bound to the database's pool, whichever backend it is.
-macro_rules! on_pool {
-    ($db:expr, $pool:ident => $body:expr) => {
-        match $db {
-            crate::db::Database::Sqlite($pool) => $body,
-            crate::db::Database::Postgres($pool) => $body,
-        }
-    };
-}
-pub(crate) use on_pool;
+use crate::db::{Database, DbError, on_pool};
 
 /// Every token starts with this.
 pub const TOKEN_PREFIX: &str = "mlk_";
@@ -215,18 +204,7 @@ pub fn generate_token() -> String {
 
 /// The SHA-256 of `token`, in lowercase hex: what is stored and looked up.
 pub fn hash_token(token: &str) -> String {
-    hex(&Sha256::digest(token.as_bytes()))
-}
-
-/// Lowercase hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    s
+    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 /// Longest token name, in characters.
@@ -603,32 +581,6 @@ pub async fn bootstrap(
     } else {
         Bootstrap::Created(token.into())
     })
-}
-
-/// `tokens` as a readable table (no secrets).
-pub fn render_table(tokens: &[TokenInfo]) -> String {
-    let fmt_time = |t: Option<DateTime<Utc>>| {
-        t.map_or_else(
-            || "-".to_owned(),
-            |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),
-        )
-    };
-    let mut out = format!(
-        "{:>6}  {:<24}  {:<8}  {:<19}  {:<19}  {:<19}\n",
-        "ID", "NAME", "ROLE", "CREATED", "LAST USED", "REVOKED"
-    );
-    for t in tokens {
-        out.push_str(&format!(
-            "{:>6}  {:<24}  {:<8}  {:<19}  {:<19}  {:<19}\n",
-            t.id,
-            t.name,
-            t.role.as_str(),
-            fmt_time(Some(t.created_at)),
-            fmt_time(t.last_used_at),
-            fmt_time(t.revoked_at),
-        ));
-    }
-    out
 }
 
 #[cfg(test)]

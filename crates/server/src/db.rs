@@ -13,6 +13,17 @@ use sqlx::sqlite::{
 
 use crate::config::{DatabaseConfig, SqliteSync};
 
+/// Runs `$body` with `$pool` bound to the database's pool, whichever backend it is.
+macro_rules! on_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            crate::db::Database::Sqlite($pool) => $body,
+            crate::db::Database::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
 /// Which database kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -32,7 +32,7 @@ use sha2::{Digest, Sha256};
 use super::auth::{Authenticated, authenticate};
 use super::{ApiError, BODY_LIMIT};
 use crate::app::AppState;
-use crate::auth::{hex, on_pool};
+use crate::db::on_pool;
 use crate::db::{Database, DbError};
 
 /// The request header.
@@ -273,7 +273,7 @@ fn request_hash(method: &Method, path: &str, body: &[u8]) -> String {
     h.update(path.as_bytes());
     h.update(b"\n");
     h.update(body);
-    hex(&h.finalize())
+    hex::encode(h.finalize())
 }
 
 type Stored = (String, Option<i32>, Option<Vec<u8>>, Option<String>);

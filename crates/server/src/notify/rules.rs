@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use malaka_inventory::AlertLevel;
 use serde::Serialize;
 
-use crate::auth::on_pool;
+use crate::db::on_pool;
 use crate::db::{Database, DbError};
 use crate::secret::Secret;
 

@@ -74,7 +74,7 @@ pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> Signature {
         m.update(body);
         m.finalize().into_bytes()
     });
-    let hex = mac.map(|b| crate::auth::hex(&b)).unwrap_or_default();
+    let hex = mac.map(hex::encode).unwrap_or_default();
     Signature(format!("t={timestamp},v1={hex}"))
 }
 

@@ -19,7 +19,7 @@ use malaka_jobs::{JobContext, JobError, JobOptions, NewJob, Registry};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::auth::on_pool;
+use crate::db::on_pool;
 use crate::db::{Database, DbError};
 pub use format::{Format, Writer};
 

@@ -50,10 +50,7 @@ pub(crate) async fn command(cli: &Cli, args: &TokenArgs) -> anyhow::Result<()> {
                 .await
                 .map(|t| format!("{}\n", t.token.expose()))
         }
-        TokenCommand::List => tokens
-            .list()
-            .await
-            .map(|list| malaka::auth::render_table(&list)),
+        TokenCommand::List => tokens.list().await.map(|list| render_table(&list)),
         TokenCommand::Revoke { id } => match tokens.revoke(*id).await {
             Ok(true) => Ok(format!("token {id} revoked\n")),
             Ok(false) => {
@@ -66,4 +63,30 @@ pub(crate) async fn command(cli: &Cli, args: &TokenArgs) -> anyhow::Result<()> {
     database.close().await;
     print!("{}", result.context("token command")?);
     Ok(())
+}
+
+/// `tokens` as a readable table (no secrets).
+fn render_table(tokens: &[malaka::auth::TokenInfo]) -> String {
+    let fmt_time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map_or_else(
+            || "-".to_owned(),
+            |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),
+        )
+    };
+    let mut out = format!(
+        "{:>6}  {:<24}  {:<8}  {:<19}  {:<19}  {:<19}\n",
+        "ID", "NAME", "ROLE", "CREATED", "LAST USED", "REVOKED"
+    );
+    for t in tokens {
+        out.push_str(&format!(
+            "{:>6}  {:<24}  {:<8}  {:<19}  {:<19}  {:<19}\n",
+            t.id,
+            t.name,
+            t.role.as_str(),
+            fmt_time(Some(t.created_at)),
+            fmt_time(t.last_used_at),
+            fmt_time(t.revoked_at),
+        ));
+    }
+    out
 }
