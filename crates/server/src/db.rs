@@ -81,6 +81,21 @@ pub enum DbError {
 }
 
 impl Database {
+    /// Waits until this node leads for advisory lock `key` (trying every `every`): on
+    /// PostgreSQL the holder of the lock, on SQLite at once. `None` when `stop` fires first.
+    pub async fn leader_lock(
+        &self,
+        key: i64,
+        every: std::time::Duration,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Option<malaka_db::Leader> {
+        let pool = match self {
+            Self::Postgres(pool) => Some(pool),
+            Self::Sqlite(_) => None,
+        };
+        malaka_db::leader_lock(pool, key, every, stop).await
+    }
+
     /// Connects, creating the SQLite file (and its folder) when missing.
     ///
     /// # Errors

@@ -560,8 +560,7 @@ async fn publish(
     task: TaskContext,
 ) {
     const LOCK: i64 = 0x0000_6d61_6c61_7371; // "malasq"
-    let Some(_leader) = crate::live::leader_lock(&db, LOCK, Duration::from_secs(1), &stop).await
-    else {
+    let Some(_leader) = db.leader_lock(LOCK, Duration::from_secs(1), &stop).await else {
         return;
     };
     let start = match outbox.last_seq().await {

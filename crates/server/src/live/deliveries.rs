@@ -273,8 +273,10 @@ impl Deliveries {
 
     /// Delivers until `stop`: on PostgreSQL once this node holds the delivery lock.
     pub async fn run(self, stop: CancellationToken, task: TaskContext) {
-        let Some(mut leader) =
-            super::relay::leader_lock(&self.db, DELIVERY_LOCK, self.config.poll, &stop).await
+        let Some(mut leader) = self
+            .db
+            .leader_lock(DELIVERY_LOCK, self.config.poll, &stop)
+            .await
         else {
             return;
         };

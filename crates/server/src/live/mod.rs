@@ -7,8 +7,6 @@ pub mod hub;
 mod relay;
 pub mod slots;
 
-pub use relay::{Leader, leader_lock};
-
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use malaka_db::Leader;
+use malaka_db::Leader;
 
 use super::hub::Hub;
 use crate::config::LiveConfig;
@@ -37,20 +37,6 @@ pub(crate) struct Relay {
     pub(crate) config: LiveConfig,
 }
 
-/// Waits until this node holds advisory lock `key` (see [`malaka_db::leader_lock`]).
-pub async fn leader_lock(
-    db: &Database,
-    key: i64,
-    every: Duration,
-    stop: &CancellationToken,
-) -> Option<Leader> {
-    let pool = match db {
-        Database::Postgres(pool) => Some(pool),
-        Database::Sqlite(_) => None,
-    };
-    malaka_db::leader_lock(pool, key, every, stop).await
-}
-
 impl Relay {
     /// Runs until `stop`.
     pub(crate) async fn run(self, stop: CancellationToken) {
@@ -72,7 +58,9 @@ impl Relay {
     /// Becomes the relay: at once on SQLite, on PostgreSQL once the advisory lock is ours
     /// (trying every poll interval). `None` when stopped first.
     async fn lead(&self, stop: &CancellationToken) -> Option<Leader> {
-        leader_lock(&self.db, RELAY_LOCK, self.config.poll_interval, stop).await
+        self.db
+            .leader_lock(RELAY_LOCK, self.config.poll_interval, stop)
+            .await
     }
 
     /// Relays while leader; returns `true` when leadership was lost, `false` when stopped.
