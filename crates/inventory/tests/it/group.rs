@@ -1,6 +1,5 @@
 //! SQLite group commit: many concurrent postings, some refused, share transactions; exactly the
 //! accepted ones are in the ledger, and the ledger rebuilds every balance.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use std::str::FromStr;
 use std::sync::Arc;
