@@ -65,6 +65,9 @@ pub struct MovementsBench {
     pub articles: usize,
     /// Ledger rows loaded (through the batch API) before the timed phases.
     pub ledger_rows: usize,
+    /// Open layers of one FIFO article whose postings are timed against a one-layer article
+    /// (0: off).
+    pub layers: usize,
 }
 
 /// Why the suite failed.
@@ -763,6 +766,9 @@ async fn measure(
     f.push("latency_p50_ms", percentile(&lat, 0.5));
     f.push("latency_p99_ms", percentile(&lat, 0.99));
     f.push("latency_max_ms", percentile(&lat, 1.0));
+    if b.layers > 0 {
+        layers_phase(state.inventory(), &side(false), b.layers, &mut f).await?;
+    }
     f.push("latency_1_p50_ms", percentile(&lat1, 0.5));
     f.push("latency_1_p99_ms", percentile(&lat1, 0.99));
     f.push("clients", clients as f64);
@@ -809,4 +815,98 @@ mod tests {
             assert!(v.is_ok(), "{}", p.json());
         }
     }
+}
+
+/// Times one client's postings (alternately a receipt and an issue of 1, so the number of
+/// layers holds) on a FIFO article with `layers` open layers and on one with a single layer,
+/// interleaved: `layers_1_p50_ms` / `_p99_ms`, `layers_n_p50_ms` / `_p99_ms` and
+/// `layers_n_over_1` (p50; target <= 1.5).
+async fn layers_phase(
+    inventory: &Inventory,
+    side: &HttpSide,
+    layers: usize,
+    f: &mut Figures,
+) -> Result<(), MovementsBenchError> {
+    const SAMPLES: usize = 400;
+    let w = WAREHOUSES[0];
+    for (sku, count) in [("LAYERS-ONE", 1usize), ("LAYERS-MANY", layers)] {
+        let article = NewArticle::parse(sku, sku, None, Some("fifo"), None, None, None)?;
+        inventory.create_article(&article).await?;
+        // One layer of 1,000,000 units, or `layers` layers of one unit (costs vary, so none
+        // merge).
+        let receipts: Vec<NewMovement> = if count == 1 {
+            vec![NewMovement::parse(
+                "receipt",
+                sku,
+                w,
+                None,
+                Decimal::from(1_000_000),
+                Some(Decimal::ONE),
+                None,
+                None,
+            )?]
+        } else {
+            (0..count)
+                .map(|i| {
+                    NewMovement::parse(
+                        "receipt",
+                        sku,
+                        w,
+                        None,
+                        Decimal::ONE,
+                        Some(Decimal::from(1 + i % 97)),
+                        None,
+                        None,
+                    )
+                })
+                .collect::<Result<_, _>>()?
+        };
+        for chunk in receipts.chunks(1000) {
+            inventory.post_batch(chunk, "bench").await?;
+        }
+    }
+    let (mut one, mut many) = (Vec::new(), Vec::new());
+    for i in 0..SAMPLES {
+        for (sku, out) in [("LAYERS-ONE", &mut one), ("LAYERS-MANY", &mut many)] {
+            let body = if i % 2 == 0 {
+                format!(
+                    r#"{{"type":"receipt","sku":"{sku}","warehouse":"{w}","qty":"1","unit_cost":"{}"}}"#,
+                    1 + i % 89
+                )
+            } else {
+                format!(r#"{{"type":"issue","sku":"{sku}","warehouse":"{w}","qty":"1"}}"#)
+            };
+            let start = Instant::now();
+            let resp = side
+                .client
+                .post(&side.url)
+                .header(reqwest::header::AUTHORIZATION, &side.bearer)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| MovementsBenchError::Setup(format!("layers posting: {e}")))?;
+            let status = resp.status();
+            let _answer = resp.bytes().await;
+            if status != reqwest::StatusCode::CREATED {
+                return Err(MovementsBenchError::Setup(format!(
+                    "layers posting on {sku}: {status}"
+                )));
+            }
+            // The first few warm the article's balance up.
+            if i >= 10 {
+                out.push(start.elapsed());
+            }
+        }
+    }
+    one.sort();
+    many.sort();
+    let (p1, pn) = (percentile(&one, 0.5), percentile(&many, 0.5));
+    f.push("layers", layers as f64);
+    f.push("layers_1_p50_ms", p1);
+    f.push("layers_1_p99_ms", percentile(&one, 0.99));
+    f.push("layers_n_p50_ms", pn);
+    f.push("layers_n_p99_ms", percentile(&many, 0.99));
+    f.push("layers_n_over_1", if p1 > 0.0 { pn / p1 } else { 0.0 });
+    Ok(())
 }

@@ -91,9 +91,11 @@ pub(crate) struct BenchArgs {
     /// reports suite: ledger rows to seed.
     #[arg(long, default_value_t = 1_000_000)]
     pub(crate) rows: usize,
-    /// reports suite: open FIFO layers to seed for the ageing report.
-    #[arg(long, default_value_t = 100_000)]
-    pub(crate) layers: usize,
+    /// reports suite: open FIFO layers to seed for the ageing report (default 100,000).
+    /// movements suite: open layers of one FIFO article whose postings are timed against an
+    /// article with one layer (default: off).
+    #[arg(long)]
+    pub(crate) layers: Option<usize>,
     /// notify suite: messages per channel.
     #[arg(long, default_value_t = 2000)]
     pub(crate) messages: usize,
@@ -202,6 +204,7 @@ pub(crate) async fn command(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
                 idempotency_keys: args.idempotency_keys,
                 articles: args.articles,
                 ledger_rows: if args.quick { 0 } else { args.ledger_rows },
+                layers: args.layers.unwrap_or(0),
             };
             tokio::spawn(async move { malaka::bench_movements::movements_suite(&spec).await })
                 .await
@@ -253,7 +256,11 @@ pub(crate) async fn command(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
                 backend: args.backend.into(),
                 database_url: args.database_url.clone(),
                 rows: if args.quick { 5_000 } else { args.rows },
-                layers: if args.quick { 2_000 } else { args.layers },
+                layers: if args.quick {
+                    2_000
+                } else {
+                    args.layers.unwrap_or(100_000)
+                },
             };
             tokio::spawn(async move { malaka::bench_reports::reports_suite(&spec).await })
                 .await
