@@ -801,22 +801,6 @@ async fn measure(
     Ok(f)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_pick_parses_and_its_body_is_json() {
-        let mut rng = Rng(7);
-        for n in 0..1000 {
-            let p = Pick::draw(&mut rng, 64, 3, n);
-            assert!(p.movement().is_ok(), "{p:?}");
-            let v: Result<serde_json::Value, _> = serde_json::from_str(&p.json());
-            assert!(v.is_ok(), "{}", p.json());
-        }
-    }
-}
-
 /// Times one client's postings (alternately a receipt and an issue of 1, so the number of
 /// layers holds) on a FIFO article with `layers` open layers and on one with a single layer,
 /// interleaved: `layers_1_p50_ms` / `_p99_ms`, `layers_n_p50_ms` / `_p99_ms` and
@@ -909,4 +893,20 @@ async fn layers_phase(
     f.push("layers_n_p99_ms", percentile(&many, 0.99));
     f.push("layers_n_over_1", if p1 > 0.0 { pn / p1 } else { 0.0 });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_pick_parses_and_its_body_is_json() {
+        let mut rng = Rng(7);
+        for n in 0..1000 {
+            let p = Pick::draw(&mut rng, 64, 3, n);
+            assert!(p.movement().is_ok(), "{p:?}");
+            let v: Result<serde_json::Value, _> = serde_json::from_str(&p.json());
+            assert!(v.is_ok(), "{}", p.json());
+        }
+    }
 }
