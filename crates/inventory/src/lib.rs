@@ -22,26 +22,28 @@
 //! # Ok(()) }
 //! ```
 
+mod alerts;
 mod error;
-mod events;
 mod gate;
 mod group;
 mod inbox;
+mod outbox;
 mod reports;
 mod store;
 pub mod topics;
 mod types;
 mod valuation;
 
-pub use error::InventoryError;
-pub use events::{
-    Alert, AlertAction, AlertChange, AlertEffects, AlertFilter, Alerts, EventPool, LevelChange,
-    Outbox, Published, SweepReport, TOPIC_ALERT,
+pub use alerts::{
+    Alert, AlertAction, AlertChange, AlertEffects, AlertFilter, Alerts, LevelChange, SweepReport,
+    TOPIC_ALERT,
 };
+pub use error::InventoryError;
 pub use gate::{WriteGate, WriteTurn, sqlite_turn};
 pub use inbox::{
     Disposition, InboxAttempt, InboxEntry, InboxFilter, InboxRecord, InboxState, Recorded,
 };
+pub use outbox::{EventPool, Outbox, Published};
 pub use reports::{ReportKind, ReportParams, ReportSink, ReportSummary};
 pub use store::{
     BatchRow, BatchedHook, Discrepancy, Inventory, LedgerPage, MAX_BATCH, OutboxEvent, PostingHook,
