@@ -299,7 +299,7 @@ impl Alerts {
 }
 
 macro_rules! backend {
-    ($module:ident, $pool:ty, begin = $begin:literal, lock = $lock:literal, notify = $notify:literal, turn = $turn:path, marks = $marks:literal) => {
+    ($module:ident, $pool:ty, begin = $begin:literal, lock = $lock:literal, notify = $notify:literal, turn = $turn:path) => {
         mod $module {
             use super::*;
             use sqlx::Row;
@@ -579,8 +579,7 @@ backend!(
     begin = "BEGIN IMMEDIATE",
     lock = "",
     notify = false,
-    turn = sqlite_write_turn,
-    marks = "SELECT value ->> 0 AS id, value ->> 1 AS seq FROM json_each($2)"
+    turn = sqlite_write_turn
 );
 backend!(
     postgres,
@@ -588,8 +587,7 @@ backend!(
     begin = "BEGIN",
     lock = " FOR UPDATE",
     notify = true,
-    turn = no_write_turn,
-    marks = "SELECT (e ->> 0)::bigint AS id, (e ->> 1)::bigint AS seq FROM jsonb_array_elements($2::jsonb) AS e"
+    turn = no_write_turn
 );
 
 #[cfg(test)]

@@ -76,19 +76,6 @@ impl Outbox {
         on!(self.first_seq())
     }
 
-    /// Marks `events` (id, seq) published now. Returns how many were still unpublished; on
-    /// PostgreSQL the same transaction notifies channel `malaka_live` with the last seq.
-    ///
-    /// # Errors
-    /// A database error (a sequence number already given, by another relay, included: the
-    /// caller then reads [`Self::last_seq`] again).
-    pub async fn mark_published(&self, events: &[(i64, i64)]) -> Result<u64, InventoryError> {
-        if events.is_empty() {
-            return Ok(0);
-        }
-        on!(self.mark_published(events))
-    }
-
     /// Publishes the next unpublished events, oldest first and at most `limit`, under sequence
     /// numbers `after + 1`, `after + 2`, ...: reads and marks them in one transaction, so that
     /// on SQLite the batch is read once this process's turn to write has come and holds what
@@ -145,7 +132,7 @@ impl Outbox {
 }
 
 macro_rules! backend {
-    ($module:ident, $pool:ty, begin = $begin:literal, lock = $lock:literal, notify = $notify:literal, turn = $turn:path, marks = $marks:literal) => {
+    ($module:ident, $pool:ty, begin = $begin:literal, lock = $lock:literal, notify = $notify:literal, turn = $turn:path) => {
         mod $module {
             use super::*;
             use sqlx::Row;
@@ -197,37 +184,6 @@ macro_rules! backend {
                 )
                 .fetch_one(pool)
                 .await?)
-            }
-
-            pub(super) async fn mark_published(
-                pool: &$pool,
-                events: &[(i64, i64)],
-            ) -> Result<u64, InventoryError> {
-                let now = Utc::now();
-                let _turn = $turn(pool).await;
-                let mut tx = pool.begin_with($begin).await?;
-                // One statement for the batch: `[[id, seq], ...]` as JSON.
-                let marks = serde_json::to_string(events)
-                    .map_err(|e| InventoryError::Database(sqlx::Error::Encode(Box::new(e))))?;
-                let n = sqlx::query(concat!(
-                    "UPDATE malaka_outbox SET published_at = $1, seq = m.seq FROM (",
-                    $marks,
-                    ") AS m WHERE malaka_outbox.id = m.id AND malaka_outbox.seq IS NULL"
-                ))
-                .bind(now)
-                .bind(marks)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if $notify {
-                    let last = events.iter().map(|e| e.1).max().unwrap_or_default();
-                    sqlx::query("SELECT pg_notify('malaka_live', $1)")
-                        .bind(last.to_string())
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
-                Ok(n)
             }
 
             pub(super) async fn publish_next(
@@ -353,8 +309,7 @@ backend!(
     begin = "BEGIN IMMEDIATE",
     lock = "",
     notify = false,
-    turn = sqlite_write_turn,
-    marks = "SELECT value ->> 0 AS id, value ->> 1 AS seq FROM json_each($2)"
+    turn = sqlite_write_turn
 );
 backend!(
     postgres,
@@ -362,6 +317,5 @@ backend!(
     begin = "BEGIN",
     lock = " FOR UPDATE",
     notify = true,
-    turn = no_write_turn,
-    marks = "SELECT (e ->> 0)::bigint AS id, (e ->> 1)::bigint AS seq FROM jsonb_array_elements($2::jsonb) AS e"
+    turn = no_write_turn
 );

@@ -55,7 +55,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::bench::Figures;
 use crate::bench_jobs::Backend;
 use crate::bench_movements::{
-    ARTICLES, MovementsBenchError, Pick, Rng, WAREHOUSES, catalog, drop_database, fresh_database,
+    ARTICLES, MovementsBenchError, Pick, Rng, WAREHOUSES, catalog, fresh_database,
 };
 use crate::{Application, Config};
 
@@ -178,7 +178,7 @@ pub async fn alerts_suite(b: &AlertsBench) -> Result<Figures, MovementsBenchErro
     live.ws_max_connections = live.ws_max_connections.max(room);
     let result = run(b, &fresh.config).await;
     if let Some((admin, name)) = &fresh.pg {
-        drop_database(admin, name).await;
+        malaka_db::fresh::drop_database(admin, name).await;
     }
     result
 }

@@ -228,11 +228,6 @@ async fn fresh(b: &JobsBench) -> Result<Fresh, JobsBenchError> {
         }
     }
 }
-
-async fn drop_database(admin: &str, name: &str) {
-    malaka_db::fresh::drop_database(admin, name).await;
-}
-
 fn percentile(sorted: &[Duration], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -254,7 +249,7 @@ pub async fn jobs_suite(b: &JobsBench) -> Result<Figures, JobsBenchError> {
             p.close().await;
         }
         drop(fresh.storage);
-        drop_database(admin, name).await;
+        malaka_db::fresh::drop_database(admin, name).await;
     }
     result
 }

@@ -433,11 +433,6 @@ pub(crate) async fn fresh_database(
         _dir: dir,
     })
 }
-
-pub(crate) async fn drop_database(admin: &str, name: &str) {
-    malaka_db::fresh::drop_database(admin, name).await;
-}
-
 /// Two warehouses, `articles` articles (every other one FIFO), and opening stock of each
 /// article in each warehouse (posted in batches).
 pub(crate) async fn catalog(
@@ -592,14 +587,14 @@ pub async fn movements_suite(b: &MovementsBench) -> Result<Figures, MovementsBen
     let served = fresh(b).await?;
     let result = serve_and_measure(b, &served.config).await;
     if let Some((admin, name)) = &served.pg {
-        drop_database(admin, name).await;
+        malaka_db::fresh::drop_database(admin, name).await;
     }
     let mut figures = result?;
     // The ceiling, on a database of its own.
     let ceiling = fresh(b).await?;
     let measured = ceiling_per_sec(b, &ceiling.config).await;
     if let Some((admin, name)) = &ceiling.pg {
-        drop_database(admin, name).await;
+        malaka_db::fresh::drop_database(admin, name).await;
     }
     let (ceiling_rate, ceiling_movements) = measured?;
     let rate = figures.get("movements_per_sec").unwrap_or(0.0);

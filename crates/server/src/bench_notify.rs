@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 
 use crate::bench::Figures;
 use crate::bench_jobs::Backend;
-use crate::bench_movements::{MovementsBenchError, drop_database, fresh_database};
+use crate::bench_movements::{MovementsBenchError, fresh_database};
 use crate::notify::{Delivery, KIND, NewRule, QUEUE, RuleInput};
 use crate::{Application, Config};
 
@@ -116,7 +116,7 @@ pub async fn notify_suite(b: &NotifyBench) -> Result<Figures, MovementsBenchErro
     let fresh = fresh_database(b.backend, b.database_url.as_deref()).await?;
     let result = run(b, fresh.config.clone()).await;
     if let Some((admin, name)) = &fresh.pg {
-        drop_database(admin, name).await;
+        malaka_db::fresh::drop_database(admin, name).await;
     }
     result
 }

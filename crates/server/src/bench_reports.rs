@@ -37,7 +37,7 @@ use rust_decimal::Decimal;
 
 use crate::bench::Figures;
 use crate::bench_jobs::Backend;
-use crate::bench_movements::{MovementsBenchError, drop_database, fresh_database};
+use crate::bench_movements::{MovementsBenchError, fresh_database};
 use crate::db::Database;
 use crate::{Application, Config};
 
@@ -85,7 +85,7 @@ pub async fn reports_suite(b: &ReportsBench) -> Result<Figures, MovementsBenchEr
     let fresh = fresh_database(b.backend, b.database_url.as_deref()).await?;
     let result = serve_and_measure(b, &fresh.config).await;
     if let Some((admin, name)) = &fresh.pg {
-        drop_database(admin, name).await;
+        malaka_db::fresh::drop_database(admin, name).await;
     }
     result
 }

@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Application;
 use crate::bench::Figures;
 use crate::bench_jobs::Backend;
-use crate::bench_movements::{MovementsBenchError, drop_database, fresh_database};
+use crate::bench_movements::{MovementsBenchError, fresh_database};
 use crate::sqs::{Envelope, movements_of};
 
 /// What to run.
@@ -76,7 +76,7 @@ pub async fn sqs_suite(b: &SqsBench) -> Result<Figures, MovementsBenchError> {
     let fresh = fresh_database(b.backend, b.database_url.as_deref()).await?;
     let result = run(b, fresh.config.clone()).await;
     if let Some((admin, name)) = &fresh.pg {
-        drop_database(admin, name).await;
+        malaka_db::fresh::drop_database(admin, name).await;
     }
     result
 }

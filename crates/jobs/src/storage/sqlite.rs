@@ -842,7 +842,17 @@ impl Storage for SqliteStorage {
                 Err(e) => Err(e.into()),
             };
             match watcher {
-                Ok(w) => drop(tokio::spawn(w.run(self.watch))),
+                Ok(w) => {
+                    let watch = self.watch;
+                    // Its end is watched: a panic would otherwise leave other processes' jobs
+                    // to the poll without a word.
+                    drop(tokio::spawn(async move {
+                        if let Err(e) = tokio::spawn(w.run(watch)).await {
+                            tracing::error!(error = %e,
+                                "the job watcher stopped; jobs other processes enqueue wait for the poll");
+                        }
+                    }));
+                }
                 Err(e) => tracing::warn!(error = %e,
                     "job watcher not started; jobs other processes enqueue wait for the poll"),
             }
