@@ -422,7 +422,7 @@ fn times(a: Decimal, b: Decimal) -> Result<Decimal, InventoryError> {
 }
 
 macro_rules! backend {
-    ($module:ident, $pool:ty, begin = $begin:literal, agg = $agg:literal, line = $line:literal, stream = $stream:literal) => {
+    ($module:ident, $pool:ty, begin = $begin:literal, agg = $agg:literal, line = $line:literal, stream = $stream:literal, layers = $layers:expr) => {
         mod $module {
             use super::*;
 
@@ -533,15 +533,16 @@ macro_rules! backend {
                     }
                     ReportKind::StockBalance | ReportKind::Valuation | ReportKind::LowStock | ReportKind::Ageing => {
                         let low = kind == ReportKind::LowStock;
-                        let rows = sqlx::query(
+                        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                             "SELECT b.sku, a.name, b.warehouse, b.qty, b.rate, b.value, b.level, \
                                     a.min_qty, a.reorder_qty, a.valuation, \
-                                    CASE WHEN $4 THEN b.layers ELSE '[]' END AS layers \
+                                    CASE WHEN $4 THEN {} ELSE '[]' END AS layers \
                              FROM inv_balances b JOIN inv_articles a ON a.sku = b.sku \
                              WHERE ($1 IS NULL OR b.sku = $1) AND ($2 IS NULL OR b.warehouse = $2) \
                                AND (NOT $3 OR b.level <> 'NORMAL') \
                              ORDER BY b.sku, b.warehouse",
-                        )
+                            $layers
+                        )))
                         .bind(sku)
                         .bind(wh)
                         .bind(low)
@@ -712,7 +713,8 @@ backend!(
             sku || char(31) || warehouse || char(31) || qty_change || char(31) || unit_cost || char(31) || \
             value_change || char(31) || qty_after || char(31) || value_after || char(31) || \
             coalesce(reference, '') || char(31) || posted_by",
-    stream = false
+    stream = false,
+    layers = crate::store::LAYERS_JSON_SQLITE
 );
 backend!(
     postgres,
@@ -723,7 +725,8 @@ backend!(
             chr(31) || movement_id || chr(31) || kind || chr(31) || sku || chr(31) || warehouse || chr(31) || \
             qty_change || chr(31) || unit_cost || chr(31) || value_change || chr(31) || qty_after || chr(31) || \
             value_after || chr(31) || coalesce(reference, '') || chr(31) || posted_by",
-    stream = true
+    stream = true,
+    layers = crate::store::LAYERS_JSON_POSTGRES
 );
 
 impl Inventory {

@@ -17,6 +17,7 @@ use crate::inbox::{
     Disposition, InboxAttempt, InboxEntry, InboxFilter, InboxRecord, InboxState, Recorded,
     next_state,
 };
+use crate::types::Layer;
 use crate::types::{
     AlertLevel, Article, ArticlePatch, Balance, BalanceFilter, LedgerFilter, LedgerRow, Movement,
     MovementKind, NewArticle, NewMovement, Sku, ValuationMethod, Warehouse, WarehouseCode,
@@ -41,6 +42,9 @@ pub struct Discrepancy {
     pub ledger: (Decimal, Decimal),
     /// What the balance says (quantity, value).
     pub balance: (Decimal, Decimal),
+    /// The quantity its open FIFO layers hold, when it is not the balance's (positive) stock.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Decimal>,
 }
 
 /// What `verify` checked.
@@ -520,12 +524,163 @@ fn stored<T: FromStr<Err = InventoryError>>(s: &str) -> Result<T, InventoryError
 }
 
 /// A balance being changed inside a posting transaction.
+///
+/// Its FIFO layers are stored as rows (`inv_layers`, numbered by `seq` in FIFO order), and only
+/// a window of them is in memory: `stock.layers` holds the oldest open layers loaded so far
+/// (enough for what the postings consume, see [`Working::demand_window`]), then the layers
+/// received in this transaction. A receipt loads none.
 #[derive(Debug, Clone)]
 pub(crate) struct Working {
     stock: Stock,
     level: AlertLevel,
     min_qty: Decimal,
     changed: bool,
+    layers: LayerWindow,
+}
+
+/// Which of a balance's stored layers are in memory, and what this transaction did to them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LayerWindow {
+    /// Stored open layers may follow the ones loaded.
+    more: bool,
+    /// The last stored layer loaded (-1: none yet).
+    last_loaded: i64,
+    /// The balance's next `seq` when it was loaded: stored layers are below it.
+    stored_end: i64,
+    /// The next `seq` to give a new layer.
+    next_seq: i64,
+    /// Stored layers loaded, by `seq`, with the quantity they had then.
+    loaded: BTreeMap<i64, Decimal>,
+    /// Layers received in this transaction, by `seq`, with the ledger row that brought each.
+    created: BTreeMap<i64, (Layer, Option<i64>)>,
+    /// The stock went to zero or below: every stored layer is consumed.
+    cleared: bool,
+}
+
+impl LayerWindow {
+    /// The window of a balance loaded with `next_seq` stored layers numbered, `qty` in stock.
+    fn at_load(fifo: bool, qty: Decimal, next_seq: i64) -> Self {
+        Self {
+            more: fifo && qty > Decimal::ZERO && next_seq > 0,
+            last_loaded: -1,
+            stored_end: next_seq,
+            next_seq,
+            ..Self::default()
+        }
+    }
+}
+
+impl Working {
+    /// A balance as loaded: its figures (no layers yet), level, the article's minimum and the
+    /// balance's next layer number.
+    fn loaded(stock: Stock, level: AlertLevel, facts: &ArticleFacts, next_seq: i64) -> Self {
+        let fifo = facts.valuation == ValuationMethod::Fifo;
+        Self {
+            layers: LayerWindow::at_load(fifo, stock.qty, next_seq),
+            stock,
+            level,
+            min_qty: facts.min_qty,
+            changed: false,
+        }
+    }
+
+    /// The quantity of the stored layers in memory (what postings may consume without loading
+    /// more).
+    fn window_qty(&self) -> Decimal {
+        self.stock
+            .layers
+            .iter()
+            .take_while(|l| l.seq.is_some_and(|s| s < self.layers.stored_end))
+            .fold(Decimal::ZERO, |a, l| a.saturating_add(l.qty))
+    }
+
+    /// Whether more stored layers must be loaded before postings consume `demand`.
+    fn demand_window(&self, demand: Decimal) -> bool {
+        self.layers.more && self.window_qty() < demand
+    }
+
+    /// Adds stored layers read after the ones loaded (oldest first); `complete` when there are
+    /// no more.
+    fn extend_window(&mut self, read: Vec<Layer>, complete: bool) {
+        let at = self
+            .stock
+            .layers
+            .iter()
+            .position(|l| l.seq.is_none_or(|s| s >= self.layers.stored_end))
+            .unwrap_or(self.stock.layers.len());
+        for (i, l) in read.into_iter().enumerate() {
+            if let Some(seq) = l.seq {
+                self.layers.last_loaded = self.layers.last_loaded.max(seq);
+                self.layers.loaded.insert(seq, l.qty);
+            }
+            self.stock.layers.insert(at + i, l);
+        }
+        if complete {
+            self.layers.more = false;
+        }
+    }
+
+    /// After a posting changed `stock`: numbers its new layers (returned), and notes a stock
+    /// that went to zero or below (every stored layer consumed).
+    fn settle_layers(&mut self) -> Vec<i64> {
+        let mut new = Vec::new();
+        for l in &mut self.stock.layers {
+            if l.seq.is_none() {
+                let seq = self.layers.next_seq;
+                self.layers.next_seq = seq.saturating_add(1);
+                l.seq = Some(seq);
+                self.layers.created.insert(seq, (*l, None));
+                new.push(seq);
+            }
+        }
+        if self.stock.qty <= Decimal::ZERO && self.layers.more {
+            // The layers not loaded went with the rest (the ones loaded are written one by one).
+            self.layers.cleared = true;
+            self.layers.more = false;
+        }
+        new
+    }
+}
+
+/// A balance's open layers as a JSON array (oldest first) in a query over `inv_balances b`
+/// (SQLite).
+pub(crate) const LAYERS_JSON_SQLITE: &str = "(SELECT json_group_array(json_object('qty', l.qty, \
+     'rate', l.rate, 'received_at', l.received_at) ORDER BY l.seq) FROM inv_layers l \
+     WHERE l.sku = b.sku AND l.warehouse = b.warehouse AND l.qty <> '0')";
+
+/// As [`LAYERS_JSON_SQLITE`], on PostgreSQL.
+pub(crate) const LAYERS_JSON_POSTGRES: &str = "(SELECT COALESCE(json_agg(json_build_object('qty', \
+     l.qty, 'rate', l.rate, 'received_at', l.received_at) ORDER BY l.seq), '[]')::text \
+     FROM inv_layers l WHERE l.sku = b.sku AND l.warehouse = b.warehouse AND l.qty <> '0')";
+
+/// Stored layers read at a time when a posting needs more of them.
+const LAYERS_PER_READ: usize = 16;
+
+/// What the movements of one request may consume from each balance they take goods from: the
+/// quantity issued or transferred out; a count may consume everything (`Decimal::MAX`).
+fn demands(ms: &[NewMovement]) -> BTreeMap<(Sku, WarehouseCode), Decimal> {
+    let mut out: BTreeMap<(Sku, WarehouseCode), Decimal> = BTreeMap::new();
+    for m in ms {
+        let want = match m.kind {
+            MovementKind::Receipt => continue,
+            MovementKind::Issue | MovementKind::Transfer => m.qty.get(),
+            MovementKind::Count => Decimal::MAX,
+        };
+        let e = out.entry((m.sku.clone(), m.warehouse.clone())).or_default();
+        *e = e.saturating_add(want);
+    }
+    out
+}
+
+/// A consumption of a stored layer, recorded against the ledger row that consumed it.
+#[derive(Debug, Clone)]
+pub(crate) struct LayerUse {
+    ledger_id: i64,
+    sku: Sku,
+    warehouse: WarehouseCode,
+    seq: i64,
+    qty: Decimal,
+    rate: Decimal,
 }
 
 /// An article's facts a posting needs.
@@ -542,6 +697,8 @@ struct PendingRow {
     warehouse: WarehouseCode,
     change: Change,
     after: After,
+    /// The layers it brought in (their `seq`).
+    new_layers: Vec<i64>,
 }
 
 /// A balance's figures after a posting (what its ledger row records).
@@ -569,6 +726,8 @@ pub(crate) struct Session {
     facts: BTreeMap<Sku, ArticleFacts>,
     warehouses: std::collections::BTreeSet<WarehouseCode>,
     work: BTreeMap<(Sku, WarehouseCode), Working>,
+    /// Layer consumptions written since the balances were last written.
+    uses: Vec<LayerUse>,
     /// Set while a posting writes (after it was planned, until it returned): a posting that
     /// fails with this set has left writes in the transaction.
     pub(crate) writing: bool,
@@ -674,7 +833,7 @@ pub(crate) async fn prefetch_sqlite(
         return;
     }
     let sql = format!(
-        "SELECT sku, warehouse, qty, value, rate, layers, level FROM inv_balances \
+        "SELECT sku, warehouse, qty, value, rate, layer_seq, level FROM inv_balances \
          WHERE sku IN ({})",
         marks(wanted.len())
     );
@@ -701,21 +860,19 @@ pub(crate) async fn prefetch_sqlite(
             ) else {
                 return Ok(None);
             };
-            let layers: VecDeque<crate::types::Layer> =
-                serde_json::from_str(&row.try_get::<String, _>("layers")?)?;
             Ok(Some((
                 (sku.clone(), code),
-                Working {
-                    stock: Stock {
+                Working::loaded(
+                    Stock {
                         qty: dec("qty", &row.try_get::<String, _>("qty")?)?,
                         value: dec("value", &row.try_get::<String, _>("value")?)?,
                         rate: dec("rate", &row.try_get::<String, _>("rate")?)?,
-                        layers,
+                        layers: VecDeque::new(),
                     },
-                    level: stored(&row.try_get::<String, _>("level")?)?,
-                    min_qty: facts.min_qty,
-                    changed: false,
-                },
+                    stored(&row.try_get::<String, _>("level")?)?,
+                    facts,
+                    row.try_get("layer_seq")?,
+                ),
             )))
         })();
         if let Ok(Some((key, w))) = loaded {
@@ -988,31 +1145,39 @@ fn plan_movement(
         }
         _ => None,
     };
-    rows.push(PendingRow {
-        warehouse: m.warehouse.clone(),
-        change,
-        after: After::of(&next),
-    });
+    let after = After::of(&next);
+    let mut new_layers = Vec::new();
     if let Some(w) = work.get_mut(&key) {
         w.stock = next;
         w.changed = true;
+        new_layers = w.settle_layers();
     }
+    rows.push(PendingRow {
+        warehouse: m.warehouse.clone(),
+        change,
+        after,
+        new_layers,
+    });
     if let Some((to, d_next, inn)) = dest {
-        rows.push(PendingRow {
-            warehouse: to.clone(),
-            change: inn,
-            after: After::of(&d_next),
-        });
-        if let Some(d) = work.get_mut(&(m.sku.clone(), to)) {
+        let after = After::of(&d_next);
+        let mut new_layers = Vec::new();
+        if let Some(d) = work.get_mut(&(m.sku.clone(), to.clone())) {
             d.stock = d_next;
             d.changed = true;
+            new_layers = d.settle_layers();
         }
+        rows.push(PendingRow {
+            warehouse: to,
+            change: inn,
+            after,
+            new_layers,
+        });
     }
     Ok(rows)
 }
 
 macro_rules! backend {
-    ($module:ident, $pool:ty, $conn:ty, begin = $begin:literal, lock = $lock:literal, share = $share:literal, create_first = $create_first:literal, hook = $hook:ident, generation = $generation:literal) => {
+    ($module:ident, $pool:ty, $conn:ty, begin = $begin:literal, lock = $lock:literal, share = $share:literal, create_first = $create_first:literal, hook = $hook:ident, generation = $generation:literal, layers_json = $layers_json:expr) => {
         pub(crate) mod $module {
             use super::*;
             use sqlx::Row;
@@ -1733,8 +1898,8 @@ macro_rules! backend {
                     if $create_first {
                         // A row to lock, even for a first posting (rolled back with a refusal).
                         sqlx::query(
-                            "INSERT INTO inv_balances (sku, warehouse, qty, value, rate, layers, level, updated_at) \
-                             VALUES ($1, $2, '0', '0', '0', '[]', $3, $4) ON CONFLICT (sku, warehouse) DO NOTHING",
+                            "INSERT INTO inv_balances (sku, warehouse, qty, value, rate, layer_seq, level, updated_at) \
+                             VALUES ($1, $2, '0', '0', '0', 0, $3, $4) ON CONFLICT (sku, warehouse) DO NOTHING",
                         )
                         .bind(sku.as_str())
                         .bind(wh.as_str())
@@ -1744,7 +1909,7 @@ macro_rules! backend {
                         .await?;
                     }
                     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "SELECT qty, value, rate, layers, level FROM inv_balances \
+                        "SELECT qty, value, rate, layer_seq, level FROM inv_balances \
                          WHERE sku = $1 AND warehouse = $2{}",
                         $lock
                     )))
@@ -1752,31 +1917,32 @@ macro_rules! backend {
                     .bind(wh.as_str())
                     .fetch_optional(&mut *conn)
                     .await?;
-                    let (stock, level) = match row {
-                        Some(row) => {
-                            let layers: VecDeque<crate::types::Layer> =
-                                serde_json::from_str(&row.try_get::<String, _>("layers")?)?;
-                            (
-                                Stock {
-                                    qty: dec("qty", &row.try_get::<String, _>("qty")?)?,
-                                    value: dec("value", &row.try_get::<String, _>("value")?)?,
-                                    rate: dec("rate", &row.try_get::<String, _>("rate")?)?,
-                                    layers,
-                                },
-                                stored(&row.try_get::<String, _>("level")?)?,
-                            )
-                        }
-                        None => (Stock::default(), AlertLevel::OutOfStock),
+                    let working = match row {
+                        Some(row) => Working::loaded(
+                            Stock {
+                                qty: dec("qty", &row.try_get::<String, _>("qty")?)?,
+                                value: dec("value", &row.try_get::<String, _>("value")?)?,
+                                rate: dec("rate", &row.try_get::<String, _>("rate")?)?,
+                                layers: VecDeque::new(),
+                            },
+                            stored(&row.try_get::<String, _>("level")?)?,
+                            f,
+                            row.try_get("layer_seq")?,
+                        ),
+                        None => Working::loaded(Stock::default(), AlertLevel::OutOfStock, f, 0),
                     };
-                    session.work.insert(
-                        key.clone(),
-                        Working {
-                            stock,
-                            level,
-                            min_qty: f.min_qty,
-                            changed: false,
-                        },
-                    );
+                    session.work.insert(key.clone(), working);
+                }
+                // FIFO: the oldest stored layers, as many as these postings may consume.
+                for (key, demand) in demands(ms) {
+                    let Some(w) = session.work.get_mut(&key) else {
+                        continue;
+                    };
+                    while w.demand_window(demand) {
+                        let read = load_layers(&mut *conn, &key, &w.layers).await?;
+                        let complete = read.len() < LAYERS_PER_READ;
+                        w.extend_window(read, complete);
+                    }
                 }
                 let planned = match plan_all(ms, by, now, session, &keys) {
                     Ok(p) => p,
@@ -1807,6 +1973,7 @@ macro_rules! backend {
                     .await?;
                     let mut rows = Vec::with_capacity(pending.len());
                     for p in pending {
+                        let (consumed, new_layers) = (&p.change.consumed, &p.new_layers);
                         let ledger_id: i64 = sqlx::query_scalar(
                             "INSERT INTO inv_ledger (movement_id, kind, sku, warehouse, qty_change, \
                              unit_cost, value_change, qty_after, value_after, rate_after, reference, \
@@ -1828,6 +1995,28 @@ macro_rules! backend {
                         .bind(now)
                         .fetch_one(&mut *conn)
                         .await?;
+                        // The layers it consumed and brought in, written with the balances.
+                        if p.change.qty < Decimal::ZERO {
+                            session.uses.extend(consumed.iter().filter_map(|l| {
+                                Some(LayerUse {
+                                    ledger_id,
+                                    sku: m.sku.clone(),
+                                    warehouse: p.warehouse.clone(),
+                                    seq: l.seq?,
+                                    qty: l.qty,
+                                    rate: l.rate,
+                                })
+                            }));
+                        }
+                        if !new_layers.is_empty()
+                            && let Some(w) = session.work.get_mut(&(m.sku.clone(), p.warehouse.clone()))
+                        {
+                            for seq in new_layers {
+                                if let Some(c) = w.layers.created.get_mut(seq) {
+                                    c.1 = Some(ledger_id);
+                                }
+                            }
+                        }
                         rows.push(LedgerRow {
                             id: ledger_id,
                             movement_id: id.clone(),
@@ -1912,7 +2101,40 @@ macro_rules! backend {
                     .unwrap_or(0))
             }
 
-            /// Writes the balances `session` changed (and marks them written).
+            /// The next stored open layers of a balance after the ones `window` loaded, oldest
+            /// first, at most [`LAYERS_PER_READ`].
+            async fn load_layers(
+                conn: &mut $conn,
+                (sku, wh): &(Sku, WarehouseCode),
+                window: &LayerWindow,
+            ) -> Result<Vec<Layer>, InventoryError> {
+                let rows = sqlx::query(
+                    "SELECT seq, qty, rate, received_at FROM inv_layers \
+                     WHERE sku = $1 AND warehouse = $2 AND qty <> '0' AND seq > $3 AND seq < $4 \
+                     ORDER BY seq LIMIT $5",
+                )
+                .bind(sku.as_str())
+                .bind(wh.as_str())
+                .bind(window.last_loaded)
+                .bind(window.stored_end)
+                .bind(LAYERS_PER_READ as i64)
+                .fetch_all(&mut *conn)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        let mut l = Layer::new(
+                            dec("qty", &r.try_get::<String, _>("qty")?)?,
+                            dec("rate", &r.try_get::<String, _>("rate")?)?,
+                            r.try_get("received_at")?,
+                        );
+                        l.seq = Some(r.try_get("seq")?);
+                        Ok(l)
+                    })
+                    .collect()
+            }
+
+            /// Writes the balances `session` changed, their layers and the layer consumptions
+            /// recorded (and marks them written).
             pub(crate) async fn write_balances(
                 conn: &mut $conn,
                 session: &mut Session,
@@ -1926,10 +2148,10 @@ macro_rules! backend {
                         continue;
                     }
                     sqlx::query(
-                        "INSERT INTO inv_balances (sku, warehouse, qty, value, rate, layers, level, updated_at) \
+                        "INSERT INTO inv_balances (sku, warehouse, qty, value, rate, layer_seq, level, updated_at) \
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
                          ON CONFLICT (sku, warehouse) DO UPDATE SET qty = excluded.qty, \
-                            value = excluded.value, rate = excluded.rate, layers = excluded.layers, \
+                            value = excluded.value, rate = excluded.rate, layer_seq = excluded.layer_seq, \
                             level = excluded.level, updated_at = excluded.updated_at",
                     )
                     .bind(sku.as_str())
@@ -1937,12 +2159,111 @@ macro_rules! backend {
                     .bind(text(w.stock.qty))
                     .bind(text(w.stock.value))
                     .bind(text(w.stock.rate))
-                    .bind(serde_json::to_string(&w.stock.layers)?)
+                    .bind(w.layers.next_seq)
                     .bind(w.level.as_str())
                     .bind(now)
                     .execute(&mut *conn)
                     .await?;
+                    write_layers(&mut *conn, sku, wh, w).await?;
                     w.changed = false;
+                }
+                for chunk in session.uses.chunks(100) {
+                    let mut q = sqlx::QueryBuilder::new(
+                        "INSERT INTO inv_layer_uses (ledger_id, sku, warehouse, seq, qty, rate) ",
+                    );
+                    q.push_values(chunk, |mut b, u| {
+                        b.push_bind(u.ledger_id)
+                            .push_bind(u.sku.as_str())
+                            .push_bind(u.warehouse.as_str())
+                            .push_bind(u.seq)
+                            .push_bind(text(u.qty))
+                            .push_bind(text(u.rate));
+                    });
+                    q.build().execute(&mut *conn).await?;
+                }
+                session.uses.clear();
+                Ok(())
+            }
+
+            /// Writes what a posting transaction did to a balance's stored layers: the stored
+            /// ones it consumed (all of them when its stock went to zero or below), the new ones
+            /// it received; then takes the window as stored.
+            async fn write_layers(
+                conn: &mut $conn,
+                sku: &Sku,
+                wh: &WarehouseCode,
+                w: &mut Working,
+            ) -> Result<(), InventoryError> {
+                let now_qty = |stock: &Stock, seq: i64| {
+                    stock
+                        .layers
+                        .iter()
+                        .find(|l| l.seq == Some(seq))
+                        .map_or(Decimal::ZERO, |l| l.qty)
+                };
+                if w.layers.cleared {
+                    sqlx::query(
+                        "UPDATE inv_layers SET qty = '0' WHERE sku = $1 AND warehouse = $2 AND qty <> '0'",
+                    )
+                    .bind(sku.as_str())
+                    .bind(wh.as_str())
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                for (&seq, &was) in &w.layers.loaded {
+                    let qty = now_qty(&w.stock, seq);
+                    if qty == was || (w.layers.cleared && qty.is_zero()) {
+                        continue;
+                    }
+                    sqlx::query(
+                        "UPDATE inv_layers SET qty = $4 WHERE sku = $1 AND warehouse = $2 AND seq = $3",
+                    )
+                    .bind(sku.as_str())
+                    .bind(wh.as_str())
+                    .bind(seq)
+                    .bind(text(qty))
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                if !w.layers.created.is_empty() {
+                    let created: Vec<(i64, Layer, Option<i64>)> = w
+                        .layers
+                        .created
+                        .iter()
+                        .map(|(&seq, &(l, by))| (seq, l, by))
+                        .collect();
+                    for chunk in created.chunks(100) {
+                        let mut q = sqlx::QueryBuilder::new(
+                            "INSERT INTO inv_layers (sku, warehouse, seq, qty, rate, received_at, ledger_id) ",
+                        );
+                        q.push_values(chunk, |mut b, (seq, l, by)| {
+                            b.push_bind(sku.as_str())
+                                .push_bind(wh.as_str())
+                                .push_bind(*seq)
+                                .push_bind(text(now_qty(&w.stock, *seq)))
+                                .push_bind(text(l.rate))
+                                .push_bind(l.received_at)
+                                .push_bind(*by);
+                        });
+                        q.build().execute(&mut *conn).await?;
+                    }
+                }
+                // What is in memory is now what is stored.
+                let end = w.layers.next_seq;
+                w.layers.loaded = w
+                    .stock
+                    .layers
+                    .iter()
+                    .filter_map(|l| Some((l.seq?, l.qty)))
+                    .collect();
+                w.layers.created.clear();
+                w.layers.cleared = false;
+                if w.layers.more {
+                    // Stored layers still follow the loaded ones; the new ones are stored after them.
+                    w.layers.stored_end = w.layers.stored_end.min(end);
+                } else {
+                    w.layers.stored_end = end;
+                    w.layers.last_loaded = end.saturating_sub(1);
                 }
                 Ok(())
             }
@@ -1951,14 +2272,15 @@ macro_rules! backend {
                 pool: &$pool,
                 f: &BalanceFilter,
             ) -> Result<Vec<Balance>, InventoryError> {
-                let rows = sqlx::query(
-                    "SELECT b.sku, b.warehouse, b.qty, b.value, b.rate, b.layers, b.level, \
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT b.sku, b.warehouse, b.qty, b.value, b.rate, {} AS layers, b.level, \
                             b.updated_at, a.min_qty \
                      FROM inv_balances b JOIN inv_articles a ON a.sku = b.sku \
                      WHERE ($1 IS NULL OR b.sku = $1) AND ($2 IS NULL OR b.warehouse = $2) \
                        AND ($3 IS NULL OR b.level = $3) \
                      ORDER BY b.sku, b.warehouse",
-                )
+                    $layers_json
+                )))
                 .bind(f.sku.as_ref().map(Sku::as_str))
                 .bind(f.warehouse.as_ref().map(WarehouseCode::as_str))
                 .bind(f.level.map(AlertLevel::as_str))
@@ -2082,9 +2404,35 @@ macro_rules! backend {
                         e.3 = dec("value_after", &r.try_get::<String, _>("value_after")?)?;
                     }
                 }
-                let balances = sqlx::query("SELECT sku, warehouse, qty, value FROM inv_balances ORDER BY sku, warehouse")
+                // The open FIFO layers of each balance hold its stock.
+                let mut layered: BTreeMap<(String, String), Decimal> = BTreeMap::new();
+                let mut after = (String::new(), String::new(), -1i64);
+                loop {
+                    let rows = sqlx::query(
+                        "SELECT sku, warehouse, seq, qty FROM inv_layers \
+                         WHERE qty <> '0' AND (sku, warehouse, seq) > ($1, $2, $3) \
+                         ORDER BY sku, warehouse, seq LIMIT 10000",
+                    )
+                    .bind(&after.0)
+                    .bind(&after.1)
+                    .bind(after.2)
                     .fetch_all(pool)
                     .await?;
+                    if rows.is_empty() {
+                        break;
+                    }
+                    for r in &rows {
+                        after = (r.try_get("sku")?, r.try_get("warehouse")?, r.try_get("seq")?);
+                        let e = layered.entry((after.0.clone(), after.1.clone())).or_default();
+                        *e += dec("qty", &r.try_get::<String, _>("qty")?)?;
+                    }
+                }
+                let balances = sqlx::query(
+                    "SELECT b.sku, b.warehouse, b.qty, b.value, a.valuation \
+                     FROM inv_balances b JOIN inv_articles a ON a.sku = b.sku ORDER BY b.sku, b.warehouse",
+                )
+                .fetch_all(pool)
+                .await?;
                 for b in &balances {
                     report.balances += 1;
                     let key = (b.try_get::<String, _>("sku")?, b.try_get::<String, _>("warehouse")?);
@@ -2092,22 +2440,39 @@ macro_rules! backend {
                         dec("qty", &b.try_get::<String, _>("qty")?)?,
                         dec("value", &b.try_get::<String, _>("value")?)?,
                     );
+                    let fifo = stored::<ValuationMethod>(&b.try_get::<String, _>("valuation")?)?
+                        == ValuationMethod::Fifo;
+                    let held = layered.remove(&key).unwrap_or_default();
+                    let want = if fifo { bal.0.max(Decimal::ZERO) } else { Decimal::ZERO };
+                    let layers = (held != want).then_some(held);
                     let (q, v, qa, va) = sums.remove(&key).unwrap_or_default();
-                    if (q, v) != bal || (qa, va) != bal {
+                    if (q, v) != bal || (qa, va) != bal || layers.is_some() {
                         report.discrepancies.push(Discrepancy {
                             sku: key.0,
                             warehouse: key.1,
                             ledger: (q, v),
                             balance: bal,
+                            layers,
                         });
                     }
                 }
                 for ((sku, warehouse), (q, v, _, _)) in sums {
+                    let layers = layered.remove(&(sku.clone(), warehouse.clone()));
                     report.discrepancies.push(Discrepancy {
                         sku,
                         warehouse,
                         ledger: (q, v),
                         balance: (Decimal::ZERO, Decimal::ZERO),
+                        layers,
+                    });
+                }
+                for ((sku, warehouse), held) in layered {
+                    report.discrepancies.push(Discrepancy {
+                        sku,
+                        warehouse,
+                        ledger: (Decimal::ZERO, Decimal::ZERO),
+                        balance: (Decimal::ZERO, Decimal::ZERO),
+                        layers: Some(held),
                     });
                 }
                 Ok(report)
@@ -2125,7 +2490,8 @@ backend!(
     share = "",
     create_first = false,
     hook = sqlite,
-    generation = true
+    generation = true,
+    layers_json = LAYERS_JSON_SQLITE
 );
 backend!(
     postgres,
@@ -2136,7 +2502,8 @@ backend!(
     share = " FOR SHARE",
     create_first = true,
     hook = postgres,
-    generation = false
+    generation = false,
+    layers_json = LAYERS_JSON_POSTGRES
 );
 
 /// The `movement.posted` payload.
@@ -2176,6 +2543,7 @@ mod tests {
                 level: AlertLevel::OutOfStock,
                 min_qty: Decimal::ZERO,
                 changed: false,
+                layers: LayerWindow::default(),
             },
         )])
     }

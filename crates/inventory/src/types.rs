@@ -801,6 +801,10 @@ pub struct Layer {
     /// an issue took beyond the stock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub received_at: Option<DateTime<Utc>>,
+    /// Its place in the balance's FIFO order as stored (`inv_layers.seq`); `None` until the
+    /// store gives it one. Not part of the API.
+    #[serde(skip)]
+    pub(crate) seq: Option<i64>,
 }
 
 impl Layer {
@@ -810,6 +814,7 @@ impl Layer {
             qty,
             rate,
             received_at,
+            seq: None,
         }
     }
 }

@@ -166,8 +166,10 @@ impl Stock {
             self.qty = add(self.qty, qty)?;
             self.value = add(self.value, value)?;
             if method == ValuationMethod::Fifo {
+                // New layers here: the store numbers them.
                 self.layers.extend(layers.iter().map(|l| Layer {
                     received_at: l.received_at.or(Some(at)),
+                    seq: None,
                     ..*l
                 }));
             }
@@ -256,7 +258,11 @@ impl Stock {
                     };
                     let take = want.min(front.qty);
                     out = add(out, mul(take, front.rate)?)?;
-                    consumed.push(Layer::new(take, front.rate, front.received_at));
+                    // Names the layer it came from (the store records the consumption).
+                    consumed.push(Layer {
+                        qty: take,
+                        ..*front
+                    });
                     front.qty = sub(front.qty, take)?;
                     want = sub(want, take)?;
                     if front.qty.is_zero() {

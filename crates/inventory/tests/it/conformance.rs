@@ -285,3 +285,159 @@ async fn concurrent_issues_never_oversell(f: &Fixture) {
     assert_eq!((b.qty, b.value), (d(0), d(0)));
     f.agrees().await;
 }
+
+/// Runs one query on the fixture's database, binding `$1` (an i64), returning rows of text.
+macro_rules! rows {
+    ($f:expr, $sql:expr, $arg:expr) => {
+        match &$f.events {
+            EventPool::Sqlite(p) => sqlx::query_as::<_, (String, String)>($sql)
+                .bind($arg)
+                .fetch_all(p)
+                .await
+                .unwrap(),
+            EventPool::Postgres(p) => sqlx::query_as::<_, (String, String)>($sql)
+                .bind($arg)
+                .fetch_all(p)
+                .await
+                .unwrap(),
+        }
+    };
+}
+
+fn movement(kind: &str, sku: &str, to: Option<&str>, qty: i64, cost: Option<i64>) -> NewMovement {
+    NewMovement::parse(
+        kind,
+        sku,
+        "W",
+        to,
+        Decimal::from(qty),
+        cost.map(Decimal::from),
+        None,
+        None,
+    )
+    .unwrap()
+}
+
+on_both!(fifo_layers_are_consumed_oldest_first_and_each_use_is_recorded);
+async fn fifo_layers_are_consumed_oldest_first_and_each_use_is_recorded(f: &Fixture) {
+    f.setup(&[("F", "fifo", 0)]).await;
+    // 40 layers of 2 units at 1..=40: more than one read of stored layers.
+    for cost in 1..=40 {
+        f.post("receipt", "F", None, 2, Some(cost)).await.unwrap();
+    }
+    let m = f
+        .inv
+        .post(&movement("issue", "F", None, 71, None), "test")
+        .await
+        .unwrap();
+    let ledger_id = m.rows[0].id;
+    // 35 layers whole (2 each at 1..=35) and 1 of layer 36.
+    let out: i64 = (1..=35).map(|c| 2 * c).sum::<i64>() + 36;
+    assert_eq!(m.rows[0].value_change, -d(out));
+    let b = f.balance("F", "W").await.unwrap();
+    let layers: Vec<(Decimal, Decimal)> = b.layers.iter().map(|l| (l.qty, l.rate)).collect();
+    assert_eq!(
+        layers,
+        [
+            (d(1), d(36)),
+            (d(2), d(37)),
+            (d(2), d(38)),
+            (d(2), d(39)),
+            (d(2), d(40))
+        ]
+    );
+    assert_eq!(b.qty, d(9));
+    let uses = rows!(
+        f,
+        "SELECT qty, rate FROM inv_layer_uses WHERE ledger_id = $1 ORDER BY seq",
+        ledger_id
+    );
+    assert_eq!(uses.len(), 36, "one record per layer it took from");
+    let used: Decimal = uses
+        .iter()
+        .map(|(q, r)| Decimal::from_str(q).unwrap() * Decimal::from_str(r).unwrap())
+        .sum();
+    assert_eq!(used, d(out), "the records are what the issue was valued at");
+    assert_eq!(uses.last().unwrap(), &("1".to_owned(), "36".to_owned()));
+    f.agrees().await;
+}
+
+on_both!(a_batch_that_receives_then_issues_consumes_its_own_layer);
+async fn a_batch_that_receives_then_issues_consumes_its_own_layer(f: &Fixture) {
+    f.setup(&[("F", "fifo", 0)]).await;
+    f.post("receipt", "F", None, 3, Some(1)).await.unwrap();
+    let batch = [
+        movement("receipt", "F", None, 4, Some(2)),
+        movement("issue", "F", None, 5, None),
+        movement("receipt", "F", None, 1, Some(7)),
+        movement("transfer", "F", Some("X"), 2, None),
+    ];
+    let posted = f.inv.post_batch(&batch, "test").await.unwrap();
+    let issue = posted[1].rows[0].id;
+    let uses = rows!(
+        f,
+        "SELECT qty, rate FROM inv_layer_uses WHERE ledger_id = $1 ORDER BY seq",
+        issue
+    );
+    assert_eq!(
+        uses,
+        [
+            ("3".to_owned(), "1".to_owned()),
+            ("2".to_owned(), "2".to_owned())
+        ],
+        "the stored layer, then the one received in the same batch"
+    );
+    let (w, x) = (
+        f.balance("F", "W").await.unwrap(),
+        f.balance("F", "X").await.unwrap(),
+    );
+    let of = |b: &Balance| b.layers.iter().map(|l| (l.qty, l.rate)).collect::<Vec<_>>();
+    assert_eq!(of(&w), [(d(1), d(7))]);
+    assert_eq!(
+        of(&x),
+        [(d(2), d(2))],
+        "the transfer carried the layer it took"
+    );
+    assert_eq!((w.value, x.value), (d(7), d(4)));
+    f.agrees().await;
+}
+
+on_both!(stock_counted_to_zero_closes_every_layer);
+async fn stock_counted_to_zero_closes_every_layer(f: &Fixture) {
+    f.setup(&[("F", "fifo", 0)]).await;
+    for cost in 1..=20 {
+        f.post("receipt", "F", None, 1, Some(cost)).await.unwrap();
+    }
+    f.post("count", "F", None, 0, None).await.unwrap();
+    let b = f.balance("F", "W").await.unwrap();
+    assert_eq!((b.qty, b.value), (d(0), d(0)));
+    assert!(b.layers.is_empty());
+    f.post("receipt", "F", None, 2, Some(5)).await.unwrap();
+    let b = f.balance("F", "W").await.unwrap();
+    assert_eq!(
+        b.layers.iter().map(|l| (l.qty, l.rate)).collect::<Vec<_>>(),
+        [(d(2), d(5))]
+    );
+    f.agrees().await;
+}
+
+on_both!(concurrent_fifo_issues_keep_the_layers_whole);
+async fn concurrent_fifo_issues_keep_the_layers_whole(f: &Fixture) {
+    f.setup(&[("F", "fifo", 0)]).await;
+    for cost in 1..=10 {
+        f.post("receipt", "F", None, 3, Some(cost)).await.unwrap();
+    }
+    let issues = (0..40).map(|_| f.post("issue", "F", None, 1, None));
+    let results = futures::future::join_all(issues).await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 30);
+    let b = f.balance("F", "W").await.unwrap();
+    assert_eq!((b.qty, b.value), (d(0), d(0)));
+    let used = rows!(
+        f,
+        "SELECT CAST(count(*) AS TEXT), CAST(count(DISTINCT ledger_id) AS TEXT) FROM inv_layer_uses \
+         WHERE seq >= $1",
+        0i64
+    );
+    assert_eq!(used, [("30".to_owned(), "30".to_owned())]);
+    f.agrees().await;
+}

@@ -4,3 +4,4 @@
 
 mod conformance;
 mod group;
+mod layers_migration;
