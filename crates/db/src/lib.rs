@@ -1,13 +1,15 @@
 //! Database plumbing shared by every Malaka crate that stores, below the domain crates.
 //!
 //! - [`leader`]: one node at a time on PostgreSQL (an advisory lock held by a connection).
+//! - [`pool`]: [`Database`], the one pool type over SQLite and PostgreSQL, and `on_pool!`.
+//! - [`leader`]: one node at a time on PostgreSQL (an advisory lock held by a connection).
 //! - [`fresh`]: a new, uniquely named PostgreSQL database for a test or a benchmark run.
-//!
-//! The pool type over SQLite and PostgreSQL and the migrations runner move here next (they
-//! live in the server crate's `db.rs` today).
 
 pub mod fresh;
 pub mod leader;
+pub mod pool;
+
+pub use pool::Database;
 
 pub use fresh::FreshPostgres;
 pub use leader::{Leader, leader_lock};

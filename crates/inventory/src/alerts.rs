@@ -1,6 +1,6 @@
 //! Stock alerts: what the level changes a posting writes open, escalate, ease and clear
 //! (`Alerts`), with a `stock.alert` event in the same transaction; the sweep that makes alerts
-//! agree with the balances. On a pool the caller chooses (`EventPool`).
+//! agree with the balances. On a pool the caller chooses (a `malaka_db::Database`).
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -13,8 +13,10 @@ use sqlx::postgres::PgPool;
 use sqlx::sqlite::SqlitePool;
 
 use crate::error::InventoryError;
-use crate::outbox::{EventPool, PoolDb, no_write_turn, on, sqlite_write_turn};
-use crate::store::{dec, text};
+use malaka_db::Database;
+
+use crate::outbox::{PoolDb, no_write_turn, on, sqlite_write_turn};
+use crate::storage::{dec, text};
 use crate::types::AlertLevel;
 
 pub use crate::topics::TOPIC_ALERT;
@@ -203,7 +205,7 @@ pub trait AlertEffects: Send + Sync + 'static {
 /// Stock alerts.
 #[derive(Clone)]
 pub struct Alerts {
-    pool: EventPool,
+    pool: Database,
     effects: Option<std::sync::Arc<dyn AlertEffects>>,
 }
 
@@ -235,7 +237,7 @@ fn transition(
 
 impl Alerts {
     /// The alerts on `pool`.
-    pub fn new(pool: EventPool) -> Self {
+    pub fn new(pool: Database) -> Self {
         Self {
             pool,
             effects: None,
@@ -262,8 +264,8 @@ impl Alerts {
     ) -> Result<Option<AlertChange>, InventoryError> {
         let fx = self.effects.as_deref();
         match &self.pool {
-            EventPool::Sqlite(p) => sqlite::apply(p, fx, event, change, Some(event)).await,
-            EventPool::Postgres(p) => postgres::apply(p, fx, event, change, Some(event)).await,
+            Database::Sqlite(p) => sqlite::apply(p, fx, event, change, Some(event)).await,
+            Database::Postgres(p) => postgres::apply(p, fx, event, change, Some(event)).await,
         }
     }
 
@@ -275,8 +277,8 @@ impl Alerts {
     pub async fn sweep(&self) -> Result<(SweepReport, Vec<AlertChange>), InventoryError> {
         let fx = self.effects.as_deref();
         match &self.pool {
-            EventPool::Sqlite(p) => sqlite::sweep(p, fx).await,
-            EventPool::Postgres(p) => postgres::sweep(p, fx).await,
+            Database::Sqlite(p) => sqlite::sweep(p, fx).await,
+            Database::Postgres(p) => postgres::sweep(p, fx).await,
         }
     }
 

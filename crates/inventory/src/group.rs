@@ -29,7 +29,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use crate::error::InventoryError;
 use crate::gate::WriteGate;
 use crate::inbox::InboxEntry;
-use crate::store::{BatchRow, BatchedHook, PostingHook, Session};
+use crate::posting::{BatchRow, BatchedHook, PostingHook, Session};
 use crate::types::{Movement, NewMovement};
 
 /// Most postings committed together.
@@ -234,7 +234,7 @@ async fn commit_group(pool: &SqlitePool, group: &mut Vec<Request>) {
         // What the group will read, in three statements instead of three a posting.
         {
             let all: Vec<&NewMovement> = pending.iter().flat_map(|r| r.movements.iter()).collect();
-            crate::store::prefetch_sqlite(&mut conn.conn, &mut session, &all).await;
+            crate::storage::sqlite::prefetch(&mut conn.conn, &mut session, &all).await;
         }
         // Rows of batched hooks, by kind: (pending index, row).
         let mut batches: Vec<Batch<'_>> = Vec::new();
@@ -309,7 +309,7 @@ async fn commit_group(pool: &SqlitePool, group: &mut Vec<Request>) {
         }
         let (done, refused) = split(pending, results);
         answered.extend(refused);
-        let committed = match crate::store::sqlite::write_balances(
+        let committed = match crate::storage::sqlite::write_balances(
             &mut conn.conn,
             &mut session,
             chrono::Utc::now(),
@@ -361,7 +361,7 @@ fn split(pending: Vec<Request>, results: Vec<Result<Vec<Movement>, InventoryErro
 /// may have written.
 async fn post_one(conn: &mut Conn, req: &Request, session: &mut Session, hook: bool) -> Outcome {
     session.writing = false;
-    let result = AssertUnwindSafe(crate::store::sqlite::post_in(
+    let result = AssertUnwindSafe(crate::storage::sqlite::post_in(
         conn,
         &req.movements,
         &req.by,

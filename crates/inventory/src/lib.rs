@@ -27,9 +27,11 @@ mod error;
 mod gate;
 mod group;
 mod inbox;
+mod inventory;
 mod outbox;
+mod posting;
 mod reports;
-mod store;
+pub mod storage;
 pub mod topics;
 mod types;
 mod valuation;
@@ -43,12 +45,14 @@ pub use gate::{WriteGate, WriteTurn, sqlite_turn};
 pub use inbox::{
     Disposition, InboxAttempt, InboxEntry, InboxFilter, InboxRecord, InboxState, Recorded,
 };
-pub use outbox::{EventPool, Outbox, Published};
-pub use reports::{ReportKind, ReportParams, ReportSink, ReportSummary};
-pub use store::{
-    BatchRow, BatchedHook, Discrepancy, Inventory, LedgerPage, MAX_BATCH, OutboxEvent, PostingHook,
-    TOPIC_LEVEL_CHANGED, TOPIC_MOVEMENT_POSTED, VerifyReport,
+pub use inventory::{
+    Discrepancy, Inventory, LedgerPage, MAX_BATCH, OutboxEvent, TOPIC_LEVEL_CHANGED,
+    TOPIC_MOVEMENT_POSTED, VerifyReport,
 };
+pub use malaka_db::Database;
+pub use outbox::{Outbox, Published};
+pub use posting::{BatchRow, BatchedHook, PostingHook};
+pub use reports::{ReportKind, ReportParams, ReportSink, ReportSummary};
 pub use types::{
     AlertLevel, Article, ArticlePatch, Balance, BalanceFilter, Layer, LedgerFilter, LedgerRow,
     MAX_DECIMAL_TEXT, MAX_QTY, MAX_UNIT_COST, MAX_VALUE, MONEY_SCALE, Money, Movement,

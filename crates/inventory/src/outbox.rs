@@ -1,30 +1,25 @@
 //! The outbox after commit: its events published in order under consecutive numbers
 //! (`Outbox`), read back by hubs, listeners and the SQS publisher, and pruned. It runs on a pool
-//! the caller chooses (`EventPool`).
+//! the caller chooses (a `malaka_db::Database`).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::postgres::PgPool;
 use sqlx::sqlite::SqlitePool;
 
+use malaka_db::Database;
+
 use crate::error::InventoryError;
 use crate::gate::WriteTurn;
-use crate::store::OutboxEvent;
+use crate::inventory::OutboxEvent;
 
-/// A pool for [`Outbox`] and [`Alerts`].
-#[derive(Debug, Clone)]
-pub enum EventPool {
-    /// SQLite.
-    Sqlite(SqlitePool),
-    /// PostgreSQL.
-    Postgres(PgPool),
-}
-
+/// Calls `sqlite::$f` or `postgres::$f` of the calling module with the pool of `self.pool` (a
+/// [`Database`]).
 macro_rules! on {
     ($self:ident . $f:ident ( $($arg:expr),* )) => {
         match &$self.pool {
-            EventPool::Sqlite(p) => sqlite::$f(p, $($arg),*).await,
-            EventPool::Postgres(p) => postgres::$f(p, $($arg),*).await,
+            Database::Sqlite(p) => sqlite::$f(p, $($arg),*).await,
+            Database::Postgres(p) => postgres::$f(p, $($arg),*).await,
         }
     };
 }
@@ -42,12 +37,12 @@ pub struct Published {
 /// The outbox as the relay sees it.
 #[derive(Debug, Clone)]
 pub struct Outbox {
-    pool: EventPool,
+    pool: Database,
 }
 
 impl Outbox {
     /// The outbox on `pool`.
-    pub fn new(pool: EventPool) -> Self {
+    pub fn new(pool: Database) -> Self {
         Self { pool }
     }
 

@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use crate::error::InventoryError;
-use crate::store::{Inventory, dec, text};
+use crate::inventory::Inventory;
+use crate::storage::{dec, text};
 use crate::types::{Layer, Sku, ValuationMethod, WarehouseCode};
 
 /// Rows handed to the sink at a time.
@@ -714,7 +715,7 @@ backend!(
             value_change || char(31) || qty_after || char(31) || value_after || char(31) || \
             coalesce(reference, '') || char(31) || posted_by",
     stream = false,
-    layers = crate::store::LAYERS_JSON_SQLITE
+    layers = crate::storage::sqlite::LAYERS_JSON
 );
 backend!(
     postgres,
@@ -726,7 +727,7 @@ backend!(
             qty_change || chr(31) || unit_cost || chr(31) || value_change || chr(31) || qty_after || chr(31) || \
             value_after || chr(31) || coalesce(reference, '') || chr(31) || posted_by",
     stream = true,
-    layers = crate::store::LAYERS_JSON_POSTGRES
+    layers = crate::storage::postgres::LAYERS_JSON
 );
 
 impl Inventory {
@@ -740,10 +741,9 @@ impl Inventory {
         params: &ReportParams,
         sink: &mut dyn ReportSink,
     ) -> Result<ReportSummary, InventoryError> {
-        match self.pools() {
-            (Some(p), None) => sqlite::run(p, kind, params, sink).await,
-            (None, Some(p)) => postgres::run(p, kind, params, sink).await,
-            _ => Err(InventoryError::Corrupt("no database".into())),
+        match self.database() {
+            malaka_db::Database::Sqlite(p) => sqlite::run(p, kind, params, sink).await,
+            malaka_db::Database::Postgres(p) => postgres::run(p, kind, params, sink).await,
         }
     }
 }

@@ -438,7 +438,7 @@ async fn seed(db: &Database, rows: usize) -> Result<(), MovementsBenchError> {
             for (k, b) in bal.iter().enumerate() {
                 let level = malaka_inventory::AlertLevel::of(b.qty, Decimal::from(20));
                 let rate = if b.qty.is_zero() { Decimal::ZERO } else { (b.value / b.qty).round_dp(6) };
-                sqlx::query("INSERT INTO inv_balances (sku, warehouse, qty, value, rate, layers, level, updated_at) VALUES ($1, $2, $3, $4, $5, '[]', $6, $7)")
+                sqlx::query("INSERT INTO inv_balances (sku, warehouse, qty, value, rate, layer_seq, level, updated_at) VALUES ($1, $2, $3, $4, $5, 0, $6, $7)")
                     .bind(format!("SKU-{:04}", k / WAREHOUSES.len())).bind(WAREHOUSES[k % WAREHOUSES.len()])
                     .bind(text(b.qty)).bind(text(b.value)).bind(text(rate)).bind(level.as_str()).bind(now)
                     .execute(&mut *tx).await?;
@@ -507,11 +507,19 @@ async fn seed_layers(db: &Database, layers: usize) -> Result<(), MovementsBenchE
                     continue;
                 }
                 let level = malaka_inventory::AlertLevel::of(b.qty, Decimal::from(20));
-                let layers = serde_json::to_string(&open[a]).map_err(|e| err("layers")(e.to_string()))?;
-                sqlx::query("INSERT INTO inv_balances (sku, warehouse, qty, value, rate, layers, level, updated_at) VALUES ($1, 'MAIN', $2, $3, $4, $5, $6, $7)")
+                sqlx::query("INSERT INTO inv_balances (sku, warehouse, qty, value, rate, layer_seq, level, updated_at) VALUES ($1, 'MAIN', $2, $3, $4, $5, $6, $7)")
                     .bind(sku(a)).bind(text(b.qty)).bind(text(b.value)).bind(text((b.value / b.qty).round_dp(6)))
-                    .bind(layers).bind(level.as_str()).bind(now)
+                    .bind(i64::try_from(open[a].len()).unwrap_or(i64::MAX)).bind(level.as_str()).bind(now)
                     .execute(&mut *tx).await?;
+                // Its open layers, oldest first (as rows: `inv_layers`).
+                let numbered: Vec<(i64, &malaka_inventory::Layer)> = open[a].iter().enumerate().map(|(i, l)| (i64::try_from(i).unwrap_or(i64::MAX), l)).collect();
+                for chunk in numbered.chunks(PER_INSERT) {
+                    let mut q = sqlx::QueryBuilder::new("INSERT INTO inv_layers (sku, warehouse, seq, qty, rate, received_at, ledger_id) ");
+                    q.push_values(chunk, |mut r, (seq, l)| {
+                        r.push_bind(sku(a)).push_bind("MAIN").push_bind(*seq).push_bind(text(l.qty)).push_bind(text(l.rate)).push_bind(l.received_at).push_bind(None::<i64>);
+                    });
+                    q.build().execute(&mut *tx).await?;
+                }
             }
             tx.commit().await?;
         }};

@@ -330,13 +330,13 @@ impl Database {
     /// (WAL: a process crash loses nothing; a power cut may lose the last commits, never
     /// reorder them), PostgreSQL `synchronous_commit = off`. What such a loss undoes is redone
     /// from the outbox, which the posting itself made durable.
-    pub fn event_pool(&self) -> malaka_inventory::EventPool {
+    pub fn event_pool(&self) -> malaka_db::Database {
         match self {
             Self::Sqlite(pool) => {
                 let opts = (*pool.connect_options())
                     .clone()
                     .synchronous(SqliteSynchronous::Normal);
-                malaka_inventory::EventPool::Sqlite(
+                malaka_db::Database::Sqlite(
                     SqlitePoolOptions::new()
                         .max_connections(4)
                         .test_before_acquire(false)
@@ -352,7 +352,7 @@ impl Database {
                 let opts = (*pool.connect_options())
                     .clone()
                     .options([("synchronous_commit", "off")]);
-                malaka_inventory::EventPool::Postgres(
+                malaka_db::Database::Postgres(
                     PgPoolOptions::new()
                         .max_connections(4)
                         .acquire_timeout(Duration::from_secs(10))

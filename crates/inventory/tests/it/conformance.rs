@@ -5,7 +5,7 @@
 use std::str::FromStr;
 
 use malaka_inventory::{
-    Balance, BalanceFilter, EventPool, Inventory, NewArticle, NewMovement, Outbox, WarehouseCode,
+    Balance, BalanceFilter, Database, Inventory, NewArticle, NewMovement, Outbox, WarehouseCode,
 };
 use rust_decimal::Decimal;
 use sqlx::postgres::PgPoolOptions;
@@ -14,7 +14,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 /// An inventory on a fresh database, with what keeps it alive.
 struct Fixture {
     inv: Inventory,
-    events: EventPool,
+    events: Database,
     _dir: Option<tempfile::TempDir>,
     pg: Option<malaka_db::FreshPostgres>,
 }
@@ -38,7 +38,7 @@ impl Fixture {
         inv.migrate().await.unwrap();
         Self {
             inv,
-            events: EventPool::Sqlite(pool),
+            events: Database::Sqlite(pool),
             _dir: Some(dir),
             pg: None,
         }
@@ -64,7 +64,7 @@ impl Fixture {
         inv.migrate().await.unwrap();
         Some(Self {
             inv,
-            events: EventPool::Postgres(pool),
+            events: Database::Postgres(pool),
             _dir: None,
             pg: Some(fresh),
         })
@@ -72,7 +72,7 @@ impl Fixture {
 
     async fn finish(self) {
         if let Some(pg) = &self.pg {
-            if let EventPool::Postgres(pool) = &self.events {
+            if let Database::Postgres(pool) = &self.events {
                 pool.close().await;
             }
             pg.drop_database().await;
@@ -290,12 +290,12 @@ async fn concurrent_issues_never_oversell(f: &Fixture) {
 macro_rules! rows {
     ($f:expr, $sql:expr, $arg:expr) => {
         match &$f.events {
-            EventPool::Sqlite(p) => sqlx::query_as::<_, (String, String)>($sql)
+            Database::Sqlite(p) => sqlx::query_as::<_, (String, String)>($sql)
                 .bind($arg)
                 .fetch_all(p)
                 .await
                 .unwrap(),
-            EventPool::Postgres(p) => sqlx::query_as::<_, (String, String)>($sql)
+            Database::Postgres(p) => sqlx::query_as::<_, (String, String)>($sql)
                 .bind($arg)
                 .fetch_all(p)
                 .await
@@ -439,5 +439,77 @@ async fn concurrent_fifo_issues_keep_the_layers_whole(f: &Fixture) {
         0i64
     );
     assert_eq!(used, [("30".to_owned(), "30".to_owned())]);
+    f.agrees().await;
+}
+
+/// Posts a receipt inside a transaction that also writes a row of the caller's own; commits or
+/// rolls back; returns what was posted.
+macro_rules! post_with_own_row {
+    ($pool:expr, $begin:literal, $module:ident, $commit:expr) => {{
+        sqlx::query("CREATE TABLE IF NOT EXISTS test_orders (id TEXT PRIMARY KEY)")
+            .execute($pool)
+            .await
+            .unwrap();
+        let mut tx = $pool.begin_with($begin).await.unwrap();
+        sqlx::query("INSERT INTO test_orders (id) VALUES ('SO-1')")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let posted = malaka_inventory::storage::$module::post_in_tx(
+            &mut tx,
+            &[movement("receipt", "M", None, 5, Some(2))],
+            "orders",
+        )
+        .await
+        .unwrap();
+        if $commit {
+            tx.commit().await.unwrap();
+        } else {
+            tx.rollback().await.unwrap();
+        }
+        let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM test_orders")
+            .fetch_one($pool)
+            .await
+            .unwrap();
+        (posted, orders)
+    }};
+}
+
+on_both!(a_posting_commits_inside_the_callers_transaction);
+async fn a_posting_commits_inside_the_callers_transaction(f: &Fixture) {
+    f.setup(&[("M", "moving_average", 0)]).await;
+    for commit in [false, true] {
+        let (posted, orders) = match &f.events {
+            Database::Sqlite(p) => {
+                let _turn = malaka_inventory::sqlite_turn(p).await;
+                post_with_own_row!(p, "BEGIN IMMEDIATE", sqlite, commit)
+            }
+            Database::Postgres(p) => post_with_own_row!(p, "BEGIN", postgres, commit),
+        };
+        assert_eq!(
+            posted[0].rows[0].qty_after,
+            d(5),
+            "posted inside the transaction"
+        );
+        let b = f.balance("M", "W").await;
+        if commit {
+            f.inv.posted();
+            assert_eq!(orders, 1);
+            assert_eq!(
+                b.map(|b| b.qty),
+                Some(d(5)),
+                "the posting and the order commit together"
+            );
+            let events = Outbox::new(f.events.clone()).unpublished(10).await.unwrap();
+            assert_eq!(events.len(), 1, "its event is in the outbox");
+        } else {
+            assert_eq!(orders, 0);
+            assert!(
+                b.is_none_or(|b| b.qty.is_zero()),
+                "rolled back with the caller's row"
+            );
+            assert_eq!(f.inv.verify().await.unwrap().ledger_rows, 0);
+        }
+    }
     f.agrees().await;
 }

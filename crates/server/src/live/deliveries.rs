@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use malaka_inventory::{EventPool, InventoryError, Outbox, Published};
+use malaka_db::on_pool;
+use malaka_inventory::{InventoryError, Outbox, Published};
 use malaka_runtime::{EventBus, JsonEvent, TaskContext};
 use serde::Serialize;
 use sqlx::Row;
@@ -129,20 +130,11 @@ pub struct FailureFilter {
     pub limit: u32,
 }
 
-macro_rules! on_pool {
-    ($pool:expr, $p:ident => $body:expr) => {
-        match $pool {
-            EventPool::Sqlite($p) => $body,
-            EventPool::Postgres($p) => $body,
-        }
-    };
-}
-
 /// The durable deliverer of one node.
 #[derive(Clone)]
 pub struct Deliveries {
     db: Database,
-    pool: EventPool,
+    pool: malaka_db::Database,
     bus: EventBus,
     outbox: Outbox,
     config: DeliveryConfig,
@@ -213,8 +205,8 @@ impl Deliveries {
     /// waiting in SQLite's busy handler behind back-to-back posting commits can take seconds.
     async fn write_turn(&self) -> Option<malaka_inventory::WriteTurn> {
         match &self.pool {
-            EventPool::Sqlite(p) => Some(malaka_inventory::sqlite_turn(p).await),
-            EventPool::Postgres(_) => None,
+            malaka_db::Database::Sqlite(p) => Some(malaka_inventory::sqlite_turn(p).await),
+            malaka_db::Database::Postgres(_) => None,
         }
     }
 

@@ -380,7 +380,7 @@ mod tests {
         let pool = sqlx::sqlite::SqlitePoolOptions::new()
             .connect_lazy("sqlite::memory:")
             .unwrap();
-        let hub = Hub::new(Outbox::new(malaka_inventory::EventPool::Sqlite(pool)), 0, 8);
+        let hub = Hub::new(Outbox::new(malaka_db::Database::Sqlite(pool)), 0, 8);
         hub.broadcast_snapshot(msg("job_update", &[], &[]));
         let mut alerts = hub.register(sub(&[], &[], &["stock_alert"]));
         assert!(

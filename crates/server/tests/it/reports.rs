@@ -346,24 +346,20 @@ async fn travel(app: &TestApp, days: i64) {
                     .unwrap();
                 }
             }
-            let rows: Vec<(String, String, String)> =
-                sqlx::query_as("SELECT sku, warehouse, layers FROM inv_balances")
+            // FIFO layers (rows since layers stopped being a JSON value) keep receipt dates.
+            let rows: Vec<(String, String, i64, Option<chrono::DateTime<chrono::Utc>>)> =
+                sqlx::query_as("SELECT sku, warehouse, seq, received_at FROM inv_layers")
                     .fetch_all(pool)
                     .await
                     .unwrap();
-            for (sku, wh, layers) in rows {
-                let mut layers: Vec<Value> = serde_json::from_str(&layers).unwrap();
-                for l in &mut layers {
-                    let at: chrono::DateTime<chrono::Utc> =
-                        serde_json::from_value(l["received_at"].clone()).unwrap();
-                    l["received_at"] = json!(at - back);
-                }
+            for (sku, wh, seq, at) in rows {
                 sqlx::query(
-                    "UPDATE inv_balances SET layers = $3 WHERE sku = $1 AND warehouse = $2",
+                    "UPDATE inv_layers SET received_at = $4 WHERE sku = $1 AND warehouse = $2 AND seq = $3",
                 )
                 .bind(sku)
                 .bind(wh)
-                .bind(serde_json::to_string(&layers).unwrap())
+                .bind(seq)
+                .bind(at.map(|at| at - back))
                 .execute(pool)
                 .await
                 .unwrap();
