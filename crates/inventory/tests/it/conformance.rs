@@ -501,7 +501,10 @@ async fn a_posting_commits_inside_the_callers_transaction(f: &Fixture) {
                 "the posting and the order commit together"
             );
             let events = Outbox::new(f.events.clone()).unpublished(10).await.unwrap();
-            let posted = events.iter().filter(|e| e.topic == "movement.posted").count();
+            let posted = events
+                .iter()
+                .filter(|e| e.topic == "movement.posted")
+                .count();
             assert_eq!(posted, 1, "its event is in the outbox");
         } else {
             assert_eq!(orders, 0);
