@@ -1,17 +1,9 @@
-//! Malaka's server crate: configuration, the HTTP API, telemetry, the database connection, the job
-//! queue's wiring and the benchmark suites behind the `malaka` binary. The only crate that knows
-//! HTTP.
+//! Malaka's server library: configuration, the HTTP API and WebSocket, the dashboard, auth,
+//! telemetry, the database connection and the job queue's wiring, behind the `malaka` binary
+//! (crates/cli) and the benchmark suites (crates/bench). The only crate that knows HTTP.
 
 pub mod app;
 pub mod auth;
-pub mod bench;
-pub mod bench_alerts;
-pub mod bench_ceiling;
-pub mod bench_jobs;
-pub mod bench_movements;
-pub mod bench_notify;
-pub mod bench_reports;
-pub mod bench_sqs;
 pub mod config;
 pub mod db;
 pub mod http;

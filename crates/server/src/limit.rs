@@ -22,7 +22,7 @@ const SWEEP_AT: usize = 10_000;
 /// refuses it, cheaply, before the request costs anything.
 ///
 /// ```
-/// use malaka::limit::ClientLimiter;
+/// use malaka_server::limit::ClientLimiter;
 /// let limiter = ClientLimiter::new("auth", 60, 2);
 /// let client = Some("192.0.2.7".parse().unwrap());
 /// assert!(limiter.check(client).is_ok());

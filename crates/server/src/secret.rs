@@ -14,7 +14,7 @@ pub const REDACTED: &str = "***";
 /// [`Secret::expose`] gives the value, at the one place that needs it.
 ///
 /// ```
-/// use malaka::secret::Secret;
+/// use malaka_server::secret::Secret;
 /// let s = Secret::new("hunter2");
 /// assert_eq!(format!("{s:?}"), "\"***\"");
 /// assert_eq!(s.expose(), "hunter2");

@@ -46,7 +46,7 @@ async fn the_dashboard_shows_a_new_alert_without_a_reload() {
         return;
     }
     let app = common::spawn_app().await;
-    let t = app.token(malaka::auth::Role::Manager).await;
+    let t = app.token(malaka_server::auth::Role::Manager).await;
     for (path, body) in [
         (
             "/api/v1/warehouses",

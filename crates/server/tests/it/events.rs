@@ -140,14 +140,14 @@ async fn a_failing_listener_is_retried_parked_and_replayed(backend: Backend) {
         "one row per failed event, not per attempt"
     );
     // Viewers and clerks may not see them.
-    let clerk = app.token(malaka::auth::Role::Clerk).await;
+    let clerk = app.token(malaka_server::auth::Role::Clerk).await;
     assert_eq!(
         app.get_as(&clerk, "/api/v1/events/failures").await.status(),
         403
     );
     // Replayed while still broken: parked again; fixed: resolved, delivered once.
     let id = f["id"].as_i64().unwrap();
-    let manager = app.token(malaka::auth::Role::Manager).await;
+    let manager = app.token(malaka_server::auth::Role::Manager).await;
     let r = app
         .post_json(
             &manager,
@@ -216,7 +216,7 @@ async fn retries_survive_a_restart(backend: Backend) {
         },
     };
     let (data, url) = (dir.path().to_owned(), pg.as_ref().map(|(u, _)| u.clone()));
-    let config = move |c: &mut malaka::Config| {
+    let config = move |c: &mut malaka_server::Config| {
         c.data_dir = data.clone();
         if let Some(u) = &url {
             c.database.url = u.clone();
@@ -272,13 +272,13 @@ async fn retries_survive_a_restart_on_postgres() {
 
 async fn sql(app: &TestApp, q: &str) {
     match app.state.db() {
-        malaka::db::Database::Sqlite(p) => {
+        malaka_server::db::Database::Sqlite(p) => {
             sqlx::query(sqlx::AssertSqlSafe(q.to_owned()))
                 .execute(p)
                 .await
                 .unwrap();
         }
-        malaka::db::Database::Postgres(p) => {
+        malaka_server::db::Database::Postgres(p) => {
             sqlx::query(sqlx::AssertSqlSafe(q.to_owned()))
                 .execute(p)
                 .await

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::str::FromStr;
 
 use common::{Backend, TestApp, spawn_app_on};
-use malaka::auth::Role;
+use malaka_server::auth::Role;
 use reqwest::{Method, StatusCode};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
@@ -1948,54 +1948,4 @@ async fn the_outbox_holds_exactly_the_events_postings_caused(app: &TestApp) {
         .collect();
     assert_eq!(ledger_ids, posted_ids);
     assert_verified(app).await;
-}
-
-// ---- verify --------------------------------------------------------------------------------------
-
-/// Runs `malaka verify` on the app's database; its exit code and standard output.
-fn run_verify(app: &TestApp) -> (i32, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_malaka"))
-        .args(["verify", "--database-url", &app.database_url])
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run malaka verify");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
-on_both!(verify_finds_a_balance_the_ledger_does_not_explain);
-async fn verify_finds_a_balance_the_ledger_does_not_explain(app: &TestApp) {
-    let t = app.admin_token().await;
-    warehouse(app, &t, "MAIN").await;
-    warehouse(app, &t, "SIDE").await;
-    article(app, &t, "V-1", json!({"valuation": "fifo"})).await;
-    article(app, &t, "V-2", json!({})).await;
-    receipt(app, &t, "V-1", "MAIN", "10", "2.5").await;
-    receipt(app, &t, "V-2", "SIDE", "4", "1").await;
-    issue(app, &t, "V-1", "MAIN", "3").await;
-
-    let (code, out) = run_verify(app);
-    assert_eq!(code, 0, "{out}");
-    assert!(out.contains("2 balances") && out.contains("agree"), "{out}");
-
-    // A balance changed behind the ledger's back is reported, naming it, with exit code 1.
-    let tamper = "UPDATE inv_balances SET qty = '99' WHERE sku = 'V-1' AND warehouse = 'MAIN'";
-    match app.state.db() {
-        malaka::db::Database::Sqlite(pool) => {
-            sqlx::query(tamper).execute(pool).await.unwrap();
-        }
-        malaka::db::Database::Postgres(pool) => {
-            sqlx::query(tamper).execute(pool).await.unwrap();
-        }
-    }
-    let (code, out) = run_verify(app);
-    assert_eq!(code, 1, "{out}");
-    assert!(out.contains("1 differences"), "{out}");
-    assert!(
-        out.contains("V-1 in MAIN: ledger qty 7") && out.contains("balance qty 99"),
-        "{out}"
-    );
-    assert!(!out.contains("V-2 in"), "{out}");
 }

@@ -1,10 +1,10 @@
-//! Black-box tests of the malaka server through its HTTP API, WebSocket, CLI and processes:
-//! one test binary with a module per area, so a change links one binary, not thirteen.
+//! Black-box tests of the malaka server through its HTTP API and WebSocket, started in process:
+//! one test binary with a module per area, so a change links one binary, not eleven. (What runs
+//! the `malaka` binary is tested in crates/cli/tests/it/.)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 mod auth;
 mod common;
-mod crash;
 mod dashboard;
 mod events;
 mod health;
@@ -12,7 +12,6 @@ mod inventory;
 mod jobs;
 mod live;
 mod notify;
-mod process;
 mod reports;
 mod security;
 mod sqs;

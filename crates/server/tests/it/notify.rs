@@ -1,6 +1,6 @@
 //! Notifications through the real server: rules over the API, alert mails to a real SMTP server
 //! (aiosmtpd), no mail twice, an SMTP outage waited out, priorities, signed webhooks with retries
-//! and a circuit breaker, and `malaka notify test`.
+//! and a circuit breaker (`malaka notify test`: crates/cli/tests/it/notify.rs).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use crate::common;
@@ -12,8 +12,8 @@ use std::time::Duration;
 use common::smtp::SmtpServer;
 use common::{Backend, TestApp, spawn_app_with};
 use hmac::{KeyInit, Mac};
-use malaka::auth::Role;
-use malaka::config::Config;
+use malaka_server::auth::Role;
+use malaka_server::config::Config;
 use serde_json::{Value, json};
 
 fn with_smtp(smtp: &SmtpServer) -> impl FnOnce(&mut Config) + use<> {
@@ -225,10 +225,10 @@ async fn alerts_send_the_right_mails_once_on_postgres() {
 /// Runs `sql` on the app's database.
 async fn sql(app: &TestApp, q: &'static str) {
     match app.state.db() {
-        malaka::db::Database::Sqlite(p) => {
+        malaka_server::db::Database::Sqlite(p) => {
             sqlx::query(q).execute(p).await.unwrap();
         }
-        malaka::db::Database::Postgres(p) => {
+        malaka_server::db::Database::Postgres(p) => {
             sqlx::query(q).execute(p).await.unwrap();
         }
     }
@@ -434,63 +434,6 @@ async fn a_high_priority_mail_overtakes_a_queue_of_low_ones() {
         "the urgent mail came {at}th of 21: {:?}",
         mails.iter().map(|m| &m.subject).collect::<Vec<_>>()
     );
-    app.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn notify_test_sends_a_test_message_through_a_rule() {
-    let Some(smtp) = SmtpServer::start(0) else {
-        return;
-    };
-    let app = spawn_app_with(Backend::Sqlite, with_smtp(&smtp))
-        .await
-        .unwrap();
-    let t = app.admin_token().await;
-    let id = email_rule(&app, &t, "check@example.com", json!({"name": "Check"})).await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_malaka"))
-        .args([
-            "notify",
-            "test",
-            "--rule",
-            &id.to_string(),
-            "--database-url",
-            &app.database_url,
-        ])
-        .env("MALAKA_NOTIFY__SMTP__HOST", "127.0.0.1")
-        .env("MALAKA_NOTIFY__SMTP__PORT", smtp.port.to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("test message sent through rule"));
-    let mails = smtp.wait_for(1, Duration::from_secs(5)).await;
-    assert_eq!(mails[0].rcpt, "check@example.com");
-    assert!(
-        mails[0].subject.starts_with("[test] CRITICAL: TEST-SKU"),
-        "{}",
-        mails[0].subject
-    );
-    assert!(
-        mails[0]
-            .text()
-            .contains("test message for the notification rule \"Check\"")
-    );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_malaka"))
-        .args([
-            "notify",
-            "test",
-            "--rule",
-            "999",
-            "--database-url",
-            &app.database_url,
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("notification rule 999 not found"));
     app.stop().await;
 }
 

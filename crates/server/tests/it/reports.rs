@@ -9,7 +9,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use common::{Backend, TestApp, spawn_app_with};
-use malaka::auth::Role;
+use malaka_server::auth::Role;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
@@ -37,7 +37,7 @@ macro_rules! on_both {
     };
 }
 
-fn fast(c: &mut malaka::Config) {
+fn fast(c: &mut malaka_server::Config) {
     c.api.rate_limit_per_second = 0;
     // The webhook rules below point at 127.0.0.1.
     c.notify.allow_private_targets = true;
@@ -367,8 +367,8 @@ async fn travel(app: &TestApp, days: i64) {
         }};
     }
     match app.state.db() {
-        malaka::db::Database::Sqlite(pool) => shift!(pool),
-        malaka::db::Database::Postgres(pool) => shift!(pool),
+        malaka_server::db::Database::Sqlite(pool) => shift!(pool),
+        malaka_server::db::Database::Postgres(pool) => shift!(pool),
     }
 }
 

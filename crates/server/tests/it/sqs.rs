@@ -1,209 +1,22 @@
 //! SQS through the real server against a local SQS-compatible server (moto): commands become
 //! postings exactly once, malformed and unknown messages are recorded and deleted, an order with
 //! an unavailable line posts nothing, and outbox events arrive on the outbound queue in order
-//! per article.
+//! per article (`malaka inbox` and `malaka worker` on SQS: crates/cli/tests/it/sqs.rs).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use crate::common;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Backend, TestApp, spawn_app_with};
+use common::sqs::{
+    Setup, drained, envelope, inbox, issue, last_reason, ledger, receipt, send, setup, setup_with,
+    until,
+};
+use common::{Backend, TestApp};
 use malaka_inventory::InboxState;
 use malaka_sqs::{Outgoing, Publisher, admin};
 use serde_json::{Value, json};
-
-struct Moto {
-    endpoint: String,
-    child: Child,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn moto() -> Option<Moto> {
-    let bin = std::env::var("MALAKA_TEST_PYTHON")
-        .map(|p| PathBuf::from(p).with_file_name("moto_server"))
-        .unwrap_or_else(|_| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/moto_server")
-        });
-    if !bin.exists() {
-        assert!(
-            !common::in_ci_pub(),
-            "SQS tests must run under CI: {} is missing",
-            bin.display()
-        );
-        eprintln!("skipping an SQS test: no moto_server");
-        return None;
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(bin)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "moto did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some(Moto {
-        endpoint: format!("http://127.0.0.1:{port}"),
-        child,
-    })
-}
-
-struct Setup {
-    _moto: Moto,
-    app: TestApp,
-    client: malaka_sqs::Client,
-    inbound: String,
-    outbound: String,
-    token: String,
-}
-
-async fn setup(backend: Backend) -> Option<Setup> {
-    setup_with(backend, "malaka-in", None, |_| {}).await
-}
-
-/// A moto server, an inbound queue `inbound_name` (FIFO if it ends in `.fifo`; with a
-/// dead-letter queue after `redrive` receives when given), an outbound FIFO queue, and the
-/// server consuming and publishing, `tweak` applied to its configuration.
-async fn setup_with(
-    backend: Backend,
-    inbound_name: &str,
-    redrive: Option<u32>,
-    tweak: impl FnOnce(&mut malaka::Config) + Send + 'static,
-) -> Option<Setup> {
-    let m = moto()?;
-    let client =
-        malaka_sqs::client_with("us-east-1", Some(&m.endpoint), Some(("test", "test"))).await;
-    let dlq = match redrive {
-        Some(n) => {
-            let dlq = admin::create(&client, "malaka-dlq", 30, None)
-                .await
-                .unwrap();
-            Some((admin::arn(&client, &dlq).await.unwrap(), n))
-        }
-        None => None,
-    };
-    let inbound = admin::create(
-        &client,
-        inbound_name,
-        5,
-        dlq.as_ref().map(|(arn, n)| (arn.as_str(), *n)),
-    )
-    .await
-    .unwrap();
-    let outbound = admin::create(&client, "malaka-out.fifo", 30, None)
-        .await
-        .unwrap();
-    let (endpoint, inb, out) = (m.endpoint.clone(), inbound.clone(), outbound.clone());
-    let app = spawn_app_with(backend, move |c| {
-        c.api.rate_limit_per_second = 0;
-        c.sqs.endpoint_url = endpoint;
-        c.sqs.access_key_id = "test".into();
-        c.sqs.secret_access_key = "test".into();
-        c.sqs.wait = Duration::from_secs(1);
-        c.sqs.inbound = vec![malaka::config::InboundQueue {
-            url: inb,
-            ..Default::default()
-        }];
-        c.sqs.outbound_url = out;
-        c.supervision.min_backoff = Duration::from_millis(300);
-        tweak(c);
-    })
-    .await?;
-    let token = app.admin_token().await;
-    for (path, body) in [
-        (
-            "/api/v1/warehouses",
-            json!({"code": "MAIN", "name": "Main"}),
-        ),
-        (
-            "/api/v1/articles",
-            json!({"sku": "A-1", "name": "A", "min_qty": "5"}),
-        ),
-        ("/api/v1/articles", json!({"sku": "B-1", "name": "B"})),
-    ] {
-        assert_eq!(app.post_json(&token, path, &body).await.status(), 201);
-    }
-    Some(Setup {
-        _moto: m,
-        app,
-        client,
-        inbound,
-        outbound,
-        token,
-    })
-}
-
-async fn send(s: &Setup, bodies: &[String]) {
-    let msgs: Vec<Outgoing> = bodies
-        .iter()
-        .enumerate()
-        .map(|(i, b)| Outgoing {
-            id: i.to_string(),
-            group: "g".into(),
-            body: b.clone(),
-        })
-        .collect();
-    Publisher::new(s.client.clone(), &s.inbound)
-        .send(&msgs)
-        .await
-        .unwrap();
-}
-
-fn envelope(id: &str, kind: &str, data: Value) -> String {
-    json!({"id": id, "type": kind, "source": "pos-1", "occurred_at": "2026-12-01T10:00:00Z", "data": data}).to_string()
-}
-
-async fn ledger(s: &Setup) -> Vec<Value> {
-    let v: Value = s
-        .app
-        .get_as(&s.token, "/api/v1/ledger?limit=1000")
-        .await
-        .json()
-        .await
-        .unwrap();
-    v["items"].as_array().unwrap().clone()
-}
-
-async fn until(limit: Duration, what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !f().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn drained(s: &Setup) -> bool {
-    admin::counts(&s.client, &s.inbound).await.unwrap() == (0, 0)
-}
-
-/// The record of message `id` from `pos-1` (the sender of [`envelope`]).
-async fn inbox(s: &Setup, id: &str) -> Option<malaka_inventory::InboxRecord> {
-    s.app.state.inventory().inbox("pos-1", id).await.unwrap()
-}
-
-fn last_reason(r: &malaka_inventory::InboxRecord) -> String {
-    r.errors.last().map(|a| a.error.clone()).unwrap_or_default()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_receipt_message_posts_once_however_often_it_arrives() {
@@ -266,7 +79,7 @@ async fn malformed_unknown_and_refused_messages_are_recorded_and_deleted() {
         "every message recorded",
         async || {
             let db = s.app.state.db().clone();
-            let malaka::db::Database::Sqlite(pool) = &db else {
+            let malaka_server::db::Database::Sqlite(pool) = &db else {
                 unreachable!()
             };
             let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM malaka_inbox")
@@ -295,7 +108,7 @@ async fn malformed_unknown_and_refused_messages_are_recorded_and_deleted() {
     );
     // The malformed one is kept under its SQS id.
     let db = s.app.state.db().clone();
-    let malaka::db::Database::Sqlite(pool) = &db else {
+    let malaka_server::db::Database::Sqlite(pool) = &db else {
         unreachable!()
     };
     let (payload, state): (String, String) =
@@ -550,22 +363,6 @@ async fn an_sqs_outage_degrades_the_node_but_keeps_it_ready() {
     app.stop().await;
 }
 
-fn receipt(id: &str, sku: &str, qty: u32) -> String {
-    envelope(
-        id,
-        "stock.receipt",
-        json!({"sku": sku, "warehouse": "MAIN", "qty": qty, "unit_cost": "1"}),
-    )
-}
-
-fn issue(id: &str, sku: &str, qty: u32) -> String {
-    envelope(
-        id,
-        "stock.issue",
-        json!({"sku": sku, "warehouse": "MAIN", "qty": qty}),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_issue_before_its_receipt_waits_and_posts_once_the_receipt_arrives() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
@@ -607,111 +404,6 @@ async fn an_issue_before_its_receipt_waits_and_posts_once_the_receipt_arrives() 
         .await;
         s.app.stop().await;
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_command_that_keeps_waiting_is_parked_and_replayed_by_a_person() {
-    let Some(s) = setup_with(Backend::Sqlite, "malaka-in", None, |c| c.sqs.park_after = 3).await
-    else {
-        return;
-    };
-    send(&s, &[issue("evt-orphan", "B-1", 2)]).await;
-    until(Duration::from_secs(40), "the issue parked", async || {
-        inbox(&s, "evt-orphan")
-            .await
-            .is_some_and(|r| r.state == InboxState::Parked)
-    })
-    .await;
-    let r = inbox(&s, "evt-orphan").await.unwrap();
-    assert_eq!((r.attempts, r.errors.len()), (3, 3), "{r:?}");
-    assert!(last_reason(&r).contains("insufficient stock of B-1"));
-    // Parked by Malaka itself: the message is gone from the queue, its body kept.
-    until(Duration::from_secs(20), "the queue drained", async || {
-        drained(&s).await
-    })
-    .await;
-    assert!(r.payload.contains("evt-orphan"));
-    assert!(ledger(&s).await.is_empty(), "nothing posted");
-
-    // A manager sees it with its reasons.
-    let manager = s.app.token(malaka::auth::Role::Manager).await;
-    let v: Value = s
-        .app
-        .get_as(&manager, "/api/v1/inbox?state=parked")
-        .await
-        .json()
-        .await
-        .unwrap();
-    let items = v["items"].as_array().unwrap();
-    assert_eq!(items.len(), 1, "{v}");
-    assert_eq!(items[0]["message_id"], "evt-orphan");
-    assert_eq!(items[0]["replayable"], true);
-    assert_eq!(items[0]["errors"].as_array().unwrap().len(), 3);
-    let id = items[0]["id"].as_i64().unwrap();
-    // A clerk may not.
-    let clerk = s.app.token(malaka::auth::Role::Clerk).await;
-    assert_eq!(s.app.get_as(&clerk, "/api/v1/inbox").await.status(), 403);
-    // Replayed while the stock is still missing: parked again, with the new reason.
-    let r = s
-        .app
-        .post_json(&manager, &format!("/api/v1/inbox/{id}/replay"), &json!({}))
-        .await;
-    assert_eq!(r.status(), 200);
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(
-        (v["state"].as_str(), v["attempts"].as_i64()),
-        (Some("parked"), Some(4)),
-        "{v}"
-    );
-    // Stock arrives; the CLI replays it (on the same SQLite file): posted once.
-    let r = s
-        .app
-        .post_json(&s.token, "/api/v1/movements", &json!({"type": "receipt", "sku": "B-1", "warehouse": "MAIN", "qty": "2", "unit_cost": "1"}))
-        .await;
-    assert_eq!(r.status(), 201);
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_malaka"))
-            .args(args)
-            .args(["--database-url", &s.app.database_url])
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
-    let (ok, out, err) = cli(&["inbox", "list", "--state", "parked"]);
-    assert!(ok, "{err}");
-    assert!(
-        out.contains("evt-orphan") && out.contains("parked"),
-        "{out}"
-    );
-    let (ok, out, err) = cli(&["inbox", "show", &id.to_string()]);
-    assert!(ok, "{err}");
-    assert!(out.contains("insufficient stock of B-1"), "{out}");
-    let (ok, out, err) = cli(&["inbox", "replay", &id.to_string(), "--json"]);
-    assert!(ok, "{err}");
-    let v: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["state"], "processed", "{v}");
-    assert_eq!(
-        ledger(&s).await.len(),
-        2,
-        "the receipt and the replayed issue"
-    );
-    // Processed: no second replay.
-    let r = s
-        .app
-        .post_json(&manager, &format!("/api/v1/inbox/{id}/replay"), &json!({}))
-        .await;
-    assert_eq!(r.status(), 409);
-    let (ok, _, err) = cli(&["inbox", "replay", &id.to_string()]);
-    assert!(
-        !ok && err.contains("not_replayable") || err.contains("can be replayed"),
-        "{err}"
-    );
-    assert_eq!(ledger(&s).await.len(), 2, "nothing posted twice");
-    s.app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -849,92 +541,6 @@ async fn a_fifo_queue_keeps_each_groups_order() {
         assert_eq!(kinds, want, "group {g}");
     }
     s.app.stop().await;
-}
-
-/// `malaka worker` consumes SQS and posts into the SQLite file `serve` answers reads from: a
-/// posting of the worker shows in `serve`'s cached balances within a second.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_workers_postings_show_in_serves_cached_balances() {
-    let Some(m) = moto() else {
-        return;
-    };
-    let client =
-        malaka_sqs::client_with("us-east-1", Some(&m.endpoint), Some(("test", "test"))).await;
-    let inbound = admin::create(&client, "malaka-in", 5, None).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let d = data.clone();
-    let app = spawn_app_with(Backend::Sqlite, move |c| c.data_dir = d)
-        .await
-        .unwrap();
-    let token = app.admin_token().await;
-    for (path, body) in [
-        (
-            "/api/v1/warehouses",
-            json!({"code": "MAIN", "name": "Main"}),
-        ),
-        ("/api/v1/articles", json!({"sku": "A-1", "name": "A"})),
-    ] {
-        assert_eq!(app.post_json(&token, path, &body).await.status(), 201);
-    }
-    let qty = async || -> String {
-        let v: Value = app
-            .get_as(&token, "/api/v1/balances?sku=A-1")
-            .await
-            .json()
-            .await
-            .unwrap();
-        v["items"][0]["qty"].as_str().unwrap_or("0").to_owned()
-    };
-    assert_eq!(qty().await, "0", "cached: nothing yet");
-    let config = dir.path().join("worker.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {data:?}\n[sqs]\nendpoint_url = {endpoint:?}\naccess_key_id = \"test\"\n\
-             secret_access_key = \"test\"\nwait = \"1s\"\n[[sqs.inbound]]\nurl = {inbound:?}\n",
-            data = data.display().to_string(),
-            endpoint = m.endpoint,
-        ),
-    )
-    .unwrap();
-    let mut worker = std::process::Command::new(env!("CARGO_BIN_EXE_malaka"))
-        .args(["--config", config.to_str().unwrap(), "worker"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    Publisher::new(client.clone(), &inbound)
-        .send(&[Outgoing {
-            id: "w-1".into(),
-            group: "g".into(),
-            body: receipt("w-1", "A-1", 7),
-        }])
-        .await
-        .unwrap();
-    until(Duration::from_secs(30), "the worker posted", async || {
-        app.state
-            .inventory()
-            .inbox("pos-1", "w-1")
-            .await
-            .unwrap()
-            .is_some_and(|r| r.state == InboxState::Processed)
-    })
-    .await;
-    let posted = tokio::time::Instant::now();
-    until(Duration::from_secs(1), "serve sees it", async || {
-        qty().await == "7"
-    })
-    .await;
-    eprintln!(
-        "serve saw the worker's posting after {:?}",
-        posted.elapsed()
-    );
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &worker.id().to_string()])
-        .status();
-    let _ = worker.wait();
-    app.stop().await;
 }
 
 /// Messages of other types go to their listeners through the outbox: a listener's failure is

@@ -151,13 +151,13 @@ async fn ready(app: &TestApp) -> (StatusCode, Value) {
 /// Runs `sql` on the app's database (to put it in states an API cannot reach).
 async fn tamper(app: &TestApp, sql: &str) {
     match app.state.db() {
-        malaka::db::Database::Sqlite(pool) => {
+        malaka_server::db::Database::Sqlite(pool) => {
             sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
                 .execute(pool)
                 .await
                 .unwrap();
         }
-        malaka::db::Database::Postgres(pool) => {
+        malaka_server::db::Database::Postgres(pool) => {
             sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
                 .execute(pool)
                 .await
@@ -496,7 +496,7 @@ async fn a_locked_database_is_a_retryable_503_and_postings_resume() {
     let app = spawn_app_on(Backend::Sqlite).await.unwrap();
     let admin = setup(&app).await;
     article(&app, &admin, "L", json!({})).await;
-    let malaka::db::Database::Sqlite(pool) = app.state.db() else {
+    let malaka_server::db::Database::Sqlite(pool) = app.state.db() else {
         unreachable!()
     };
     // Another process holding the write lock longer than the busy timeout (5 s).
@@ -565,7 +565,7 @@ async fn retry_until_created(app: &TestApp, token: &str, key: &str, body: &str) 
 
 on_both!(a_client_that_hangs_up_and_retries_posts_once);
 async fn a_client_that_hangs_up_and_retries_posts_once(app: &TestApp) {
-    let clerk = app.token(malaka::auth::Role::Clerk).await;
+    let clerk = app.token(malaka_server::auth::Role::Clerk).await;
     let admin = setup(app).await;
     article(app, &admin, "H", json!({})).await;
     let mut ids = HashSet::new();
@@ -671,7 +671,7 @@ async fn hold_postings(app: &TestApp, sku: &str, hold: Duration) -> tokio::task:
     let sku = sku.to_owned();
     let task = tokio::spawn(async move {
         match db {
-            malaka::db::Database::Sqlite(pool) => {
+            malaka_server::db::Database::Sqlite(pool) => {
                 let mut c = pool.acquire().await.unwrap();
                 sqlx::query("BEGIN EXCLUSIVE")
                     .execute(&mut *c)
@@ -681,7 +681,7 @@ async fn hold_postings(app: &TestApp, sku: &str, hold: Duration) -> tokio::task:
                 tokio::time::sleep(hold).await;
                 sqlx::query("ROLLBACK").execute(&mut *c).await.unwrap();
             }
-            malaka::db::Database::Postgres(pool) => {
+            malaka_server::db::Database::Postgres(pool) => {
                 let mut t = pool.begin().await.unwrap();
                 sqlx::query("SELECT 1 FROM inv_balances WHERE sku = $1 FOR UPDATE")
                     .bind(&sku)

@@ -1,5 +1,6 @@
 //! Test harness: `spawn_app()` starts the real server on port 0 with a fresh database (an SQLite
-//! file in a temporary folder, or a new PostgreSQL database) and hands back its address.
+//! file in a temporary folder, or a new PostgreSQL database) and hands back its address. Shared by
+//! the server's tests and the binary's (crates/cli/tests/it/main.rs includes it by path).
 #![allow(
     dead_code,
     unreachable_pub,
@@ -9,11 +10,12 @@
 )]
 
 pub mod smtp;
+pub mod sqs;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use malaka::{AppState, Application, Config};
+use malaka_server::{AppState, Application, Config};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -67,7 +69,7 @@ pub struct TestApp {
     /// The database it runs on, as `--database-url` takes it.
     pub database_url: String,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), malaka::ServerError>>>,
+    task: Option<JoinHandle<Result<(), malaka_server::ServerError>>>,
     pg_database: Option<String>,
     _dir: tempfile::TempDir,
 }
@@ -86,7 +88,7 @@ impl TestApp {
     }
 
     /// A new token with `role`, created directly in this server's database.
-    pub async fn token(&self, role: malaka::auth::Role) -> String {
+    pub async fn token(&self, role: malaka_server::auth::Role) -> String {
         self.state
             .auth()
             .tokens
@@ -100,7 +102,7 @@ impl TestApp {
 
     /// A new admin token, created directly in this server's database.
     pub async fn admin_token(&self) -> String {
-        self.token(malaka::auth::Role::Admin).await
+        self.token(malaka_server::auth::Role::Admin).await
     }
 
     /// GET `path` with `token` as bearer.

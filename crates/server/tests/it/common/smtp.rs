@@ -69,7 +69,7 @@ impl SmtpServer {
     /// Starts it again on the same port.
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let handlers = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/smtp");
+        let handlers = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../server/tests/smtp");
         let child = Command::new(&self.python)
             .args(["-m", "aiosmtpd", "-n", "-l"])
             .arg(format!("127.0.0.1:{}", self.port))

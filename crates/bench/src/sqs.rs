@@ -39,11 +39,11 @@ use malaka_sqs::{Outgoing, Publisher, admin};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::Application;
-use crate::bench::Figures;
-use crate::bench_jobs::Backend;
-use crate::bench_movements::{MovementsBenchError, fresh_database};
-use crate::sqs::{Envelope, movements_of};
+use crate::Figures;
+use crate::jobs::Backend;
+use crate::movements::{MovementsBenchError, fresh_database};
+use malaka_server::Application;
+use malaka_server::sqs::{Envelope, movements_of};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -102,7 +102,10 @@ async fn fill(
         .map_err(|e| err("filling the queue")(e.to_string()))
 }
 
-async fn run(b: &SqsBench, mut config: crate::Config) -> Result<Figures, MovementsBenchError> {
+async fn run(
+    b: &SqsBench,
+    mut config: malaka_server::Config,
+) -> Result<Figures, MovementsBenchError> {
     let client =
         malaka_sqs::client_with("us-east-1", Some(&b.endpoint), Some(("test", "test"))).await;
     let stamp = uuid::Uuid::now_v7().simple().to_string();
@@ -112,7 +115,7 @@ async fn run(b: &SqsBench, mut config: crate::Config) -> Result<Figures, Movemen
     let malaka_q = admin::create(&client, &format!("bench-malaka-{stamp}"), 30, None)
         .await
         .map_err(|e| err("queue")(e.to_string()))?;
-    let inbound = crate::config::InboundQueue {
+    let inbound = malaka_server::config::InboundQueue {
         url: malaka_q.clone(),
         ..Default::default()
     };
@@ -314,10 +317,10 @@ async fn post(inv: &Inventory, m: &Message) -> bool {
     posted.is_ok()
 }
 
-async fn count_inbox(db: &crate::db::Database) -> Result<i64, sqlx::Error> {
+async fn count_inbox(db: &malaka_server::db::Database) -> Result<i64, sqlx::Error> {
     const SQL: &str = "SELECT COUNT(*) FROM malaka_inbox";
     match db {
-        crate::db::Database::Sqlite(p) => sqlx::query_scalar(SQL).fetch_one(p).await,
-        crate::db::Database::Postgres(p) => sqlx::query_scalar(SQL).fetch_one(p).await,
+        malaka_server::db::Database::Sqlite(p) => sqlx::query_scalar(SQL).fetch_one(p).await,
+        malaka_server::db::Database::Postgres(p) => sqlx::query_scalar(SQL).fetch_one(p).await,
     }
 }

@@ -52,12 +52,12 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message as Frame, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::bench::Figures;
-use crate::bench_jobs::Backend;
-use crate::bench_movements::{
+use crate::Figures;
+use crate::jobs::Backend;
+use crate::movements::{
     ARTICLES, MovementsBenchError, Pick, Rng, WAREHOUSES, catalog, fresh_database,
 };
-use crate::{Application, Config};
+use malaka_server::{Application, Config};
 
 /// Untimed alert postings before the idle phase's timed ones.
 const WARM_UP: usize = 20;
@@ -95,9 +95,9 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 struct Node {
     addr: std::net::SocketAddr,
-    state: crate::AppState,
+    state: malaka_server::AppState,
     stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), crate::ServerError>>,
+    task: tokio::task::JoinHandle<Result<(), malaka_server::ServerError>>,
 }
 
 async fn start(config: &Config) -> Result<Node, MovementsBenchError> {
@@ -376,7 +376,7 @@ async fn measure(
         .state
         .auth()
         .tokens
-        .create("bench alerts", crate::auth::Role::Admin)
+        .create("bench alerts", malaka_server::auth::Role::Admin)
         .await
         .map_err(|e| MovementsBenchError::Setup(format!("token: {e}")))?
         .token

@@ -35,11 +35,11 @@ use std::time::{Duration, Instant};
 
 use rust_decimal::Decimal;
 
-use crate::bench::Figures;
-use crate::bench_jobs::Backend;
-use crate::bench_movements::{MovementsBenchError, fresh_database};
-use crate::db::Database;
-use crate::{Application, Config};
+use crate::Figures;
+use crate::jobs::Backend;
+use crate::movements::{MovementsBenchError, fresh_database};
+use malaka_server::db::Database;
+use malaka_server::{Application, Config};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -226,14 +226,14 @@ impl Client {
 
 async fn measure(
     b: &ReportsBench,
-    state: &crate::AppState,
+    state: &malaka_server::AppState,
     addr: std::net::SocketAddr,
     mut f: Figures,
 ) -> Result<Figures, MovementsBenchError> {
     let token = state
         .auth()
         .tokens
-        .create("bench reports", crate::auth::Role::Admin)
+        .create("bench reports", malaka_server::auth::Role::Admin)
         .await
         .map_err(|e| err("bench token")(e.to_string()))?
         .token

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use malaka::config::{DatabaseOverrides, LogFormat, LogOverrides, Overrides};
-use malaka::{Application, Config, telemetry};
+use malaka_server::config::{DatabaseOverrides, LogFormat, LogOverrides, Overrides};
+use malaka_server::{Application, Config, telemetry};
 
 /// Malaka: an inventory ERP backend. With no configuration it keeps its data in an SQLite file
 /// under ./malaka-data/ and listens on 127.0.0.1:8080.
@@ -124,16 +124,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             bootstrap_token(&app).await?;
             let addr = app.local_addr().context("reading the bound address")?;
             tracing::info!(%addr, database = app.state().db().backend().as_str(), "malaka is listening");
-            app.run_until(malaka::app::shutdown_signal())
+            app.run_until(malaka_server::app::shutdown_signal())
                 .await
                 .context("serving")?;
         }
         Command::Migrate(db) => {
             let config = Config::load(cli.config.as_deref(), &overrides(&cli, None, Some(db)))?;
             telemetry::init_logging(&config.log);
-            let database = malaka::db::Database::connect(&config.database_url(), &config.database)
-                .await
-                .context("connecting to the database")?;
+            let database =
+                malaka_server::db::Database::connect(&config.database_url(), &config.database)
+                    .await
+                    .context("connecting to the database")?;
             database.migrate().await.context("migrating")?;
             database.close().await;
             tracing::info!("migrations applied");
@@ -141,9 +142,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Verify(db) => {
             let config = Config::load(cli.config.as_deref(), &overrides(&cli, None, Some(db)))?;
             telemetry::init_logging(&config.log);
-            let database = malaka::db::Database::connect(&config.database_url(), &config.database)
-                .await
-                .context("connecting to the database")?;
+            let database =
+                malaka_server::db::Database::connect(&config.database_url(), &config.database)
+                    .await
+                    .context("connecting to the database")?;
             database.migrate().await.context("migrating")?;
             let report = database
                 .inventory()
@@ -181,7 +183,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             flags.shutdown_timeout = args.shutdown_timeout;
             let config = Config::load(cli.config.as_deref(), &flags)?;
             telemetry::init_logging(&config.log);
-            malaka::jobs::run_worker(&config, malaka::app::shutdown_signal())
+            malaka_server::jobs::run_worker(&config, malaka_server::app::shutdown_signal())
                 .await
                 .context("running the job worker")?;
         }
@@ -198,9 +200,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// On an empty token table, stores `MALAKA_BOOTSTRAP_TOKEN` as the admin token, or creates one
 /// and prints it once on stdout.
 async fn bootstrap_token(app: &Application) -> anyhow::Result<()> {
-    use malaka::auth::{BOOTSTRAP_ENV, Bootstrap};
+    use malaka_server::auth::{BOOTSTRAP_ENV, Bootstrap};
     let given = std::env::var(BOOTSTRAP_ENV).ok().filter(|t| !t.is_empty());
-    match malaka::auth::bootstrap(&app.state().auth().tokens, given.as_deref())
+    match malaka_server::auth::bootstrap(&app.state().auth().tokens, given.as_deref())
         .await
         .context("creating the bootstrap admin token")?
     {
@@ -225,13 +227,13 @@ async fn bootstrap_token(app: &Application) -> anyhow::Result<()> {
 pub(crate) async fn open_quietly(
     cli: &Cli,
     db: &DbArgs,
-) -> anyhow::Result<(Config, malaka::db::Database)> {
+) -> anyhow::Result<(Config, malaka_server::db::Database)> {
     let config = Config::load(cli.config.as_deref(), &overrides(cli, None, Some(db)))?;
-    telemetry::init_logging(&malaka::config::LogConfig {
+    telemetry::init_logging(&malaka_server::config::LogConfig {
         format: config.log.format,
         filter: "warn".to_owned(),
     });
-    let database = malaka::db::Database::connect(&config.database_url(), &config.database)
+    let database = malaka_server::db::Database::connect(&config.database_url(), &config.database)
         .await
         .context("connecting to the database")?;
     database.migrate().await.context("migrating")?;

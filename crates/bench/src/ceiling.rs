@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use rust_decimal::Decimal;
 
-use crate::db::Database;
+use malaka_server::db::Database;
 
 /// Movements per transaction: the SQLite committer's largest group.
 pub const GROUP: usize = 64;

@@ -23,7 +23,7 @@ pub(crate) enum TokenCommand {
         /// admin (everything), manager (read, movements, catalog), clerk (read, movements) or
         /// viewer (read).
         #[arg(long, value_parser = role)]
-        role: malaka::auth::Role,
+        role: malaka_server::auth::Role,
     },
     /// List tokens (never their secrets).
     List,
@@ -34,17 +34,18 @@ pub(crate) enum TokenCommand {
     },
 }
 
-pub(crate) fn role(s: &str) -> Result<malaka::auth::Role, String> {
+pub(crate) fn role(s: &str) -> Result<malaka_server::auth::Role, String> {
     s.parse()
-        .map_err(|e: malaka::auth::UnknownRole| e.to_string())
+        .map_err(|e: malaka_server::auth::UnknownRole| e.to_string())
 }
 
 pub(crate) async fn command(cli: &Cli, args: &TokenArgs) -> anyhow::Result<()> {
     let (_config, database) = open_quietly(cli, &args.db).await?;
-    let tokens = malaka::auth::TokenStore::new(database.clone());
+    let tokens = malaka_server::auth::TokenStore::new(database.clone());
     let result = match &args.command {
         TokenCommand::Create { name, role } => {
-            let name = malaka::auth::check_name(name).map_err(|m| anyhow::anyhow!("--name {m}"))?;
+            let name =
+                malaka_server::auth::check_name(name).map_err(|m| anyhow::anyhow!("--name {m}"))?;
             tokens
                 .create(name, *role)
                 .await
@@ -66,7 +67,7 @@ pub(crate) async fn command(cli: &Cli, args: &TokenArgs) -> anyhow::Result<()> {
 }
 
 /// `tokens` as a readable table (no secrets).
-fn render_table(tokens: &[malaka::auth::TokenInfo]) -> String {
+fn render_table(tokens: &[malaka_server::auth::TokenInfo]) -> String {
     let fmt_time = |t: Option<chrono::DateTime<chrono::Utc>>| {
         t.map_or_else(
             || "-".to_owned(),

@@ -31,7 +31,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{Notify, mpsc};
 
-use crate::bench::Figures;
+use crate::Figures;
 
 /// Which database the suite runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
-use malaka::{Config, telemetry};
+use malaka_server::{Config, telemetry};
 
 use crate::{Cli, DbArgs, humantime_duration, overrides};
 
@@ -120,13 +120,13 @@ pub(crate) fn json_value(s: &str) -> Result<serde_json::Value, String> {
 }
 
 pub(crate) async fn command(cli: &Cli, args: &JobsArgs) -> anyhow::Result<()> {
-    use malaka::jobs::cli;
+    use malaka_server::jobs::cli;
     let db = DbArgs {
         database_url: args.database_url.clone(),
         data_dir: args.data_dir.clone(),
     };
     let config = Config::load(cli.config.as_deref(), &overrides(cli, None, Some(&db)))?;
-    telemetry::init_logging(&malaka::config::LogConfig {
+    telemetry::init_logging(&malaka_server::config::LogConfig {
         format: config.log.format,
         filter: "warn".to_owned(),
     });

@@ -15,11 +15,11 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::bench::Figures;
-use crate::bench_jobs::Backend;
-use crate::bench_movements::{MovementsBenchError, fresh_database};
-use crate::notify::{Delivery, KIND, NewRule, QUEUE, RuleInput};
-use crate::{Application, Config};
+use crate::Figures;
+use crate::jobs::Backend;
+use crate::movements::{MovementsBenchError, fresh_database};
+use malaka_server::notify::{Delivery, KIND, NewRule, QUEUE, RuleInput};
+use malaka_server::{Application, Config};
 
 /// What to run.
 #[derive(Debug, Clone)]

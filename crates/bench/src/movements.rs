@@ -17,7 +17,7 @@
 //! - `latency_1_p50_ms`, `latency_1_p99_ms`: one client alone;
 //! - `direct_per_sec` and `http_over_direct`: the same mix through `Inventory::post` in process
 //!   (the group committer on SQLite, no HTTP, auth or JSON);
-//! - `ceiling_per_sec` (see `bench_ceiling`): the same rows precomputed and written with
+//! - `ceiling_per_sec` (see `ceiling`): the same rows precomputed and written with
 //!   prepared statements on one connection in transactions of 64, on a second fresh database of
 //!   the same kind; `ratio_to_ceiling` = `movements_per_sec` / `ceiling_per_sec`.
 //!
@@ -31,9 +31,9 @@ use malaka_inventory::{Inventory, NewArticle, NewMovement, WarehouseCode};
 use rust_decimal::Decimal;
 use tokio::sync::oneshot;
 
-use crate::bench::Figures;
-use crate::bench_jobs::Backend;
-use crate::{Application, Config, ServerError};
+use crate::Figures;
+use crate::jobs::Backend;
+use malaka_server::{Application, Config, ServerError};
 
 /// Warehouses made by the setup.
 pub(crate) const WAREHOUSES: [&str; 2] = ["BENCH-A", "BENCH-B"];
@@ -178,8 +178,8 @@ impl Pick {
         s
     }
 
-    fn spec(&self) -> crate::bench_ceiling::Spec {
-        crate::bench_ceiling::Spec {
+    fn spec(&self) -> crate::ceiling::Spec {
+        crate::ceiling::Spec {
             kind: self.kind,
             sku: self.sku.clone(),
             warehouse: self.warehouse,
@@ -541,11 +541,11 @@ async fn load(side: &HttpSide, rows: usize) -> Result<f64, MovementsBenchError> 
 /// Ledger rows and the database's size in bytes (SQLite: the file and its WAL; PostgreSQL:
 /// `pg_database_size`).
 async fn size(
-    db: &crate::db::Database,
+    db: &malaka_server::db::Database,
     config: &Config,
 ) -> Result<(i64, i64), MovementsBenchError> {
     Ok(match db {
-        crate::db::Database::Sqlite(pool) => {
+        malaka_server::db::Database::Sqlite(pool) => {
             sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
                 .execute(pool)
                 .await?;
@@ -562,7 +562,7 @@ async fn size(
                     .unwrap_or(0);
             (rows, i64::try_from(bytes).unwrap_or(i64::MAX))
         }
-        crate::db::Database::Postgres(pool) => {
+        malaka_server::db::Database::Postgres(pool) => {
             let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM inv_ledger")
                 .fetch_one(pool)
                 .await?;
@@ -612,12 +612,12 @@ pub async fn movements_suite(b: &MovementsBench) -> Result<Figures, MovementsBen
 }
 
 /// The ceiling's movements per second: 5,000 a timed second of the suite (at least 20,000),
-/// precomputed, written by `bench_ceiling::write` on a fresh database with the same catalog.
+/// precomputed, written by `ceiling::write` on a fresh database with the same catalog.
 async fn ceiling_per_sec(
     b: &MovementsBench,
     config: &Config,
 ) -> Result<(f64, usize), MovementsBenchError> {
-    let db = crate::db::Database::connect(&config.database_url(), &config.database)
+    let db = malaka_server::db::Database::connect(&config.database_url(), &config.database)
         .await
         .map_err(|e| MovementsBenchError::Setup(format!("ceiling database: {e}")))?;
     db.migrate()
@@ -627,7 +627,7 @@ async fn ceiling_per_sec(
     catalog(&inventory, b.articles).await?;
     let n = ((b.seconds * 5000.0) as usize).max(20_000);
     let skus: Vec<String> = (0..b.articles).map(sku).collect();
-    let mut books = crate::bench_ceiling::Books::default();
+    let mut books = crate::ceiling::Books::default();
     books.open(&skus, &WAREHOUSES, OPENING_QTY, Decimal::new(1000, 2));
     let mut rng = Rng(0x5EED);
     let rows: Vec<_> = (0..n as u64)
@@ -635,8 +635,8 @@ async fn ceiling_per_sec(
         .collect();
     // Warm the connection and its statement cache, then time the rest.
     let (warm, timed) = rows.split_at(rows.len() / 10);
-    crate::bench_ceiling::write(&db, warm).await?;
-    let took = crate::bench_ceiling::write(&db, timed).await?;
+    crate::ceiling::write(&db, warm).await?;
+    let took = crate::ceiling::write(&db, timed).await?;
     drop(inventory);
     db.close().await;
     Ok((timed.len() as f64 / took.as_secs_f64(), timed.len()))
@@ -670,7 +670,7 @@ async fn serve_and_measure(
 
 async fn measure(
     b: &MovementsBench,
-    state: &crate::AppState,
+    state: &malaka_server::AppState,
     addr: std::net::SocketAddr,
     config: &Config,
 ) -> Result<Figures, MovementsBenchError> {
@@ -679,7 +679,7 @@ async fn measure(
     let token = state
         .auth()
         .tokens
-        .create("bench movements", crate::auth::Role::Admin)
+        .create("bench movements", malaka_server::auth::Role::Admin)
         .await
         .map_err(|e| MovementsBenchError::Setup(format!("bench token: {e}")))?
         .token

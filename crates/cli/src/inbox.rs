@@ -53,7 +53,7 @@ pub(crate) enum InboxCommand {
 }
 
 pub(crate) async fn command(cli: &Cli, args: &InboxArgs) -> anyhow::Result<()> {
-    use malaka::inbox_cli;
+    use malaka_server::inbox_cli;
     let db = DbArgs {
         database_url: args.database_url.clone(),
         data_dir: args.data_dir.clone(),
@@ -85,7 +85,7 @@ pub(crate) async fn command(cli: &Cli, args: &InboxArgs) -> anyhow::Result<()> {
             let bus = malaka_runtime::EventBus::new(malaka_runtime::WorkerPool::new(
                 malaka_runtime::PoolConfig::new("events"),
             )?);
-            let commands = malaka::sqs::Commands::new(
+            let commands = malaka_server::sqs::Commands::new(
                 &inventory,
                 &bus,
                 std::sync::Arc::new(|| {}),

@@ -26,9 +26,11 @@ pub(crate) enum NotifyCommand {
 pub(crate) async fn command(cli: &Cli, args: &NotifyArgs) -> anyhow::Result<()> {
     let NotifyCommand::Test { rule, db } = &args.command;
     let (config, database) = open_quietly(cli, db).await?;
-    let notifier =
-        malaka::notify::Notifier::new(database.clone(), &malaka::app::notify_config(&config, None))
-            .context("notification settings")?;
+    let notifier = malaka_server::notify::Notifier::new(
+        database.clone(),
+        &malaka_server::app::notify_config(&config, None),
+    )
+    .context("notification settings")?;
     let result = notifier.test(*rule).await;
     database.close().await;
     let sent = result.with_context(|| format!("sending a test message through rule {rule}"))?;

@@ -2,8 +2,8 @@
 
 use anyhow::Context;
 use clap::ValueEnum;
-use malaka::config::LogFormat;
-use malaka::telemetry;
+use malaka_server::config::LogFormat;
+use malaka_server::telemetry;
 
 use crate::Cli;
 
@@ -80,7 +80,7 @@ pub(crate) struct BenchArgs {
         default_value = "api",
         value_name = "api|tx|process"
     )]
-    pub(crate) enqueue_from: Vec<malaka::bench_jobs::EnqueueFrom>,
+    pub(crate) enqueue_from: Vec<malaka_bench::jobs::EnqueueFrom>,
     /// jobs suite, internal: be the enqueueing child process of `--enqueue-from process` (one
     /// job on this queue per line read, the commit time printed after each).
     #[arg(long, hide = true, value_name = "QUEUE")]
@@ -129,7 +129,7 @@ pub(crate) struct BenchArgs {
     pub(crate) ws_clients: usize,
 }
 
-impl From<BenchBackend> for malaka::bench_jobs::Backend {
+impl From<BenchBackend> for malaka_bench::jobs::Backend {
     fn from(b: BenchBackend) -> Self {
         match b {
             BenchBackend::Sqlite => Self::Sqlite,
@@ -140,16 +140,16 @@ impl From<BenchBackend> for malaka::bench_jobs::Backend {
 
 /// Runs the suite `args` names.
 pub(crate) async fn command(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
-    telemetry::init_logging(&malaka::config::LogConfig {
+    telemetry::init_logging(&malaka_server::config::LogConfig {
         format: cli.log_format.unwrap_or(LogFormat::Text),
         filter: "warn".to_owned(),
     });
     let figures = match args.suite {
         Suite::Runtime => {
             let size = if args.quick {
-                malaka::bench::Size::QUICK
+                malaka_bench::runtime::Size::QUICK
             } else {
-                malaka::bench::Size::FULL
+                malaka_bench::runtime::Size::FULL
             };
             // On a runtime worker thread, as server code runs (not on the main thread
             // that `block_on` borrows).
@@ -158,7 +158,7 @@ pub(crate) async fn command(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
                     "the runtime suite touches no database; --backend and --database-url are ignored"
                 );
             }
-            tokio::spawn(malaka::bench::runtime_suite(size))
+            tokio::spawn(malaka_bench::runtime::runtime_suite(size))
                 .await
                 .context("benchmark task")??
         }
@@ -169,12 +169,12 @@ pub(crate) async fn command(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
                 .clone()
                 .context("--enqueue-child needs --database-url")?;
             let queue = args.enqueue_child.clone().unwrap_or_default();
-            malaka::bench_jobs::enqueue_child(backend, &url, &queue).await?;
+            malaka_bench::jobs::enqueue_child(backend, &url, &queue).await?;
             return Ok(());
         }
         Suite::Jobs => {
             let quick = args.quick;
-            let spec = malaka::bench_jobs::JobsBench {
+            let spec = malaka_bench::jobs::JobsBench {
                 backend: args.backend.into(),
                 database_url: args.database_url.clone(),
                 jobs: if quick { 500 } else { args.jobs },
@@ -191,12 +191,12 @@ pub(crate) async fn command(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
                     }
                 },
             };
-            tokio::spawn(async move { malaka::bench_jobs::jobs_suite(&spec).await })
+            tokio::spawn(async move { malaka_bench::jobs::jobs_suite(&spec).await })
                 .await
                 .context("benchmark task")??
         }
         Suite::Movements => {
-            let spec = malaka::bench_movements::MovementsBench {
+            let spec = malaka_bench::movements::MovementsBench {
                 backend: args.backend.into(),
                 database_url: args.database_url.clone(),
                 clients: args.clients,
@@ -206,12 +206,12 @@ pub(crate) async fn command(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
                 ledger_rows: if args.quick { 0 } else { args.ledger_rows },
                 layers: args.layers.unwrap_or(0),
             };
-            tokio::spawn(async move { malaka::bench_movements::movements_suite(&spec).await })
+            tokio::spawn(async move { malaka_bench::movements::movements_suite(&spec).await })
                 .await
                 .context("benchmark task")??
         }
         Suite::Alerts => {
-            let spec = malaka::bench_alerts::AlertsBench {
+            let spec = malaka_bench::alerts::AlertsBench {
                 backend: args.backend.into(),
                 database_url: args.database_url.clone(),
                 samples: if args.quick { 20 } else { args.samples },
@@ -219,23 +219,23 @@ pub(crate) async fn command(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
                 ws_clients: args.ws_clients,
                 fanout_rounds: if args.quick { 5 } else { 20 },
             };
-            tokio::spawn(async move { malaka::bench_alerts::alerts_suite(&spec).await })
+            tokio::spawn(async move { malaka_bench::alerts::alerts_suite(&spec).await })
                 .await
                 .context("benchmark task")??
         }
         Suite::Notify => {
-            let spec = malaka::bench_notify::NotifyBench {
+            let spec = malaka_bench::notify::NotifyBench {
                 backend: args.backend.into(),
                 database_url: args.database_url.clone(),
                 messages: if args.quick { 50 } else { args.messages },
                 smtp: args.smtp.clone(),
             };
-            tokio::spawn(async move { malaka::bench_notify::notify_suite(&spec).await })
+            tokio::spawn(async move { malaka_bench::notify::notify_suite(&spec).await })
                 .await
                 .context("benchmark task")??
         }
         Suite::Sqs => {
-            let spec = malaka::bench_sqs::SqsBench {
+            let spec = malaka_bench::sqs::SqsBench {
                 backend: args.backend.into(),
                 database_url: args.database_url.clone(),
                 endpoint: args.sqs_endpoint.clone().context(
@@ -247,12 +247,12 @@ pub(crate) async fn command(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
                     args.messages.min(5000)
                 },
             };
-            tokio::spawn(async move { malaka::bench_sqs::sqs_suite(&spec).await })
+            tokio::spawn(async move { malaka_bench::sqs::sqs_suite(&spec).await })
                 .await
                 .context("benchmark task")??
         }
         Suite::Reports => {
-            let spec = malaka::bench_reports::ReportsBench {
+            let spec = malaka_bench::reports::ReportsBench {
                 backend: args.backend.into(),
                 database_url: args.database_url.clone(),
                 rows: if args.quick { 5_000 } else { args.rows },
@@ -262,7 +262,7 @@ pub(crate) async fn command(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
                     args.layers.unwrap_or(100_000)
                 },
             };
-            tokio::spawn(async move { malaka::bench_reports::reports_suite(&spec).await })
+            tokio::spawn(async move { malaka_bench::reports::reports_suite(&spec).await })
                 .await
                 .context("benchmark task")??
         }
@@ -274,7 +274,7 @@ pub(crate) async fn command(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".to_owned())
     });
     let touches_db = !matches!(args.suite, Suite::Runtime);
-    malaka::bench::environment(
+    malaka_bench::environment(
         &mut figures,
         touches_db && postgres.is_none(),
         postgres.as_deref().filter(|_| touches_db),
