@@ -33,6 +33,7 @@ use tokio::sync::oneshot;
 
 use crate::Figures;
 use crate::jobs::Backend;
+use malaka_server::db::DatabaseExt as _;
 use malaka_server::{Application, Config, ServerError};
 
 /// Warehouses made by the setup.

@@ -39,6 +39,7 @@ use crate::Figures;
 use crate::jobs::Backend;
 use crate::movements::{MovementsBenchError, fresh_database};
 use malaka_server::db::Database;
+use malaka_server::db::DatabaseExt as _;
 use malaka_server::{Application, Config};
 
 /// What to run.

@@ -8,6 +8,7 @@ use clap::Subcommand;
 use malaka_server::{Config, telemetry};
 
 use crate::{Cli, DbArgs, humantime_duration, overrides};
+use malaka_server::db::DatabaseExt as _;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct WorkerArgs {

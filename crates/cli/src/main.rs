@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use malaka_server::config::{DatabaseOverrides, LogFormat, LogOverrides, Overrides};
+use malaka_server::db::DatabaseExt as _;
 use malaka_server::{Application, Config, telemetry};
 
 /// Malaka: an inventory ERP backend. With no configuration it keeps its data in an SQLite file

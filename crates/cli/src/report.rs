@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use crate::{Cli, DbArgs, open_quietly};
+use malaka_server::db::DatabaseExt as _;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ReportArgs {

@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::Subcommand;
 
 use crate::{Cli, DbArgs, open_quietly};
+use malaka_server::db::DatabaseExt as _;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct TokenArgs {

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
 use crate::config::{Config, JobsConfig};
+use crate::db::DatabaseExt as _;
 use crate::db::{Database, DbError};
 use crate::jobs::JobRunner;
 use crate::telemetry;

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::ApiConfig;
+use crate::db::DatabaseExt as _;
 use crate::db::{Database, DbError, on_pool};
 
 /// Every token starts with this.

@@ -6,10 +6,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::config::{DatabaseConfig, SqliteSync};
 
@@ -43,14 +41,7 @@ impl Backend {
     }
 }
 
-/// A connection pool to either backend.
-#[derive(Debug, Clone)]
-pub enum Database {
-    /// SQLite (WAL mode).
-    Sqlite(SqlitePool),
-    /// PostgreSQL.
-    Postgres(PgPool),
-}
+pub use malaka_db::Database;
 
 /// Why the database could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -80,27 +71,109 @@ pub enum DbError {
     Inventory(#[from] malaka_inventory::InventoryError),
 }
 
-impl Database {
+/// What the server does with a [`Database`]: connect, migrate its own, the job queue's and the
+/// inventory's schemas, build the domain services over it, and keep its metadata.
+#[allow(async_fn_in_trait)] // Used as a concrete type's methods, never as `dyn` or across threads generically.
+pub trait DatabaseExt: Sized {
     /// Waits until this node leads for advisory lock `key` (trying every `every`): on
     /// PostgreSQL the holder of the lock, on SQLite at once. `None` when `stop` fires first.
-    pub async fn leader_lock(
+    async fn leader_lock(
+        &self,
+        key: i64,
+        every: std::time::Duration,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Option<malaka_db::Leader>;
+
+    /// Connects, creating the SQLite file (and its folder) when missing.
+    ///
+    /// # Errors
+    /// An unsupported URL, an unreachable server, or a file that cannot be created.
+    async fn connect(url: &str, config: &DatabaseConfig) -> Result<Self, DbError>;
+
+    /// Which backend this is.
+    fn backend(&self) -> Backend;
+
+    /// Applies the server's and the job queue's migrations that have not run yet. The crates'
+    /// migrators share the `_sqlx_migrations` table, so each leaves the others' versions alone.
+    ///
+    /// # Errors
+    /// A migration that fails, or one that was edited after it ran.
+    async fn migrate(&self) -> Result<(), DbError>;
+
+    /// The inventory over this database's pool (migrated by [`Self::migrate`]), its SQLite
+    /// committer under a supervisor of its own (for commands that run no server).
+    fn inventory(&self) -> malaka_inventory::Inventory;
+
+    /// The inventory, its SQLite committer (task `inventory.committer`) under `supervisor`.
+    fn inventory_supervised(
+        &self,
+        supervisor: &malaka_runtime::Supervisor,
+    ) -> malaka_inventory::Inventory;
+
+    /// The job queue's storage over this database's pool (migrated by [`Self::migrate`]).
+    fn job_storage(&self, jobs: &crate::config::JobsConfig) -> Arc<dyn malaka_jobs::Storage>;
+
+    /// This installation's id, created on first use.
+    ///
+    /// # Errors
+    /// A database error.
+    async fn installation_id(&self) -> Result<String, DbError>;
+
+    /// The value of `key` in `malaka_meta`, stored as `fresh` first when there is none (every
+    /// node of one database then reads the same value).
+    ///
+    /// # Errors
+    /// A database error.
+    async fn meta_or_insert(&self, key: &str, fresh: &str) -> Result<String, DbError>;
+
+    /// The value of `key` in `malaka_meta`, if set.
+    ///
+    /// # Errors
+    /// A database error.
+    async fn meta(&self, key: &str) -> Result<Option<String>, DbError>;
+
+    /// Sets `key` in `malaka_meta` to `value`.
+    ///
+    /// # Errors
+    /// A database error.
+    async fn set_meta(&self, key: &str, value: &str) -> Result<(), DbError>;
+
+    /// A small pool for work done after a posting commits (the outbox relay, stock alerts,
+    /// notification jobs), whose commits do not wait for the disk: SQLite `synchronous=NORMAL`
+    /// (WAL: a process crash loses nothing; a power cut may lose the last commits, never
+    /// reorder them), PostgreSQL `synchronous_commit = off`. What such a loss undoes is redone
+    /// from the outbox, which the posting itself made durable.
+    fn event_pool(&self) -> malaka_db::Database;
+
+    /// On SQLite, this process's turn to write to the file ([`malaka_inventory::WriteGate`]):
+    /// a write that would otherwise wait in SQLite's busy handler while postings commit.
+    async fn write_turn(&self) -> Option<malaka_inventory::WriteTurn>;
+
+    /// A round trip to the database.
+    ///
+    /// # Errors
+    /// The database did not answer.
+    async fn ping(&self) -> Result<(), DbError>;
+
+    /// Closes every connection (SQLite checkpoints its WAL on the last close).
+    async fn close(&self);
+}
+
+impl DatabaseExt for Database {
+    async fn leader_lock(
         &self,
         key: i64,
         every: std::time::Duration,
         stop: &tokio_util::sync::CancellationToken,
     ) -> Option<malaka_db::Leader> {
         let pool = match self {
-            Self::Postgres(pool) => Some(pool),
-            Self::Sqlite(_) => None,
+            Database::Postgres(pool) => Some(pool),
+            Database::Sqlite(_) => None,
         };
         malaka_db::leader_lock(pool, key, every, stop).await
     }
 
-    /// Connects, creating the SQLite file (and its folder) when missing.
-    ///
-    /// # Errors
-    /// An unsupported URL, an unreachable server, or a file that cannot be created.
-    pub async fn connect(url: &str, config: &DatabaseConfig) -> Result<Self, DbError> {
+    async fn connect(url: &str, config: &DatabaseConfig) -> Result<Self, DbError> {
         if url.starts_with("sqlite:") {
             // `sqlite_synchronous` (default `full`) applies to this pool: the ledger's postings
             // and anything enqueued inside their transactions. The job store's own claims and
@@ -134,7 +207,7 @@ impl Database {
                 })
                 .connect_with(opts)
                 .await?;
-            Ok(Self::Sqlite(pool))
+            Ok(Database::Sqlite(pool))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let opts = PgConnectOptions::from_str(url)?.application_name("malaka");
             let pool = PgPoolOptions::new()
@@ -142,28 +215,22 @@ impl Database {
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_with(opts)
                 .await?;
-            Ok(Self::Postgres(pool))
+            Ok(Database::Postgres(pool))
         } else {
             Err(DbError::UnsupportedUrl(url.to_owned()))
         }
     }
 
-    /// Which backend this is.
-    pub fn backend(&self) -> Backend {
+    fn backend(&self) -> Backend {
         match self {
-            Self::Sqlite(_) => Backend::Sqlite,
-            Self::Postgres(_) => Backend::Postgres,
+            Database::Sqlite(_) => Backend::Sqlite,
+            Database::Postgres(_) => Backend::Postgres,
         }
     }
 
-    /// Applies the server's and the job queue's migrations that have not run yet. The crates'
-    /// migrators share the `_sqlx_migrations` table, so each leaves the others' versions alone.
-    ///
-    /// # Errors
-    /// A migration that fails, or one that was edited after it ran.
-    pub async fn migrate(&self) -> Result<(), DbError> {
+    async fn migrate(&self) -> Result<(), DbError> {
         match self {
-            Self::Sqlite(pool) => {
+            Database::Sqlite(pool) => {
                 let mut m = sqlx::migrate!("./migrations/sqlite");
                 m.set_ignore_missing(true);
                 m.run(pool).await?;
@@ -172,7 +239,7 @@ impl Database {
                     .migrate()
                     .await?;
             }
-            Self::Postgres(pool) => {
+            Database::Postgres(pool) => {
                 let mut m = sqlx::migrate!("./migrations/postgres");
                 m.set_ignore_missing(true);
                 m.run(pool).await?;
@@ -185,31 +252,27 @@ impl Database {
         Ok(())
     }
 
-    /// The inventory over this database's pool (migrated by [`Self::migrate`]), its SQLite
-    /// committer under a supervisor of its own (for commands that run no server).
-    pub fn inventory(&self) -> malaka_inventory::Inventory {
+    fn inventory(&self) -> malaka_inventory::Inventory {
         self.inventory_supervised(&malaka_runtime::Supervisor::default())
     }
 
-    /// The inventory, its SQLite committer (task `inventory.committer`) under `supervisor`.
-    pub fn inventory_supervised(
+    fn inventory_supervised(
         &self,
         supervisor: &malaka_runtime::Supervisor,
     ) -> malaka_inventory::Inventory {
         match self {
-            Self::Sqlite(pool) => {
+            Database::Sqlite(pool) => {
                 malaka_inventory::Inventory::sqlite_supervised(pool.clone(), supervisor)
             }
-            Self::Postgres(pool) => malaka_inventory::Inventory::postgres(pool.clone()),
+            Database::Postgres(pool) => malaka_inventory::Inventory::postgres(pool.clone()),
         }
     }
 
-    /// The job queue's storage over this database's pool (migrated by [`Self::migrate`]).
-    pub fn job_storage(&self, jobs: &crate::config::JobsConfig) -> Arc<dyn malaka_jobs::Storage> {
+    fn job_storage(&self, jobs: &crate::config::JobsConfig) -> Arc<dyn malaka_jobs::Storage> {
         // A zero retention deletes completed jobs as they complete (the cheaper write).
         let keep = !jobs.completed_retention.is_zero();
         match self {
-            Self::Sqlite(pool) => {
+            Database::Sqlite(pool) => {
                 // The job store gets connections of its own on the same file: without commit
                 // hooks (its writes wake the workers after they commit) and with
                 // `synchronous=NORMAL` (WAL: a committed enqueue survives a process crash; a
@@ -232,32 +295,23 @@ impl Database {
                         .watch_interval(jobs.watch_interval),
                 )
             }
-            Self::Postgres(pool) => {
+            Database::Postgres(pool) => {
                 Arc::new(malaka_jobs::PgStorage::new(pool.clone()).keep_completed(keep))
             }
         }
     }
 
-    /// This installation's id, created on first use.
-    ///
-    /// # Errors
-    /// A database error.
-    pub async fn installation_id(&self) -> Result<String, DbError> {
+    async fn installation_id(&self) -> Result<String, DbError> {
         self.meta_or_insert("installation_id", &uuid::Uuid::now_v7().to_string())
             .await
     }
 
-    /// The value of `key` in `malaka_meta`, stored as `fresh` first when there is none (every
-    /// node of one database then reads the same value).
-    ///
-    /// # Errors
-    /// A database error.
-    pub async fn meta_or_insert(&self, key: &str, fresh: &str) -> Result<String, DbError> {
+    async fn meta_or_insert(&self, key: &str, fresh: &str) -> Result<String, DbError> {
         const INSERT: &str =
             "INSERT INTO malaka_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING";
         const SELECT: &str = "SELECT value FROM malaka_meta WHERE key = $1";
         let value = match self {
-            Self::Sqlite(pool) => {
+            Database::Sqlite(pool) => {
                 sqlx::query(INSERT)
                     .bind(key)
                     .bind(fresh)
@@ -265,7 +319,7 @@ impl Database {
                     .await?;
                 sqlx::query_scalar(SELECT).bind(key).fetch_one(pool).await?
             }
-            Self::Postgres(pool) => {
+            Database::Postgres(pool) => {
                 sqlx::query(INSERT)
                     .bind(key)
                     .bind(fresh)
@@ -277,20 +331,16 @@ impl Database {
         Ok(value)
     }
 
-    /// The value of `key` in `malaka_meta`, if set.
-    ///
-    /// # Errors
-    /// A database error.
-    pub async fn meta(&self, key: &str) -> Result<Option<String>, DbError> {
+    async fn meta(&self, key: &str) -> Result<Option<String>, DbError> {
         const SELECT: &str = "SELECT value FROM malaka_meta WHERE key = $1";
         Ok(match self {
-            Self::Sqlite(p) => {
+            Database::Sqlite(p) => {
                 sqlx::query_scalar(SELECT)
                     .bind(key)
                     .fetch_optional(p)
                     .await?
             }
-            Self::Postgres(p) => {
+            Database::Postgres(p) => {
                 sqlx::query_scalar(SELECT)
                     .bind(key)
                     .fetch_optional(p)
@@ -299,22 +349,18 @@ impl Database {
         })
     }
 
-    /// Sets `key` in `malaka_meta` to `value`.
-    ///
-    /// # Errors
-    /// A database error.
-    pub async fn set_meta(&self, key: &str, value: &str) -> Result<(), DbError> {
+    async fn set_meta(&self, key: &str, value: &str) -> Result<(), DbError> {
         const UPSERT: &str = "INSERT INTO malaka_meta (key, value) VALUES ($1, $2) \
                               ON CONFLICT (key) DO UPDATE SET value = excluded.value";
         match self {
-            Self::Sqlite(pool) => {
+            Database::Sqlite(pool) => {
                 sqlx::query(UPSERT)
                     .bind(key)
                     .bind(value)
                     .execute(pool)
                     .await?;
             }
-            Self::Postgres(pool) => {
+            Database::Postgres(pool) => {
                 sqlx::query(UPSERT)
                     .bind(key)
                     .bind(value)
@@ -325,14 +371,9 @@ impl Database {
         Ok(())
     }
 
-    /// A small pool for work done after a posting commits (the outbox relay, stock alerts,
-    /// notification jobs), whose commits do not wait for the disk: SQLite `synchronous=NORMAL`
-    /// (WAL: a process crash loses nothing; a power cut may lose the last commits, never
-    /// reorder them), PostgreSQL `synchronous_commit = off`. What such a loss undoes is redone
-    /// from the outbox, which the posting itself made durable.
-    pub fn event_pool(&self) -> malaka_db::Database {
+    fn event_pool(&self) -> malaka_db::Database {
         match self {
-            Self::Sqlite(pool) => {
+            Database::Sqlite(pool) => {
                 let opts = (*pool.connect_options())
                     .clone()
                     .synchronous(SqliteSynchronous::Normal);
@@ -348,7 +389,7 @@ impl Database {
                         .connect_lazy_with(opts),
                 )
             }
-            Self::Postgres(pool) => {
+            Database::Postgres(pool) => {
                 let opts = (*pool.connect_options())
                     .clone()
                     .options([("synchronous_commit", "off")]);
@@ -362,36 +403,29 @@ impl Database {
         }
     }
 
-    /// On SQLite, this process's turn to write to the file ([`malaka_inventory::WriteGate`]):
-    /// a write that would otherwise wait in SQLite's busy handler while postings commit.
-    pub async fn write_turn(&self) -> Option<malaka_inventory::WriteTurn> {
+    async fn write_turn(&self) -> Option<malaka_inventory::WriteTurn> {
         match self {
-            Self::Sqlite(pool) => Some(malaka_inventory::sqlite_turn(pool).await),
-            Self::Postgres(_) => None,
+            Database::Sqlite(pool) => Some(malaka_inventory::sqlite_turn(pool).await),
+            Database::Postgres(_) => None,
         }
     }
 
-    /// A round trip to the database.
-    ///
-    /// # Errors
-    /// The database did not answer.
-    pub async fn ping(&self) -> Result<(), DbError> {
+    async fn ping(&self) -> Result<(), DbError> {
         match self {
-            Self::Sqlite(pool) => {
+            Database::Sqlite(pool) => {
                 sqlx::query("SELECT 1").execute(pool).await?;
             }
-            Self::Postgres(pool) => {
+            Database::Postgres(pool) => {
                 sqlx::query("SELECT 1").execute(pool).await?;
             }
         }
         Ok(())
     }
 
-    /// Closes every connection (SQLite checkpoints its WAL on the last close).
-    pub async fn close(&self) {
+    async fn close(&self) {
         match self {
-            Self::Sqlite(pool) => pool.close().await,
-            Self::Postgres(pool) => pool.close().await,
+            Database::Sqlite(pool) => pool.close().await,
+            Database::Postgres(pool) => pool.close().await,
         }
     }
 }

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use crate::app::ServerError;
 use crate::config::{Config, JobsConfig};
 use crate::db::Database;
+use crate::db::DatabaseExt as _;
 
 /// `noop`: does nothing (smoke tests, queue plumbing checks). Any payload is accepted.
 pub const NOOP: &str = "noop";

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::SqsConfig;
 use crate::db::Database;
+use crate::db::DatabaseExt as _;
 use crate::input::{JsonError, MovementIn, from_json};
 
 pub use malaka_inventory::topics::OUTBOUND_TOPICS;

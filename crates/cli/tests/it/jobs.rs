@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use malaka_jobs::{JobRecord, JobState, NewJob, Queue};
 use malaka_server::config::DatabaseConfig;
 use malaka_server::db::Database;
+use malaka_server::db::DatabaseExt as _;
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_malaka");

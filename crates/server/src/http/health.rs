@@ -9,6 +9,7 @@ use malaka_runtime::TaskState;
 use serde_json::json;
 
 use crate::app::AppState;
+use crate::db::DatabaseExt as _;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use malaka_jobs::{JobId, JobRecord, JobState, JobsError, ListFilter, NewJob, Queue, QueueStats};
 
 use crate::config::Config;
+use crate::db::DatabaseExt as _;
 use crate::db::{Database, DbError};
 
 /// Opens and migrates the configured database, and a queue over it.

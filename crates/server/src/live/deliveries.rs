@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::Database;
+use crate::db::DatabaseExt as _;
 
 /// The advisory lock of the node that delivers ("maladl").
 const DELIVERY_LOCK: i64 = 0x0000_6d61_6c61_646c;

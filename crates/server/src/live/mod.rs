@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::LiveConfig;
+use crate::db::DatabaseExt as _;
 use crate::db::{Database, DbError};
 pub use hub::{Hub, Message, Subscription};
 

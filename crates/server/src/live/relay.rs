@@ -18,6 +18,7 @@ use malaka_db::Leader;
 use super::hub::Hub;
 use crate::config::LiveConfig;
 use crate::db::Database;
+use crate::db::DatabaseExt as _;
 
 /// The advisory lock the PostgreSQL relay holds ("malaka" in ASCII).
 const RELAY_LOCK: i64 = 0x0000_6d61_6c61_6b61;

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::{Backend, TestApp, spawn_app_with, spawn_node_like};
 use malaka_runtime::{ListenerError, ListenerOptions};
+use malaka_server::db::DatabaseExt as _;
 use serde_json::{Value, json};
 
 async fn until(limit: Duration, what: &str, mut f: impl AsyncFnMut() -> bool) {

@@ -4,6 +4,7 @@
 use crate::common;
 
 use common::{Backend, spawn_app, spawn_app_on};
+use malaka_server::db::DatabaseExt as _;
 
 async fn readiness_on(backend: Backend) {
     let Some(app) = spawn_app_on(backend).await else {
