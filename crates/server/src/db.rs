@@ -11,16 +11,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 use crate::config::{DatabaseConfig, SqliteSync};
 
-/// Runs `$body` with `$pool` bound to the database's pool, whichever backend it is.
-macro_rules! on_pool {
-    ($db:expr, $pool:ident => $body:expr) => {
-        match $db {
-            crate::db::Database::Sqlite($pool) => $body,
-            crate::db::Database::Postgres($pool) => $body,
-        }
-    };
-}
-pub(crate) use on_pool;
+pub(crate) use malaka_db::on_pool;
 
 /// Which database kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
