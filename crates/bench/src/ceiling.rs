@@ -164,8 +164,8 @@ const LEDGER: &str = "INSERT INTO inv_ledger (movement_id, kind, sku, warehouse,
                       unit_cost, value_change, qty_after, value_after, rate_after, reference, \
                       posted_by, posted_at) \
                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'bench', $12)";
-const BALANCE: &str = "INSERT INTO inv_balances (sku, warehouse, qty, value, rate, layers, level, updated_at) \
-                       VALUES ($1, $2, $3, $4, $5, '[]', 'NORMAL', $6) \
+const BALANCE: &str = "INSERT INTO inv_balances (sku, warehouse, qty, value, rate, layer_seq, level, updated_at) \
+                       VALUES ($1, $2, $3, $4, $5, 0, 'NORMAL', $6) \
                        ON CONFLICT (sku, warehouse) DO UPDATE SET qty = excluded.qty, \
                        value = excluded.value, rate = excluded.rate, updated_at = excluded.updated_at";
 const OUTBOX: &str =
