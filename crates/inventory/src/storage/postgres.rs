@@ -2,7 +2,7 @@
 //! created first so that a first posting has a row to lock) in one order, and read articles
 //! `FOR SHARE`, so an article change waits for the postings under way.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -12,15 +12,14 @@ use sqlx::Row;
 use sqlx::{PgConnection, PgPool};
 
 use super::{
-    ARTICLE_COLS, INBOX_COLS, Storage, article_of, dec, inbox_of, ledger_of, stored, text,
-    warehouse_of,
+    ARTICLE_COLS, INBOX_COLS, Storage, article_of, dec, inbox_of, stored, text, warehouse_of,
 };
 use crate::error::InventoryError;
 use crate::inbox::{
     Disposition, InboxAttempt, InboxEntry, InboxFilter, InboxRecord, InboxState, Recorded,
     next_state,
 };
-use crate::inventory::{Discrepancy, LedgerPage, OutboxEvent, VerifyReport};
+use crate::inventory::{LedgerPage, OutboxEvent, VerifyReport};
 use crate::posting::{
     ArticleFacts, LAYERS_PER_READ, LayerUse, LayerWindow, PostingHook, Session, Working, demands,
     movement_event, plan_all,
@@ -28,7 +27,7 @@ use crate::posting::{
 use crate::topics::{TOPIC_LEVEL_CHANGED, TOPIC_MOVEMENT_POSTED};
 use crate::types::{
     AlertLevel, Article, ArticlePatch, Balance, BalanceFilter, Layer, LedgerFilter, LedgerRow,
-    Movement, NewArticle, NewMovement, Sku, ValuationMethod, Warehouse, WarehouseCode,
+    Movement, NewArticle, NewMovement, Sku, Warehouse, WarehouseCode,
 };
 use crate::valuation::Stock;
 
@@ -47,6 +46,11 @@ impl PostgresStorage {
     /// The storage on `pool`.
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
+    }
+
+    /// The database (for the reads both backends share).
+    fn database(&self) -> malaka_db::Database {
+        malaka_db::Database::Postgres(self.pool.clone())
     }
 
     /// The pool.
@@ -168,23 +172,23 @@ impl Storage for PostgresStorage {
     }
 
     async fn balances(&self, f: &BalanceFilter) -> Result<Vec<Balance>, InventoryError> {
-        balances(&self.pool, f).await
+        super::reads::balances(&self.database(), f).await
     }
 
     async fn ledger(&self, f: &LedgerFilter) -> Result<LedgerPage, InventoryError> {
-        ledger(&self.pool, f).await
+        super::reads::ledger(&self.database(), f).await
     }
 
     async fn recent_ledger(&self, limit: u32) -> Result<Vec<LedgerRow>, InventoryError> {
-        recent_ledger(&self.pool, limit).await
+        super::reads::recent_ledger(&self.database(), limit).await
     }
 
     async fn outbox(&self, after: i64, limit: u32) -> Result<Vec<OutboxEvent>, InventoryError> {
-        outbox(&self.pool, after, limit).await
+        super::reads::outbox(&self.database(), after, limit).await
     }
 
     async fn verify(&self) -> Result<VerifyReport, InventoryError> {
-        verify(&self.pool).await
+        super::reads::verify(&self.database()).await
     }
 }
 
@@ -1175,217 +1179,4 @@ async fn write_layers(
         w.layers.last_loaded = end.saturating_sub(1);
     }
     Ok(())
-}
-
-async fn balances(pool: &PgPool, f: &BalanceFilter) -> Result<Vec<Balance>, InventoryError> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT b.sku, b.warehouse, b.qty, b.value, b.rate, {} AS layers, b.level, \
-                b.updated_at, a.min_qty \
-         FROM inv_balances b JOIN inv_articles a ON a.sku = b.sku \
-         WHERE ($1 IS NULL OR b.sku = $1) AND ($2 IS NULL OR b.warehouse = $2) \
-           AND ($3 IS NULL OR b.level = $3) \
-         ORDER BY b.sku, b.warehouse",
-        LAYERS_JSON
-    )))
-    .bind(f.sku.as_ref().map(Sku::as_str))
-    .bind(f.warehouse.as_ref().map(WarehouseCode::as_str))
-    .bind(f.level.map(AlertLevel::as_str))
-    .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(Balance {
-                sku: Sku::parse(&r.try_get::<String, _>("sku")?)
-                    .map_err(|e| InventoryError::Corrupt(e.to_string()))?,
-                warehouse: WarehouseCode::parse(&r.try_get::<String, _>("warehouse")?)
-                    .map_err(|e| InventoryError::Corrupt(e.to_string()))?,
-                qty: dec("qty", &r.try_get::<String, _>("qty")?)?,
-                value: dec("value", &r.try_get::<String, _>("value")?)?,
-                rate: dec("rate", &r.try_get::<String, _>("rate")?)?,
-                min_qty: dec("min_qty", &r.try_get::<String, _>("min_qty")?)?,
-                level: stored(&r.try_get::<String, _>("level")?)?,
-                layers: serde_json::from_str(&r.try_get::<String, _>("layers")?)?,
-                updated_at: r.try_get("updated_at")?,
-            })
-        })
-        .collect()
-}
-
-async fn ledger(pool: &PgPool, f: &LedgerFilter) -> Result<LedgerPage, InventoryError> {
-    let limit = f.limit.unwrap_or(100).clamp(1, 1000);
-    let rows = sqlx::query(
-        "SELECT id, movement_id, kind, sku, warehouse, qty_change, unit_cost, value_change, \
-                qty_after, value_after, rate_after, reference, posted_by, posted_at \
-         FROM inv_ledger \
-         WHERE ($1 IS NULL OR sku = $1) AND ($2 IS NULL OR warehouse = $2) \
-           AND ($3 IS NULL OR posted_at >= $3) AND ($4 IS NULL OR posted_at < $4) \
-           AND id > $5 \
-         ORDER BY id LIMIT $6",
-    )
-    .bind(f.sku.as_ref().map(Sku::as_str))
-    .bind(f.warehouse.as_ref().map(WarehouseCode::as_str))
-    .bind(f.from)
-    .bind(f.to)
-    .bind(f.after.unwrap_or(0))
-    .bind(i64::from(limit))
-    .fetch_all(pool)
-    .await?;
-    let rows = rows.iter().map(ledger_of).collect::<Result<Vec<_>, _>>()?;
-    let next = if rows.len() == limit as usize {
-        rows.last().map(|r| r.id)
-    } else {
-        None
-    };
-    Ok(LedgerPage { rows, next })
-}
-
-async fn recent_ledger(pool: &PgPool, limit: u32) -> Result<Vec<LedgerRow>, InventoryError> {
-    let rows = sqlx::query(
-        "SELECT id, movement_id, kind, sku, warehouse, qty_change, unit_cost, value_change, \
-                qty_after, value_after, rate_after, reference, posted_by, posted_at \
-         FROM inv_ledger ORDER BY id DESC LIMIT $1",
-    )
-    .bind(i64::from(limit.clamp(1, 1000)))
-    .fetch_all(pool)
-    .await?;
-    rows.iter().map(ledger_of).collect()
-}
-
-async fn outbox(pool: &PgPool, after: i64, limit: u32) -> Result<Vec<OutboxEvent>, InventoryError> {
-    let rows = sqlx::query(
-        "SELECT id, topic, payload, created_at, published_at FROM malaka_outbox \
-         WHERE id > $1 ORDER BY id LIMIT $2",
-    )
-    .bind(after)
-    .bind(i64::from(limit))
-    .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(OutboxEvent {
-                id: r.try_get("id")?,
-                topic: r.try_get("topic")?,
-                payload: serde_json::from_str(&r.try_get::<String, _>("payload")?)?,
-                created_at: r.try_get("created_at")?,
-                published_at: r.try_get("published_at")?,
-            })
-        })
-        .collect()
-}
-
-async fn verify(pool: &PgPool) -> Result<VerifyReport, InventoryError> {
-    let mut report = VerifyReport::default();
-    let mut sums: BTreeMap<(String, String), (Decimal, Decimal, Decimal, Decimal)> =
-        BTreeMap::new();
-    let mut after = 0i64;
-    loop {
-        let rows = sqlx::query(
-            "SELECT id, sku, warehouse, qty_change, value_change, qty_after, value_after \
-             FROM inv_ledger WHERE id > $1 ORDER BY id LIMIT 10000",
-        )
-        .bind(after)
-        .fetch_all(pool)
-        .await?;
-        if rows.is_empty() {
-            break;
-        }
-        for r in &rows {
-            after = r.try_get("id")?;
-            report.ledger_rows += 1;
-            let key = (
-                r.try_get::<String, _>("sku")?,
-                r.try_get::<String, _>("warehouse")?,
-            );
-            let e = sums.entry(key).or_default();
-            e.0 += dec("qty_change", &r.try_get::<String, _>("qty_change")?)?;
-            e.1 += dec("value_change", &r.try_get::<String, _>("value_change")?)?;
-            e.2 = dec("qty_after", &r.try_get::<String, _>("qty_after")?)?;
-            e.3 = dec("value_after", &r.try_get::<String, _>("value_after")?)?;
-        }
-    }
-    // The open FIFO layers of each balance hold its stock.
-    let mut layered: BTreeMap<(String, String), Decimal> = BTreeMap::new();
-    let mut after = (String::new(), String::new(), -1i64);
-    loop {
-        let rows = sqlx::query(
-            "SELECT sku, warehouse, seq, qty FROM inv_layers \
-             WHERE qty <> '0' AND (sku, warehouse, seq) > ($1, $2, $3) \
-             ORDER BY sku, warehouse, seq LIMIT 10000",
-        )
-        .bind(&after.0)
-        .bind(&after.1)
-        .bind(after.2)
-        .fetch_all(pool)
-        .await?;
-        if rows.is_empty() {
-            break;
-        }
-        for r in &rows {
-            after = (
-                r.try_get("sku")?,
-                r.try_get("warehouse")?,
-                r.try_get("seq")?,
-            );
-            let e = layered
-                .entry((after.0.clone(), after.1.clone()))
-                .or_default();
-            *e += dec("qty", &r.try_get::<String, _>("qty")?)?;
-        }
-    }
-    let balances = sqlx::query(
-        "SELECT b.sku, b.warehouse, b.qty, b.value, a.valuation \
-         FROM inv_balances b JOIN inv_articles a ON a.sku = b.sku ORDER BY b.sku, b.warehouse",
-    )
-    .fetch_all(pool)
-    .await?;
-    for b in &balances {
-        report.balances += 1;
-        let key = (
-            b.try_get::<String, _>("sku")?,
-            b.try_get::<String, _>("warehouse")?,
-        );
-        let bal = (
-            dec("qty", &b.try_get::<String, _>("qty")?)?,
-            dec("value", &b.try_get::<String, _>("value")?)?,
-        );
-        let fifo = stored::<ValuationMethod>(&b.try_get::<String, _>("valuation")?)?
-            == ValuationMethod::Fifo;
-        let held = layered.remove(&key).unwrap_or_default();
-        let want = if fifo {
-            bal.0.max(Decimal::ZERO)
-        } else {
-            Decimal::ZERO
-        };
-        let layers = (held != want).then_some(held);
-        let (q, v, qa, va) = sums.remove(&key).unwrap_or_default();
-        if (q, v) != bal || (qa, va) != bal || layers.is_some() {
-            report.discrepancies.push(Discrepancy {
-                sku: key.0,
-                warehouse: key.1,
-                ledger: (q, v),
-                balance: bal,
-                layers,
-            });
-        }
-    }
-    for ((sku, warehouse), (q, v, _, _)) in sums {
-        let layers = layered.remove(&(sku.clone(), warehouse.clone()));
-        report.discrepancies.push(Discrepancy {
-            sku,
-            warehouse,
-            ledger: (q, v),
-            balance: (Decimal::ZERO, Decimal::ZERO),
-            layers,
-        });
-    }
-    for ((sku, warehouse), held) in layered {
-        report.discrepancies.push(Discrepancy {
-            sku,
-            warehouse,
-            ledger: (Decimal::ZERO, Decimal::ZERO),
-            balance: (Decimal::ZERO, Decimal::ZERO),
-            layers: Some(held),
-        });
-    }
-    Ok(report)
 }
