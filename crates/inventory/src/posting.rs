@@ -143,6 +143,36 @@ impl Working {
     }
 }
 
+impl Session {
+    /// Notes what ledger row `ledger_id` (written for `p`, of article `sku`) did to FIFO layers,
+    /// for the backend's `write_balances` to store with the balances: the layers it
+    /// consumed (a use each) and the ones it brought in (their ledger row).
+    pub(crate) fn layers_of(&mut self, ledger_id: i64, sku: &Sku, p: &PendingRow) {
+        if p.change.qty < Decimal::ZERO {
+            self.uses.extend(p.change.consumed.iter().filter_map(|l| {
+                Some(LayerUse {
+                    ledger_id,
+                    sku: sku.clone(),
+                    warehouse: p.warehouse.clone(),
+                    seq: l.seq?,
+                    qty: l.qty,
+                    rate: l.rate,
+                })
+            }));
+        }
+        if p.new_layers.is_empty() {
+            return;
+        }
+        if let Some(w) = self.work.get_mut(&(sku.clone(), p.warehouse.clone())) {
+            for seq in &p.new_layers {
+                if let Some(c) = w.layers.created.get_mut(seq) {
+                    c.1 = Some(ledger_id);
+                }
+            }
+        }
+    }
+}
+
 /// Stored layers read at a time when a posting needs more of them.
 pub(crate) const LAYERS_PER_READ: usize = 16;
 

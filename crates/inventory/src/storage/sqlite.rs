@@ -22,7 +22,7 @@ use crate::inbox::{
 };
 use crate::inventory::{LedgerPage, OutboxEvent, VerifyReport};
 use crate::posting::{
-    ArticleFacts, LAYERS_PER_READ, LayerUse, LayerWindow, PostingHook, Session, Working, demands,
+    ArticleFacts, LAYERS_PER_READ, LayerWindow, PostingHook, Session, Working, demands,
     movement_event, plan_all,
 };
 use crate::topics::{TOPIC_LEVEL_CHANGED, TOPIC_MOVEMENT_POSTED};
@@ -883,7 +883,6 @@ pub(crate) async fn post_in(
         .await?;
         let mut rows = Vec::with_capacity(pending.len());
         for p in pending {
-            let (consumed, new_layers) = (&p.change.consumed, &p.new_layers);
             let ledger_id: i64 = sqlx::query_scalar(
                 "INSERT INTO inv_ledger (movement_id, kind, sku, warehouse, qty_change, \
                  unit_cost, value_change, qty_after, value_after, rate_after, reference, \
@@ -905,28 +904,7 @@ pub(crate) async fn post_in(
             .bind(now)
             .fetch_one(&mut *conn)
             .await?;
-            // The layers it consumed and brought in, written with the balances.
-            if p.change.qty < Decimal::ZERO {
-                session.uses.extend(consumed.iter().filter_map(|l| {
-                    Some(LayerUse {
-                        ledger_id,
-                        sku: m.sku.clone(),
-                        warehouse: p.warehouse.clone(),
-                        seq: l.seq?,
-                        qty: l.qty,
-                        rate: l.rate,
-                    })
-                }));
-            }
-            if !new_layers.is_empty()
-                && let Some(w) = session.work.get_mut(&(m.sku.clone(), p.warehouse.clone()))
-            {
-                for seq in new_layers {
-                    if let Some(c) = w.layers.created.get_mut(seq) {
-                        c.1 = Some(ledger_id);
-                    }
-                }
-            }
+            session.layers_of(ledger_id, &m.sku, &p);
             rows.push(LedgerRow {
                 id: ledger_id,
                 movement_id: id.clone(),
