@@ -52,7 +52,7 @@ impl Outbox {
     /// # Errors
     /// A database error.
     pub async fn unpublished(&self, limit: u32) -> Result<Vec<OutboxEvent>, InventoryError> {
-        on!(self.unpublished(limit))
+        sql::unpublished(&self.pool, limit).await
     }
 
     /// The highest sequence number given so far (0 before the first).
@@ -60,7 +60,7 @@ impl Outbox {
     /// # Errors
     /// A database error.
     pub async fn last_seq(&self) -> Result<i64, InventoryError> {
-        on!(self.last_seq())
+        sql::last_seq(&self.pool).await
     }
 
     /// The lowest sequence number still kept, if any event is.
@@ -68,7 +68,7 @@ impl Outbox {
     /// # Errors
     /// A database error.
     pub async fn first_seq(&self) -> Result<Option<i64>, InventoryError> {
-        on!(self.first_seq())
+        sql::first_seq(&self.pool).await
     }
 
     /// Publishes the next unpublished events, oldest first and at most `limit`, under sequence
@@ -85,7 +85,7 @@ impl Outbox {
         limit: u32,
         after: i64,
     ) -> Result<Vec<(i64, i64)>, InventoryError> {
-        on!(self.publish_next(limit, after))
+        sql::publish_next(&self.pool, limit, after).await
     }
 
     /// Published events after `seq`, in publication order, at most `limit`.
@@ -97,7 +97,7 @@ impl Outbox {
         seq: i64,
         limit: u32,
     ) -> Result<Vec<Published>, InventoryError> {
-        on!(self.published_after(seq, limit))
+        sql::published_after(&self.pool, seq, limit).await
     }
 
     /// Deletes events published before `before` and at or below sequence `floor` (when given:
@@ -111,7 +111,7 @@ impl Outbox {
         floor: Option<i64>,
         limit: u32,
     ) -> Result<u64, InventoryError> {
-        on!(self.prune(before, floor.unwrap_or(i64::MAX), limit))
+        sql::prune(&self.pool, before, floor.unwrap_or(i64::MAX), limit).await
     }
 
     /// The highest sequence number of the events published before `before`, if any.
@@ -122,7 +122,7 @@ impl Outbox {
         &self,
         before: DateTime<Utc>,
     ) -> Result<Option<i64>, InventoryError> {
-        on!(self.seq_published_before(before))
+        sql::seq_published_before(&self.pool, before).await
     }
 }
 
@@ -136,5 +136,4 @@ pub(crate) async fn no_write_turn(_: &PgPool) -> Option<WriteTurn> {
     None
 }
 
-mod postgres;
-mod sqlite;
+mod sql;
