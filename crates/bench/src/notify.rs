@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 use crate::Figures;
 use crate::jobs::Backend;
 use crate::movements::{MovementsBenchError, fresh_database};
-use malaka_server::notify::{Delivery, KIND, NewRule, QUEUE, RuleInput};
+use malaka_notify::{Delivery, KIND, NewRule, QUEUE, RuleInput};
 use malaka_server::{Application, Config};
 
 /// What to run.

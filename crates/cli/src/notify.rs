@@ -27,7 +27,7 @@ pub(crate) enum NotifyCommand {
 pub(crate) async fn command(cli: &Cli, args: &NotifyArgs) -> anyhow::Result<()> {
     let NotifyCommand::Test { rule, db } = &args.command;
     let (config, database) = open_quietly(cli, db).await?;
-    let notifier = malaka_server::notify::Notifier::new(
+    let notifier = malaka_notify::Notifier::new(
         database.clone(),
         &malaka_server::app::notify_config(&config, None),
     )

@@ -48,15 +48,15 @@ pub(crate) fn report_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, Stri
 pub(crate) async fn command(cli: &Cli, args: &ReportArgs) -> anyhow::Result<()> {
     let kind: malaka_inventory::ReportKind =
         args.kind.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let format = malaka_server::reports::Format::parse(&args.format)
+    let format = malaka_reports::Format::parse(&args.format)
         .ok_or_else(|| anyhow::anyhow!("--format must be csv or json, not {:?}", args.format))?;
     let (config, database) = open_quietly(cli, &args.db).await?;
-    let reports = malaka_server::reports::Reports::new(
+    let reports = malaka_reports::Reports::new(
         database.clone(),
         database.inventory(),
         config.reports.retention,
     );
-    let params = malaka_server::reports::StoredParams {
+    let params = malaka_reports::StoredParams {
         sku: args.sku.clone(),
         warehouse: args.warehouse.clone(),
         from: args.from,

@@ -50,7 +50,7 @@ pub enum ServerError {
     Serve(std::io::Error),
     /// The notification settings are unusable.
     #[error("notifications: {0}")]
-    Notify(#[from] crate::notify::NotifyError),
+    Notify(#[from] malaka_notify::NotifyError),
     /// SQS could not start.
     #[error("SQS: {0}")]
     Sqs(#[from] malaka_sqs::SqsError),
@@ -96,8 +96,8 @@ struct Inner {
     shutting_down: AtomicBool,
     auth: Auth,
     live: crate::live::Live,
-    notifier: Arc<crate::notify::Notifier>,
-    reports: Arc<crate::reports::Reports>,
+    notifier: Arc<malaka_notify::Notifier>,
+    reports: Arc<malaka_reports::Reports>,
     supervisor: Supervisor,
     in_flight_keys: crate::http::idempotency::InFlightKeys,
     request_timeout: Duration,
@@ -211,11 +211,11 @@ impl AppState {
         &self.inner.auth
     }
     /// Reports: requests, files, retention.
-    pub fn reports(&self) -> &Arc<crate::reports::Reports> {
+    pub fn reports(&self) -> &Arc<malaka_reports::Reports> {
         &self.inner.reports
     }
     /// Notification rules and delivery.
-    pub fn notifier(&self) -> &Arc<crate::notify::Notifier> {
+    pub fn notifier(&self) -> &Arc<malaka_notify::Notifier> {
         &self.inner.notifier
     }
     /// Live events: alerts, the WebSocket hub, the outbox relay.
@@ -354,7 +354,7 @@ impl Application {
             config.sqs.park_after,
         );
         let (db_for_reports, inventory_for_reports) = (db.clone(), inventory.clone());
-        let notifier = Arc::new(crate::notify::Notifier::new(
+        let notifier = Arc::new(malaka_notify::Notifier::new(
             db.clone(),
             &notify_config(config, listener.local_addr().ok()),
         )?);
@@ -383,7 +383,7 @@ impl Application {
                 live,
                 notifier,
                 reports: Arc::new(
-                    crate::reports::Reports::new(
+                    malaka_reports::Reports::new(
                         db_for_reports,
                         inventory_for_reports,
                         config.reports.retention,
@@ -563,7 +563,7 @@ async fn prune_inbox(state: AppState, keep: (Duration, Duration), stop: Cancella
 
 /// Deletes expired reports every `every` until `stop`.
 async fn prune_reports(
-    reports: Arc<crate::reports::Reports>,
+    reports: Arc<malaka_reports::Reports>,
     every: Duration,
     stop: CancellationToken,
 ) {

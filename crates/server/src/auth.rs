@@ -191,7 +191,7 @@ pub struct NewToken {
     /// The stored record.
     pub info: TokenInfo,
     /// The secret (`mlk_...`).
-    pub token: crate::secret::Secret,
+    pub token: malaka_db::secret::Secret,
 }
 
 /// A new random token: `mlk_` + base64url (no padding) of 32 random bytes.
@@ -535,7 +535,7 @@ pub enum Bootstrap {
     /// Tokens already existed; nothing was done.
     NotNeeded,
     /// A new admin token was created; its secret must be shown once.
-    Created(crate::secret::Secret),
+    Created(malaka_db::secret::Secret),
     /// The token from `MALAKA_BOOTSTRAP_TOKEN` was stored.
     FromEnvironment,
 }

@@ -84,7 +84,8 @@ pub trait DatabaseExt: Sized {
     /// Which backend this is.
     fn backend(&self) -> Backend;
 
-    /// Applies the server's and the job queue's migrations that have not run yet. The crates'
+    /// Applies the server's, the job queue's, the inventory's, the notifications' and the
+    /// reports' migrations that have not run yet. The crates'
     /// migrators share the `_sqlx_migrations` table, so each leaves the others' versions alone.
     ///
     /// # Errors
@@ -240,6 +241,8 @@ impl DatabaseExt for Database {
                     .await?;
             }
         }
+        malaka_notify::migrate(self).await?;
+        malaka_reports::migrate(self).await?;
         Ok(())
     }
 

@@ -61,8 +61,8 @@ impl Job for Sleep {
 /// Every kind this server runs: the built-in ones, and notification deliveries and reports
 /// when they are given.
 pub fn registry(
-    notifier: Option<&Arc<crate::notify::Notifier>>,
-    reports: Option<&Arc<crate::reports::Reports>>,
+    notifier: Option<&Arc<malaka_notify::Notifier>>,
+    reports: Option<&Arc<malaka_reports::Reports>>,
 ) -> Registry {
     let mut r = Registry::new().register::<Sleep>().register_fn(
         NOOP,
@@ -200,7 +200,7 @@ pub async fn run_worker(
     db.migrate().await?;
     let supervisor = Supervisor::new(config.supervision.to_runtime());
     let inventory = db.inventory_supervised(&supervisor);
-    let notifier = Arc::new(crate::notify::Notifier::new(
+    let notifier = Arc::new(malaka_notify::Notifier::new(
         db.clone(),
         &crate::app::notify_config(config, None),
     )?);
@@ -208,7 +208,7 @@ pub async fn run_worker(
         db.job_storage(&config.jobs),
         registry(
             Some(&notifier),
-            Some(&Arc::new(crate::reports::Reports::new(
+            Some(&Arc::new(malaka_reports::Reports::new(
                 db.clone(),
                 inventory.clone(),
                 config.reports.retention,

@@ -12,9 +12,6 @@ pub mod input;
 pub mod jobs;
 pub mod limit;
 pub mod live;
-pub mod notify;
-pub mod reports;
-pub mod secret;
 pub mod sqs;
 pub mod telemetry;
 

@@ -224,6 +224,12 @@ impl From<crate::db::DbError> for ApiError {
     }
 }
 
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::internal(e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ use super::ApiError;
 use super::auth::{Permission, Principal};
 use super::json::Json;
 use crate::app::AppState;
-use crate::notify::{Channel, NewRule, Rule, RuleError, RuleInput};
+use malaka_notify::{Channel, NewRule, Rule, RuleError, RuleInput};
 
 #[derive(OpenApi)]
 #[openapi(paths(create_rule, list_rules, get_rule, patch_rule, delete_rule))]
@@ -45,7 +45,7 @@ pub(super) struct RuleIn {
     url: Option<String>,
     /// Write-only: signs each delivery (16 to 256 characters).
     #[schema(value_type = Option<String>)]
-    secret: Option<crate::secret::Secret>,
+    secret: Option<malaka_db::secret::Secret>,
     warehouses: Option<Vec<String>>,
     skus: Option<Vec<String>>,
     /// LOW (default), CRITICAL or OUT_OF_STOCK.
@@ -144,7 +144,7 @@ async fn create_rule(
 ) -> Result<(StatusCode, Json<RuleOut>), ApiError> {
     principal.require(Permission::ManageCatalog)?;
     let rule = NewRule::parse(body.into())?;
-    crate::notify::rules::check_target(&rule, state.notifier().allow_private_targets())?;
+    malaka_notify::rules::check_target(&rule, state.notifier().allow_private_targets())?;
     let stored = state
         .notifier()
         .rules()
@@ -199,7 +199,7 @@ async fn patch_rule(
     let rules = state.notifier().rules();
     let existing = rules.get(id).await?.ok_or_else(|| missing(id))?;
     let patched = NewRule::patched(&existing, body.into())?;
-    crate::notify::rules::check_target(&patched, state.notifier().allow_private_targets())?;
+    malaka_notify::rules::check_target(&patched, state.notifier().allow_private_targets())?;
     let rule = rules
         .update(id, &patched)
         .await?

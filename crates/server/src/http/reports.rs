@@ -20,7 +20,7 @@ use super::inventory::limit;
 use super::json::Json;
 use crate::app::AppState;
 use crate::auth::Role;
-use crate::reports::{Format, Report, ReportError, ReportState, StoredParams};
+use malaka_reports::{Format, Report, ReportError, ReportState, StoredParams};
 
 #[derive(OpenApi)]
 #[openapi(paths(

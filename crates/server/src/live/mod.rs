@@ -70,7 +70,7 @@ impl Live {
             ticket_key: key.into_bytes(),
             hub: Hub::new(outbox, cursor, config.ws_buffer),
             // Every alert change enqueues its notifications in its own transaction.
-            alerts: Alerts::new(pool).with_effects(Arc::new(crate::notify::NotifyEffects {
+            alerts: Alerts::new(pool).with_effects(Arc::new(malaka_notify::NotifyEffects {
                 max_attempts: all.notify.max_attempts,
             })),
             db: db.clone(),

@@ -14,7 +14,7 @@ pub const REDACTED: &str = "***";
 /// [`Secret::expose`] gives the value, at the one place that needs it.
 ///
 /// ```
-/// use malaka_server::secret::Secret;
+/// use malaka_db::secret::Secret;
 /// let s = Secret::new("hunter2");
 /// assert_eq!(format!("{s:?}"), "\"***\"");
 /// assert_eq!(s.expose(), "hunter2");
@@ -90,7 +90,7 @@ impl<'de> Deserialize<'de> for Secret {
 /// `url` with its password (`scheme://user:PASSWORD@host`) replaced by `***`; anything that is
 /// not a URL is returned as it is.
 pub fn redact_url_password(url: &str) -> String {
-    match reqwest::Url::parse(url) {
+    match url::Url::parse(url) {
         Ok(mut u) if u.password().is_some() => {
             if u.set_password(Some(REDACTED)).is_ok() {
                 u.to_string()
@@ -105,7 +105,7 @@ pub fn redact_url_password(url: &str) -> String {
 /// `url` cut to `scheme://host[:port]`: what errors, logs and labels may say about a URL whose
 /// path or query may hold a secret (chat webhooks put theirs in the path).
 pub fn origin(url: &str) -> String {
-    match reqwest::Url::parse(url) {
+    match url::Url::parse(url) {
         Ok(u) if u.host_str().is_some() => u.origin().ascii_serialization(),
         _ => "(an invalid URL)".to_owned(),
     }

@@ -4,6 +4,7 @@
 //! behind a circuit breaker of its own. While a breaker is open, deliveries snooze until it may
 //! let a probe through instead of spending their attempts.
 
+pub mod config;
 pub mod guard;
 pub mod rules;
 mod send;
@@ -20,10 +21,31 @@ use malaka_runtime::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::config::NotifyConfig;
-use crate::db::{Database, DbError};
+use malaka_db::Database;
+
+pub use config::{BreakerConfig, NotifyConfig, SmtpConfig, SmtpTls};
 pub use rules::{Channel, NewRule, Rule, RuleError, RuleInput, RuleStore};
 pub use send::{SendError, Signature, sign};
+
+/// Applies this crate's migrations (the rules table) that have not run yet; the crates'
+/// migrators share `_sqlx_migrations`, so each leaves the others' versions alone.
+///
+/// # Errors
+/// A migration that fails, or one that was edited after it ran.
+pub async fn migrate(db: &Database) -> Result<(), sqlx::migrate::MigrateError> {
+    match db {
+        Database::Sqlite(pool) => {
+            let mut m = sqlx::migrate!("./migrations/sqlite");
+            m.set_ignore_missing(true);
+            m.run(pool).await
+        }
+        Database::Postgres(pool) => {
+            let mut m = sqlx::migrate!("./migrations/postgres");
+            m.set_ignore_missing(true);
+            m.run(pool).await
+        }
+    }
+}
 
 /// The queue deliveries run on.
 pub const QUEUE: &str = "notifications";
@@ -217,7 +239,7 @@ impl Breakers {
 pub enum NotifyError {
     /// The database failed.
     #[error(transparent)]
-    Database(#[from] DbError),
+    Database(#[from] sqlx::Error),
     /// No such rule.
     #[error("notification rule {0} not found")]
     NoRule(i64),
@@ -385,7 +407,7 @@ impl Notifier {
         self.sender.send(&rule, &d, 0).await?;
         let to = match rule.channel {
             Channel::Email => rule.target.clone(),
-            Channel::Webhook => crate::secret::origin(&rule.target),
+            Channel::Webhook => malaka_db::secret::origin(&rule.target),
         };
         Ok(format!(
             "test message sent through rule {id} ({} to {to})",

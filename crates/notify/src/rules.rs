@@ -5,9 +5,7 @@ use chrono::{DateTime, Utc};
 use malaka_inventory::AlertLevel;
 use serde::Serialize;
 
-use crate::db::on_pool;
-use crate::db::{Database, DbError};
-use crate::secret::Secret;
+use malaka_db::{Database, Secret, on_pool};
 
 /// Event types a rule can ask for.
 pub const EVENTS: [&str; 2] = ["stock_alert", "report_ready"];
@@ -69,7 +67,7 @@ pub struct Rule {
 fn shown_target(channel: &Channel, target: &str) -> String {
     match channel {
         Channel::Email => target.to_owned(),
-        Channel::Webhook => crate::secret::origin(target),
+        Channel::Webhook => malaka_db::secret::origin(target),
     }
 }
 
@@ -408,9 +406,8 @@ type Row = (
 const COLS: &str = "id, name, channel, target, secret, warehouses, skus, min_level, events, \
                     enabled, created_by, created_at, updated_at";
 
-fn decode(r: Row) -> Result<Rule, DbError> {
-    let corrupt =
-        |what: &str| DbError::Sqlx(sqlx::Error::Decode(format!("rule {}: {what}", r.0).into()));
+fn decode(r: Row) -> Result<Rule, sqlx::Error> {
+    let corrupt = |what: &str| sqlx::Error::Decode(format!("rule {}: {what}", r.0).into());
     let json_list = |s: &str| serde_json::from_str::<Vec<String>>(s).map_err(|_| corrupt("a list"));
     Ok(Rule {
         id: r.0,
@@ -453,7 +450,7 @@ impl RuleStore {
     ///
     /// # Errors
     /// A database error.
-    pub async fn create(&self, r: &NewRule, by: &str) -> Result<Rule, DbError> {
+    pub async fn create(&self, r: &NewRule, by: &str) -> Result<Rule, sqlx::Error> {
         let sql = format!(
             "INSERT INTO malaka_notification_rules (name, channel, target, secret, warehouses, skus, \
              min_level, events, enabled, created_by, created_at, updated_at) \
@@ -474,7 +471,7 @@ impl RuleStore {
     ///
     /// # Errors
     /// A database error.
-    pub async fn get(&self, id: i64) -> Result<Option<Rule>, DbError> {
+    pub async fn get(&self, id: i64) -> Result<Option<Rule>, sqlx::Error> {
         let sql = format!("SELECT {COLS} FROM malaka_notification_rules WHERE id = $1");
         let row: Option<Row> = on_pool!(&self.db, pool => {
             sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(id).fetch_optional(pool).await?
@@ -486,7 +483,7 @@ impl RuleStore {
     ///
     /// # Errors
     /// A database error.
-    pub async fn list(&self) -> Result<Vec<Rule>, DbError> {
+    pub async fn list(&self) -> Result<Vec<Rule>, sqlx::Error> {
         let sql = format!("SELECT {COLS} FROM malaka_notification_rules ORDER BY id");
         let rows: Vec<Row> = on_pool!(&self.db, pool => {
             sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).fetch_all(pool).await?
@@ -498,7 +495,7 @@ impl RuleStore {
     ///
     /// # Errors
     /// A database error.
-    pub async fn update(&self, id: i64, r: &NewRule) -> Result<Option<Rule>, DbError> {
+    pub async fn update(&self, id: i64, r: &NewRule) -> Result<Option<Rule>, sqlx::Error> {
         let sql = format!(
             "UPDATE malaka_notification_rules SET name = $1, target = $2, secret = $3, \
              warehouses = $4, skus = $5, min_level = $6, events = $7, enabled = $8, updated_at = $9 \
@@ -520,7 +517,7 @@ impl RuleStore {
     ///
     /// # Errors
     /// A database error.
-    pub async fn delete(&self, id: i64) -> Result<bool, DbError> {
+    pub async fn delete(&self, id: i64) -> Result<bool, sqlx::Error> {
         const SQL: &str = "DELETE FROM malaka_notification_rules WHERE id = $1";
         let n = on_pool!(&self.db, pool => {
             sqlx::query(SQL).bind(id).execute(pool).await?.rows_affected()
@@ -534,15 +531,13 @@ const ENABLED: &str = "SELECT id, name, channel, target, secret, warehouses, sku
                        FROM malaka_notification_rules WHERE enabled ORDER BY id";
 
 /// Enabled rules as an SQLite connection (inside an alert's transaction) sees them.
-pub(crate) async fn enabled_sqlite(
-    conn: &mut sqlx::SqliteConnection,
-) -> Result<Vec<Rule>, DbError> {
+pub async fn enabled_sqlite(conn: &mut sqlx::SqliteConnection) -> Result<Vec<Rule>, sqlx::Error> {
     let rows: Vec<Row> = sqlx::query_as(ENABLED).fetch_all(conn).await?;
     rows.into_iter().map(decode).collect()
 }
 
 /// Enabled rules as a PostgreSQL connection (inside an alert's transaction) sees them.
-pub(crate) async fn enabled_postgres(conn: &mut sqlx::PgConnection) -> Result<Vec<Rule>, DbError> {
+pub async fn enabled_postgres(conn: &mut sqlx::PgConnection) -> Result<Vec<Rule>, sqlx::Error> {
     let rows: Vec<Row> = sqlx::query_as(ENABLED).fetch_all(conn).await?;
     rows.into_iter().map(decode).collect()
 }

@@ -19,9 +19,28 @@ use malaka_jobs::{JobContext, JobError, JobOptions, NewJob, Registry};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::db::on_pool;
-use crate::db::{Database, DbError};
 pub use format::{Format, Writer};
+use malaka_db::{Database, on_pool};
+
+/// Applies this crate's migrations (the reports and their chunks) that have not run yet; the
+/// crates' migrators share `_sqlx_migrations`, so each leaves the others' versions alone.
+///
+/// # Errors
+/// A migration that fails, or one that was edited after it ran.
+pub async fn migrate(db: &Database) -> Result<(), sqlx::migrate::MigrateError> {
+    match db {
+        Database::Sqlite(pool) => {
+            let mut m = sqlx::migrate!("./migrations/sqlite");
+            m.set_ignore_missing(true);
+            m.run(pool).await
+        }
+        Database::Postgres(pool) => {
+            let mut m = sqlx::migrate!("./migrations/postgres");
+            m.set_ignore_missing(true);
+            m.run(pool).await
+        }
+    }
+}
 
 /// The queue reports run on.
 pub const QUEUE: &str = "reports";
@@ -183,12 +202,8 @@ struct Row {
 const COLS: &str = "id, kind, params, format, state, progress, rows, bytes, summary, error, \
                     token_id, requested_by, job_id, created_at, started_at, finished_at, expires_at";
 
-fn decode(r: Row) -> Result<Report, DbError> {
-    let bad = |what: &str| {
-        DbError::Sqlx(sqlx::Error::Decode(
-            format!("report {}: {what}", r.id).into(),
-        ))
-    };
+fn decode(r: Row) -> Result<Report, sqlx::Error> {
+    let bad = |what: &str| sqlx::Error::Decode(format!("report {}: {what}", r.id).into());
     Ok(Report {
         kind: r.kind.parse().map_err(|_| bad("kind"))?,
         params: serde_json::from_str(&r.params).map_err(|_| bad("params"))?,
@@ -219,7 +234,7 @@ fn decode(r: Row) -> Result<Report, DbError> {
 pub enum ReportError {
     /// The database failed.
     #[error(transparent)]
-    Database(#[from] DbError),
+    Database(#[from] sqlx::Error),
     /// The inventory refused or failed.
     #[error(transparent)]
     Inventory(#[from] InventoryError),
@@ -234,12 +249,6 @@ pub enum ReportError {
         "this token already has {0} reports queued or running (reports.max_active_per_token); wait for one to finish"
     )]
     TooMany(u32),
-}
-
-impl From<sqlx::Error> for ReportError {
-    fn from(e: sqlx::Error) -> Self {
-        Self::Database(DbError::Sqlx(e))
-    }
 }
 
 /// The first key of the advisory lock that serializes one token's report requests.
@@ -378,7 +387,7 @@ impl Reports {
     ///
     /// # Errors
     /// A database error.
-    pub async fn get(&self, id: &str) -> Result<Option<Report>, DbError> {
+    pub async fn get(&self, id: &str) -> Result<Option<Report>, sqlx::Error> {
         let sql = format!("SELECT {COLS} FROM malaka_reports WHERE id = $1");
         let row: Option<Row> = on_pool!(&self.db, pool => {
             sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(id).fetch_optional(pool).await?
@@ -396,7 +405,7 @@ impl Reports {
         state: Option<ReportState>,
         before: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<Report>, DbError> {
+    ) -> Result<Vec<Report>, sqlx::Error> {
         let sql = format!(
             "SELECT {COLS} FROM malaka_reports WHERE ($1 IS NULL OR state = $1) \
              AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
@@ -447,7 +456,7 @@ impl Reports {
     ///
     /// # Errors
     /// A database error.
-    pub async fn chunk(&self, id: &str, seq: i64) -> Result<Option<Vec<u8>>, DbError> {
+    pub async fn chunk(&self, id: &str, seq: i64) -> Result<Option<Vec<u8>>, sqlx::Error> {
         const SQL: &str = "SELECT data FROM malaka_report_chunks WHERE report_id = $1 AND seq = $2";
         Ok(on_pool!(&self.db, pool => {
             sqlx::query_scalar(SQL).bind(id).bind(seq).fetch_optional(pool).await?
@@ -458,7 +467,7 @@ impl Reports {
     ///
     /// # Errors
     /// A database error.
-    pub async fn prune(&self) -> Result<u64, DbError> {
+    pub async fn prune(&self) -> Result<u64, sqlx::Error> {
         const SQL: &str =
             "DELETE FROM malaka_reports WHERE expires_at IS NOT NULL AND expires_at < $1";
         let now = Utc::now();
@@ -467,7 +476,12 @@ impl Reports {
         }))
     }
 
-    async fn set(&self, id: &str, sql: &'static str, now: DateTime<Utc>) -> Result<u64, DbError> {
+    async fn set(
+        &self,
+        id: &str,
+        sql: &'static str,
+        now: DateTime<Utc>,
+    ) -> Result<u64, sqlx::Error> {
         Ok(on_pool!(&self.db, pool => {
             sqlx::query(sql).bind(id).bind(now).execute(pool).await?.rows_affected()
         }))
@@ -591,7 +605,7 @@ impl Reports {
                         .execute(&mut *tx)
                         .await?;
                     let rules = $rules(&mut *tx).await?;
-                    for job in crate::notify::jobs_for_report(&event, &rules) {
+                    for job in malaka_notify::jobs_for_report(&event, &rules) {
                         $enqueue(&mut *tx, &job).await?;
                     }
                 }
@@ -603,13 +617,13 @@ impl Reports {
                 pool,
                 "BEGIN IMMEDIATE",
                 malaka_jobs::sqlite::enqueue_in,
-                crate::notify::rules::enabled_sqlite
+                malaka_notify::rules::enabled_sqlite
             ),
             Database::Postgres(pool) => complete_in!(
                 pool,
                 "BEGIN",
                 malaka_jobs::postgres::enqueue_in,
-                crate::notify::rules::enabled_postgres
+                malaka_notify::rules::enabled_postgres
             ),
         }
         self.inventory.outbox_written().notify_one();
@@ -681,12 +695,12 @@ struct ChunkSink<'a> {
     ctx: Option<&'a JobContext>,
     last_progress: Instant,
     /// The chunk being written.
-    writing: Option<tokio::task::JoinHandle<Result<(), DbError>>>,
+    writing: Option<tokio::task::JoinHandle<Result<(), sqlx::Error>>>,
 }
 
 impl ChunkSink<'_> {
     /// Starts writing `data` as the next chunk, once the one before it is written.
-    async fn store(&mut self, data: Vec<u8>) -> Result<(), DbError> {
+    async fn store(&mut self, data: Vec<u8>) -> Result<(), sqlx::Error> {
         if data.is_empty() {
             return Ok(());
         }
@@ -707,12 +721,12 @@ impl ChunkSink<'_> {
     }
 
     /// Waits for the chunk being written, if any.
-    async fn written(&mut self) -> Result<(), DbError> {
+    async fn written(&mut self) -> Result<(), sqlx::Error> {
         match self.writing.take() {
             None => Ok(()),
-            Some(w) => w.await.map_err(|e| {
-                DbError::Sqlx(sqlx::Error::Protocol(format!("writing a chunk: {e}")))
-            })?,
+            Some(w) => w
+                .await
+                .map_err(|e| sqlx::Error::Protocol(format!("writing a chunk: {e}")))?,
         }
     }
 }

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::{Delivery, NotifyError, Rule, rules::Channel};
 use crate::config::{NotifyConfig, SmtpTls};
-use crate::secret::Secret;
+use malaka_db::Secret;
 
 /// Why one send failed.
 #[derive(Debug, thiserror::Error)]
@@ -81,28 +81,16 @@ pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> Signature {
 const TEMPLATES: [(&str, &str); 6] = [
     (
         "alert_subject.txt",
-        include_str!("../../templates/notify/alert_subject.txt"),
+        include_str!("../templates/alert_subject.txt"),
     ),
-    (
-        "alert.txt",
-        include_str!("../../templates/notify/alert.txt"),
-    ),
-    (
-        "alert.html",
-        include_str!("../../templates/notify/alert.html"),
-    ),
+    ("alert.txt", include_str!("../templates/alert.txt")),
+    ("alert.html", include_str!("../templates/alert.html")),
     (
         "report_subject.txt",
-        include_str!("../../templates/notify/report_subject.txt"),
+        include_str!("../templates/report_subject.txt"),
     ),
-    (
-        "report.txt",
-        include_str!("../../templates/notify/report.txt"),
-    ),
-    (
-        "report.html",
-        include_str!("../../templates/notify/report.html"),
-    ),
+    ("report.txt", include_str!("../templates/report.txt")),
+    ("report.html", include_str!("../templates/report.html")),
 ];
 
 pub(super) struct Sender {
@@ -289,7 +277,7 @@ impl Sender {
 
     async fn webhook(&self, rule: &Rule, d: &Delivery, job: i64) -> Result<(), SendError> {
         // Errors name the target by scheme://host only: its path may be the secret.
-        let origin = crate::secret::origin(&rule.target);
+        let origin = malaka_db::secret::origin(&rule.target);
         let url = reqwest::Url::parse(&rule.target)
             .map_err(|_| SendError::Message(format!("{origin} is not a valid URL")))?;
         if !self.allow_private
