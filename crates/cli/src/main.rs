@@ -6,6 +6,7 @@ mod inbox;
 mod jobs;
 mod notify;
 mod report;
+mod table;
 mod token;
 
 use std::net::SocketAddr;

@@ -1,7 +1,5 @@
 //! The job queue in the server: built-in kinds, workers and maintenance from `[jobs]`, `worker`.
 
-pub mod cli;
-
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;

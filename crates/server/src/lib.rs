@@ -7,7 +7,6 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod http;
-pub mod inbox_cli;
 pub mod input;
 pub mod jobs;
 pub mod limit;

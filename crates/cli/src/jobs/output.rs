@@ -1,17 +1,19 @@
-//! The work behind `malaka jobs ...`: list, show, stats, enqueue, cancel, retry; tables or JSON.
+//! What `malaka jobs ...` prints: list, show, stats, enqueue, cancel, retry; tables or JSON.
 
 use chrono::{DateTime, Utc};
 use malaka_jobs::{JobId, JobRecord, JobState, JobsError, ListFilter, NewJob, Queue, QueueStats};
 
-use crate::config::Config;
-use crate::db::DatabaseExt as _;
-use crate::db::{Database, DbError};
+use malaka_server::config::Config;
+use malaka_server::db::DatabaseExt as _;
+use malaka_server::db::{Database, DbError};
+
+use crate::table::{clip, table, time};
 
 /// Opens and migrates the configured database, and a queue over it.
 ///
 /// # Errors
 /// The database could not be opened or migrated.
-pub async fn open(config: &Config) -> Result<(Database, Queue), DbError> {
+pub(crate) async fn open(config: &Config) -> Result<(Database, Queue), DbError> {
     let db = Database::connect(&config.database_url(), &config.database).await?;
     db.migrate().await?;
     let queue = Queue::new(db.job_storage(&config.jobs));
@@ -22,7 +24,11 @@ pub async fn open(config: &Config) -> Result<(Database, Queue), DbError> {
 ///
 /// # Errors
 /// A database error.
-pub async fn list(queue: &Queue, filter: &ListFilter, json: bool) -> Result<String, JobsError> {
+pub(crate) async fn list(
+    queue: &Queue,
+    filter: &ListFilter,
+    json: bool,
+) -> Result<String, JobsError> {
     let jobs = queue.list(filter).await?;
     if json {
         return Ok(format!("{}\n", serde_json::to_string_pretty(&jobs)?));
@@ -40,7 +46,7 @@ pub async fn list(queue: &Queue, filter: &ListFilter, json: bool) -> Result<Stri
 ///
 /// # Errors
 /// [`JobsError::NotFound`] or a database error.
-pub async fn show(queue: &Queue, id: JobId, json: bool) -> Result<String, JobsError> {
+pub(crate) async fn show(queue: &Queue, id: JobId, json: bool) -> Result<String, JobsError> {
     let job = queue.get(id).await?.ok_or(JobsError::NotFound(id))?;
     if json {
         return Ok(format!("{}\n", serde_json::to_string_pretty(&job)?));
@@ -52,7 +58,7 @@ pub async fn show(queue: &Queue, id: JobId, json: bool) -> Result<String, JobsEr
 ///
 /// # Errors
 /// A database error.
-pub async fn stats(queue: &Queue, json: bool) -> Result<String, JobsError> {
+pub(crate) async fn stats(queue: &Queue, json: bool) -> Result<String, JobsError> {
     let stats = queue.stats().await?;
     if json {
         return Ok(format!("{}\n", serde_json::to_string_pretty(&stats)?));
@@ -64,7 +70,7 @@ pub async fn stats(queue: &Queue, json: bool) -> Result<String, JobsError> {
 ///
 /// # Errors
 /// An invalid job or a database error.
-pub async fn enqueue(queue: &Queue, job: NewJob, json: bool) -> Result<String, JobsError> {
+pub(crate) async fn enqueue(queue: &Queue, job: NewJob, json: bool) -> Result<String, JobsError> {
     let (name, key) = (job.queue.clone(), job.unique_key.clone());
     let out = queue.enqueue(job).await?;
     if json {
@@ -86,7 +92,7 @@ pub async fn enqueue(queue: &Queue, job: NewJob, json: bool) -> Result<String, J
 ///
 /// # Errors
 /// [`JobsError::NotFound`], [`JobsError::WrongState`] (it already finished), or a database error.
-pub async fn cancel(queue: &Queue, id: JobId, json: bool) -> Result<String, JobsError> {
+pub(crate) async fn cancel(queue: &Queue, id: JobId, json: bool) -> Result<String, JobsError> {
     let job = queue.cancel(id).await?;
     if json {
         return Ok(format!("{}\n", serde_json::to_string_pretty(&job)?));
@@ -105,7 +111,7 @@ pub async fn cancel(queue: &Queue, id: JobId, json: bool) -> Result<String, Jobs
 ///
 /// # Errors
 /// [`JobsError::NotFound`], [`JobsError::WrongState`], or a database error.
-pub async fn retry(queue: &Queue, id: JobId, json: bool) -> Result<String, JobsError> {
+pub(crate) async fn retry(queue: &Queue, id: JobId, json: bool) -> Result<String, JobsError> {
     let job = queue.retry(id).await?;
     if json {
         return Ok(format!("{}\n", serde_json::to_string_pretty(&job)?));
@@ -116,57 +122,12 @@ pub async fn retry(queue: &Queue, id: JobId, json: bool) -> Result<String, JobsE
     ))
 }
 
-pub(crate) fn time(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M:%S").to_string()
-}
-
 fn opt_time(t: Option<DateTime<Utc>>) -> String {
     t.map_or_else(|| "-".to_owned(), time)
 }
 
-/// At most `n` characters of `s` on one line, with `...` when cut.
-pub(crate) fn clip(s: &str, n: usize) -> String {
-    let one_line = s.replace(['\n', '\r'], " ");
-    if one_line.chars().count() <= n {
-        one_line
-    } else {
-        let mut cut: String = one_line.chars().take(n.saturating_sub(3)).collect();
-        cut.push_str("...");
-        cut
-    }
-}
-
-/// Left-aligned columns separated by two spaces; the last column is not padded.
-pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &mut dyn Iterator<Item = &str>| {
-        let mut s = String::new();
-        let cells: Vec<&str> = cells.collect();
-        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(cell);
-            } else {
-                s.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        s.truncate(s.trim_end().len());
-        s.push('\n');
-        s
-    };
-    let mut out = line(&mut header.iter().copied());
-    for row in rows {
-        out.push_str(&line(&mut row.iter().map(String::as_str)));
-    }
-    out
-}
-
 /// The list table: one line per job.
-pub fn render_list(jobs: &[JobRecord]) -> String {
+pub(crate) fn render_list(jobs: &[JobRecord]) -> String {
     if jobs.is_empty() {
         return "no jobs match\n".to_owned();
     }
@@ -203,7 +164,7 @@ pub fn render_list(jobs: &[JobRecord]) -> String {
 }
 
 /// Every field of one job, one per line, then its errors oldest first.
-pub fn render_job(j: &JobRecord) -> String {
+pub(crate) fn render_job(j: &JobRecord) -> String {
     let none = || "-".to_owned();
     let fields = [
         ("id", j.id.to_string()),
@@ -254,7 +215,7 @@ pub fn render_job(j: &JobRecord) -> String {
 }
 
 /// The stats table: one line per queue, a column per state.
-pub fn render_stats(stats: &[QueueStats]) -> String {
+pub(crate) fn render_stats(stats: &[QueueStats]) -> String {
     if stats.is_empty() {
         return "no jobs\n".to_owned();
     }

@@ -1,15 +1,16 @@
-//! `malaka inbox list|show|replay`: the inbox from the command line, as tables or JSON.
+//! What `malaka inbox list|show|replay` prints: tables or JSON.
 
 use malaka_inventory::{InboxFilter, InboxRecord, InventoryError};
 
-use crate::jobs::cli::{clip, table, time};
-use crate::sqs::Commands;
+use malaka_server::sqs::Commands;
+
+use crate::table::{clip, table, time};
 
 /// The records matching `filter`, newest first.
 ///
 /// # Errors
 /// A database error.
-pub async fn list(
+pub(crate) async fn list(
     inventory: &malaka_inventory::Inventory,
     filter: &InboxFilter,
     json: bool,
@@ -52,7 +53,7 @@ pub async fn list(
 }
 
 /// One record, with every attempt's reason and the message.
-pub fn render(r: &InboxRecord) -> String {
+pub(crate) fn render(r: &InboxRecord) -> String {
     let mut out = format!(
         "inbox record {}\n  source:    {}\n  message:   {}\n  type:      {}\n  state:     {}\n  \
          attempts:  {}\n  received:  {}\n  updated:   {}\n",
@@ -79,7 +80,7 @@ pub fn render(r: &InboxRecord) -> String {
 ///
 /// # Errors
 /// `NotFound` or a database error.
-pub async fn show(
+pub(crate) async fn show(
     inventory: &malaka_inventory::Inventory,
     id: i64,
     json: bool,
@@ -95,7 +96,11 @@ pub async fn show(
 ///
 /// # Errors
 /// As `Commands::replay`.
-pub async fn replay(commands: &Commands, id: i64, json: bool) -> Result<String, InventoryError> {
+pub(crate) async fn replay(
+    commands: &Commands,
+    id: i64,
+    json: bool,
+) -> Result<String, InventoryError> {
     let r = commands.replay(id).await?;
     if json {
         return Ok(format!("{}\n", serde_json::to_string_pretty(&r)?));

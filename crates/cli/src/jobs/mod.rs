@@ -1,5 +1,7 @@
 //! `malaka jobs` and `malaka worker`: the durable job queue from the command line.
 
+mod output;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -121,7 +123,6 @@ pub(crate) fn json_value(s: &str) -> Result<serde_json::Value, String> {
 }
 
 pub(crate) async fn command(cli: &Cli, args: &JobsArgs) -> anyhow::Result<()> {
-    use malaka_server::jobs::cli;
     let db = DbArgs {
         database_url: args.database_url.clone(),
         data_dir: args.data_dir.clone(),
@@ -131,7 +132,9 @@ pub(crate) async fn command(cli: &Cli, args: &JobsArgs) -> anyhow::Result<()> {
         format: config.log.format,
         filter: "warn".to_owned(),
     });
-    let (database, queue) = cli::open(&config).await.context("opening the database")?;
+    let (database, queue) = output::open(&config)
+        .await
+        .context("opening the database")?;
     let json = args.json;
     let result = match &args.command {
         JobsCommand::List(a) => {
@@ -141,12 +144,12 @@ pub(crate) async fn command(cli: &Cli, args: &JobsArgs) -> anyhow::Result<()> {
             filter.states = a.state.clone();
             filter.before_id = a.before;
             filter.limit = Some(a.limit);
-            cli::list(&queue, &filter, json).await
+            output::list(&queue, &filter, json).await
         }
-        JobsCommand::Show { id } => cli::show(&queue, *id, json).await,
-        JobsCommand::Stats => cli::stats(&queue, json).await,
-        JobsCommand::Retry { id } => cli::retry(&queue, *id, json).await,
-        JobsCommand::Cancel { id } => cli::cancel(&queue, *id, json).await,
+        JobsCommand::Show { id } => output::show(&queue, *id, json).await,
+        JobsCommand::Stats => output::stats(&queue, json).await,
+        JobsCommand::Retry { id } => output::retry(&queue, *id, json).await,
+        JobsCommand::Cancel { id } => output::cancel(&queue, *id, json).await,
         JobsCommand::Enqueue(a) => {
             let mut job = malaka_jobs::NewJob::new(&a.kind, a.payload.clone())
                 .queue(&a.queue)
@@ -158,7 +161,7 @@ pub(crate) async fn command(cli: &Cli, args: &JobsArgs) -> anyhow::Result<()> {
             if let Some(k) = &a.unique_key {
                 job = job.unique_key(k);
             }
-            cli::enqueue(&queue, job, json).await
+            output::enqueue(&queue, job, json).await
         }
     };
     database.close().await;

@@ -1,5 +1,7 @@
 //! `malaka inbox`: what other systems sent and what became of it.
 
+mod output;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -54,7 +56,6 @@ pub(crate) enum InboxCommand {
 }
 
 pub(crate) async fn command(cli: &Cli, args: &InboxArgs) -> anyhow::Result<()> {
-    use malaka_server::inbox_cli;
     let db = DbArgs {
         database_url: args.database_url.clone(),
         data_dir: args.data_dir.clone(),
@@ -78,9 +79,9 @@ pub(crate) async fn command(cli: &Cli, args: &InboxArgs) -> anyhow::Result<()> {
                 before: *before,
                 limit: Some(*limit),
             };
-            inbox_cli::list(&inventory, &filter, args.json).await
+            output::list(&inventory, &filter, args.json).await
         }
-        InboxCommand::Show { id } => inbox_cli::show(&inventory, *id, args.json).await,
+        InboxCommand::Show { id } => output::show(&inventory, *id, args.json).await,
         InboxCommand::Replay { id } => {
             // Events of a replayed command reach the listeners of `serve` through the outbox.
             let bus = malaka_runtime::EventBus::new(malaka_runtime::WorkerPool::new(
@@ -93,7 +94,7 @@ pub(crate) async fn command(cli: &Cli, args: &InboxArgs) -> anyhow::Result<()> {
                 config.sqs.park_after,
             )
             .publishing_all();
-            inbox_cli::replay(&commands, *id, args.json).await
+            output::replay(&commands, *id, args.json).await
         }
     };
     database.close().await;
