@@ -2,31 +2,10 @@
 //! changed behind the ledger's back is reported with exit code 1.
 
 use crate::common;
+use crate::common::on_both;
 
-use common::{Backend, TestApp, spawn_app_on};
+use common::TestApp;
 use serde_json::{Value, json};
-
-/// Runs `$body` (an `async fn(&TestApp)`) on SQLite and on PostgreSQL.
-macro_rules! on_both {
-    ($body:ident) => {
-        mod $body {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                if let Some(app) = super::spawn_app_on(super::Backend::Sqlite).await {
-                    super::$body(&app).await;
-                    app.stop().await;
-                }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                if let Some(app) = super::spawn_app_on(super::Backend::Postgres).await {
-                    super::$body(&app).await;
-                    app.stop().await;
-                }
-            }
-        }
-    };
-}
 
 // ---- helpers (as in the server's inventory tests) ---------------------------------------------
 

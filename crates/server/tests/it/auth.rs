@@ -3,32 +3,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use crate::common;
+use crate::common::on_both;
 
-use common::{Backend, TestApp, spawn_app_on, spawn_app_with};
+use common::{Backend, TestApp, spawn_app_with};
 use malaka_server::auth::Role;
 use serde_json::{Value, json};
-
-/// Runs `$body` (an `async fn(TestApp)`) on SQLite and on PostgreSQL.
-macro_rules! on_both {
-    ($body:ident) => {
-        mod $body {
-            #[tokio::test]
-            async fn sqlite() {
-                if let Some(app) = super::spawn_app_on(super::Backend::Sqlite).await {
-                    super::$body(&app).await;
-                    app.stop().await;
-                }
-            }
-            #[tokio::test]
-            async fn postgres() {
-                if let Some(app) = super::spawn_app_on(super::Backend::Postgres).await {
-                    super::$body(&app).await;
-                    app.stop().await;
-                }
-            }
-        }
-    };
-}
 
 async fn error_of(r: reqwest::Response) -> Value {
     let body: Value = r.json().await.unwrap();

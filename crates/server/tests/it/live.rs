@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use crate::common;
+use crate::common::on_both;
 
 use std::time::Duration;
 
@@ -20,31 +21,6 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message as Frame};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// Runs `$body` (an `async fn(&TestApp)`) on SQLite and on PostgreSQL, with `$tweak` applied.
-macro_rules! on_both {
-    ($body:ident) => {
-        on_both!($body, |_| {});
-    };
-    ($body:ident, $tweak:expr) => {
-        mod $body {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                if let Some(app) = super::spawn_app_with(super::Backend::Sqlite, $tweak).await {
-                    super::$body(&app).await;
-                    app.stop().await;
-                }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                if let Some(app) = super::spawn_app_with(super::Backend::Postgres, $tweak).await {
-                    super::$body(&app).await;
-                    app.stop().await;
-                }
-            }
-        }
-    };
-}
 
 // ---- helpers ----------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use crate::common;
+use crate::common::on_both;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -12,30 +13,6 @@ use common::{Backend, TestApp, spawn_app_with};
 use malaka_server::auth::Role;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
-
-macro_rules! on_both {
-    ($body:ident) => {
-        mod $body {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                if let Some(app) = super::spawn_app_with(super::Backend::Sqlite, super::fast).await
-                {
-                    super::$body(&app).await;
-                    app.stop().await;
-                }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                if let Some(app) =
-                    super::spawn_app_with(super::Backend::Postgres, super::fast).await
-                {
-                    super::$body(&app).await;
-                    app.stop().await;
-                }
-            }
-        }
-    };
-}
 
 fn fast(c: &mut malaka_server::Config) {
     c.api.rate_limit_per_second = 0;
@@ -152,7 +129,7 @@ async fn known_ledger(app: &TestApp, t: &str) {
 
 // ---- figures ----------------------------------------------------------------------------------
 
-on_both!(each_report_on_a_known_ledger);
+on_both!(each_report_on_a_known_ledger, super::fast);
 async fn each_report_on_a_known_ledger(app: &TestApp) {
     let t = app.token(Role::Viewer).await;
     let admin = app.admin_token().await;
@@ -372,7 +349,10 @@ async fn travel(app: &TestApp, days: i64) {
     }
 }
 
-on_both!(ageing_ages_the_stock_from_its_receipt_through_transfers);
+on_both!(
+    ageing_ages_the_stock_from_its_receipt_through_transfers,
+    super::fast
+);
 async fn ageing_ages_the_stock_from_its_receipt_through_transfers(app: &TestApp) {
     let t = app.admin_token().await;
     for code in ["MAIN", "SIDE"] {
@@ -496,7 +476,10 @@ async fn big_ledger(app: &TestApp, t: &str, n: usize) {
     }
 }
 
-on_both!(twenty_reports_at_once_run_at_most_two_at_a_time);
+on_both!(
+    twenty_reports_at_once_run_at_most_two_at_a_time,
+    super::fast
+);
 async fn twenty_reports_at_once_run_at_most_two_at_a_time(app: &TestApp) {
     let t = app.admin_token().await;
     big_ledger(app, &t, 5000).await;
@@ -542,7 +525,10 @@ async fn twenty_reports_at_once_run_at_most_two_at_a_time(app: &TestApp) {
     }
 }
 
-on_both!(a_report_during_postings_shows_one_point_in_time);
+on_both!(
+    a_report_during_postings_shows_one_point_in_time,
+    super::fast
+);
 async fn a_report_during_postings_shows_one_point_in_time(app: &TestApp) {
     let t = app.admin_token().await;
     big_ledger(app, &t, 3000).await; // 3,000 BULK in BIG

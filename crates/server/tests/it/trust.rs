@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use crate::common;
+use crate::common::on_both;
 
 use std::collections::HashSet;
 use std::str::FromStr;
@@ -19,28 +20,6 @@ use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
-
-/// Runs `$body` (an `async fn(&TestApp)`) on SQLite and on PostgreSQL.
-macro_rules! on_both {
-    ($body:ident) => {
-        mod $body {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                if let Some(app) = super::spawn_app_on(super::Backend::Sqlite).await {
-                    super::$body(&app).await;
-                    app.stop().await;
-                }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                if let Some(app) = super::spawn_app_on(super::Backend::Postgres).await {
-                    super::$body(&app).await;
-                    app.stop().await;
-                }
-            }
-        }
-    };
-}
 
 // ---- helpers ----------------------------------------------------------------------------------
 

@@ -165,6 +165,34 @@ pub async fn spawn_app() -> TestApp {
         .await
         .expect("SQLite is always available")
 }
+/// Makes `async fn $body(app: &TestApp)` two tests, `$body::sqlite` and `$body::postgres`, each
+/// on a fresh app (configured by `$tweak`, an `FnOnce(&mut Config)`, when one is given).
+macro_rules! on_both {
+    ($body:ident) => {
+        $crate::common::on_both!($body, |_| {});
+    };
+    ($body:ident, $tweak:expr) => {
+        mod $body {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                let backend = $crate::common::Backend::Sqlite;
+                if let Some(app) = $crate::common::spawn_app_with(backend, $tweak).await {
+                    super::$body(&app).await;
+                    app.stop().await;
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                let backend = $crate::common::Backend::Postgres;
+                if let Some(app) = $crate::common::spawn_app_with(backend, $tweak).await {
+                    super::$body(&app).await;
+                    app.stop().await;
+                }
+            }
+        }
+    };
+}
+pub(crate) use on_both;
 
 /// Starts the server on `backend`; `None` when that backend is unavailable outside CI.
 pub async fn spawn_app_on(backend: Backend) -> Option<TestApp> {
