@@ -54,9 +54,9 @@ pub use outbox::{Outbox, Published};
 pub use posting::{BatchRow, BatchedHook, PostingHook};
 pub use reports::{ReportKind, ReportParams, ReportSink, ReportSummary};
 pub use types::{
-    AlertLevel, Article, ArticlePatch, Balance, BalanceFilter, Layer, LedgerFilter, LedgerRow,
-    MAX_DECIMAL_TEXT, MAX_QTY, MAX_UNIT_COST, MAX_VALUE, MONEY_SCALE, Money, Movement,
-    MovementKind, MovementText, NewArticle, NewMovement, QTY_SCALE, Quantity, Sku, ValuationMethod,
-    Warehouse, WarehouseCode, parse_decimal, round_money,
+    AlertLevel, Article, ArticlePatch, Balance, BalanceCursor, BalanceFilter, Layer, LedgerCursor,
+    LedgerFilter, LedgerRow, MAX_DECIMAL_TEXT, MAX_QTY, MAX_UNIT_COST, MAX_VALUE, MONEY_SCALE,
+    Money, Movement, MovementKind, MovementText, NewArticle, NewMovement, QTY_SCALE, Quantity, Sku,
+    ValuationMethod, Warehouse, WarehouseCode, parse_decimal, round_money,
 };
 pub use valuation::{Change, Stock, ValuationError};

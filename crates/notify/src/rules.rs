@@ -479,7 +479,23 @@ impl RuleStore {
         row.map(decode).transpose()
     }
 
-    /// Every rule, oldest first.
+    /// Up to `limit` rules after id `after`, by id.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn page(&self, after: Option<i64>, limit: u32) -> Result<Vec<Rule>, sqlx::Error> {
+        let rows: Vec<Row> = on_pool!(&self.db, pool => {
+            let mut q = sqlx::QueryBuilder::new(format!("SELECT {COLS} FROM malaka_notification_rules"));
+            if let Some(a) = after {
+                q.push(" WHERE id > ").push_bind(a);
+            }
+            q.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit.clamp(1, 1000)));
+            q.build_query_as().fetch_all(pool).await?
+        });
+        rows.into_iter().map(decode).collect()
+    }
+
+    /// Every rule, by id.
     ///
     /// # Errors
     /// A database error.

@@ -211,21 +211,31 @@ pub(super) async fn sweep(
 }
 
 pub(super) async fn list(pool: &PgPool, f: &AlertFilter) -> Result<Vec<Alert>, InventoryError> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {ALERT_COLS} FROM inv_alerts \
-         WHERE ($1 IS NULL OR ($1 AND cleared_at IS NULL) OR (NOT $1 AND cleared_at IS NOT NULL)) \
-           AND ($2 IS NULL OR sku = $2) AND ($3 IS NULL OR warehouse = $3) \
-           AND ($4 IS NULL OR level = $4) AND ($5 IS NULL OR id < $5) \
-         ORDER BY id DESC LIMIT $6"
-    )))
-    .bind(f.open)
-    .bind(&f.sku)
-    .bind(&f.warehouse)
-    .bind(f.level.map(AlertLevel::as_str))
-    .bind(f.before_id)
-    .bind(f.limit())
-    .fetch_all(pool)
-    .await?;
+    // Only the filters given, so each shape reads its index (see `AlertFilter`).
+    let mut q = sqlx::QueryBuilder::new(format!("SELECT {ALERT_COLS} FROM inv_alerts WHERE 1 = 1"));
+    match f.open {
+        Some(true) => {
+            q.push(" AND cleared_at IS NULL");
+        }
+        Some(false) => {
+            q.push(" AND cleared_at IS NOT NULL");
+        }
+        None => {}
+    }
+    if let Some(v) = &f.sku {
+        q.push(" AND sku = ").push_bind(v.as_str());
+    }
+    if let Some(v) = &f.warehouse {
+        q.push(" AND warehouse = ").push_bind(v.as_str());
+    }
+    if let Some(v) = f.level {
+        q.push(" AND level = ").push_bind(v.as_str());
+    }
+    if let Some(v) = f.before_id {
+        q.push(" AND id < ").push_bind(v);
+    }
+    q.push(" ORDER BY id DESC LIMIT ").push_bind(f.limit());
+    let rows = q.build().fetch_all(pool).await?;
     rows.iter().map(alert_of).collect()
 }
 

@@ -15,8 +15,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use malaka_inventory::{
-    AlertLevel, Article, ArticlePatch, Balance, BalanceFilter, InventoryError, Layer, LedgerFilter,
-    LedgerRow, Movement, NewArticle, Sku, Warehouse, WarehouseCode,
+    AlertLevel, Article, ArticlePatch, Balance, BalanceCursor, BalanceFilter, InventoryError,
+    Layer, LedgerCursor, LedgerFilter, LedgerRow, Movement, NewArticle, Sku, Warehouse,
+    WarehouseCode,
 };
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -104,6 +105,20 @@ fn sku(s: &str) -> Result<Sku, ApiError> {
 
 fn code(s: &str) -> Result<WarehouseCode, ApiError> {
     Ok(WarehouseCode::parse(s)?)
+}
+
+/// An id cursor (`after` or `before`): a non-negative integer.
+pub(super) fn id_cursor(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, ApiError> {
+    q.get(name)
+        .map(|v| {
+            v.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                ApiError::unprocessable(
+                    name,
+                    format!("{name} must be an id (a whole number, 0 or more)"),
+                )
+            })
+        })
+        .transpose()
 }
 
 fn flag(q: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
@@ -540,17 +555,28 @@ async fn create_warehouse(
     Ok((StatusCode::CREATED, Json(WarehouseOut::from(warehouse))).into_response())
 }
 
-#[utoipa::path(get, path = "/api/v1/warehouses", tag = "warehouses", params(("archived" = Option<bool>, Query)), responses((status = 200, body = Page<WarehouseOut>), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/warehouses", tag = "warehouses", params(("after" = Option<String>, Query, description = "the `next` of the previous page"), ("limit" = Option<u32>, Query, description = "1 to 1000, default 100"), ("archived" = Option<bool>, Query)), responses((status = 200, body = Page<WarehouseOut>), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
 async fn list_warehouses(
     State(state): State<AppState>,
     principal: Principal,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Page<WarehouseOut>>, ApiError> {
     principal.require(Permission::Read)?;
-    let items = state.inventory().warehouses(flag(&q, "archived")?).await?;
+    let after = q
+        .get("after")
+        .map(|c| WarehouseCode::parse_field("after", c))
+        .transpose()?;
+    let limit = limit(&q, 100, 1000)?;
+    let items = state
+        .inventory()
+        .warehouses(after.as_ref(), limit, flag(&q, "archived")?)
+        .await?;
+    let next = (items.len() == limit as usize)
+        .then(|| items.last().map(|w| w.code.to_string()))
+        .flatten();
     Ok(Json(Page {
         items: items.into_iter().map(WarehouseOut::from).collect(),
-        next: None,
+        next,
     }))
 }
 
@@ -684,7 +710,7 @@ async fn post_batch(
 
 // ---- reads ------------------------------------------------------------------------------------
 
-#[utoipa::path(get, path = "/api/v1/balances", tag = "stock", params(("sku" = Option<String>, Query), ("warehouse" = Option<String>, Query), ("level" = Option<String>, Query, description = "OUT_OF_STOCK, CRITICAL, LOW or NORMAL")), responses((status = 200, body = Page<BalanceOut>), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody), (status = 400, description = "the body is not JSON", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/balances", tag = "stock", params(("sku" = Option<String>, Query), ("warehouse" = Option<String>, Query), ("level" = Option<String>, Query, description = "OUT_OF_STOCK, CRITICAL, LOW or NORMAL"), ("cursor" = Option<String>, Query, description = "the `next` of the previous page"), ("limit" = Option<u32>, Query, description = "1 to 1000, default 100")), responses((status = 200, body = Page<BalanceOut>), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody), (status = 400, description = "the body is not JSON", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
 async fn balances(
     State(state): State<AppState>,
     principal: Principal,
@@ -701,7 +727,13 @@ async fn balances(
             .get("level")
             .map(|l| AlertLevel::from_str(&l.to_ascii_uppercase()))
             .transpose()?,
+        after: q
+            .get("cursor")
+            .map(|c| BalanceCursor::parse(c))
+            .transpose()?,
+        limit: Some(limit(&q, 100, 1000)?),
     };
+    let page = filter.limit.unwrap_or(100) as usize;
     let inventory = state.inventory().clone();
     let generation = state.balance_generation().await;
     let rows = state
@@ -711,9 +743,20 @@ async fn balances(
         })
         .await
         .map_err(|e: Arc<InventoryError>| ApiError::internal(e))?;
+    let next = (rows.len() == page)
+        .then(|| {
+            rows.last().map(|b| {
+                BalanceCursor {
+                    sku: b.sku.clone(),
+                    warehouse: b.warehouse.clone(),
+                }
+                .to_string()
+            })
+        })
+        .flatten();
     Ok(Json(Page {
         items: rows.iter().map(BalanceOut::from).collect(),
-        next: None,
+        next,
     }))
 }
 
@@ -738,7 +781,7 @@ fn time(field: &str, s: &str) -> Result<DateTime<Utc>, ApiError> {
         })
 }
 
-#[utoipa::path(get, path = "/api/v1/ledger", tag = "stock", params(("sku" = Option<String>, Query), ("warehouse" = Option<String>, Query), ("from" = Option<String>, Query, description = "RFC 3339 time or YYYY-MM-DD"), ("to" = Option<String>, Query), ("cursor" = Option<String>, Query, description = "the `next` of the previous page"), ("limit" = Option<u32>, Query)), responses((status = 200, body = LedgerOut), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody), (status = 400, description = "the body is not JSON", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/ledger", tag = "stock", params(("sku" = Option<String>, Query), ("warehouse" = Option<String>, Query), ("from" = Option<String>, Query, description = "RFC 3339 time or YYYY-MM-DD"), ("to" = Option<String>, Query), ("cursor" = Option<String>, Query, description = "the `next` of the previous page"), ("limit" = Option<u32>, Query, description = "1 to 1000, default 100")), responses((status = 200, body = LedgerOut), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody), (status = 400, description = "the body is not JSON", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
 async fn ledger(
     State(state): State<AppState>,
     principal: Principal,
@@ -755,19 +798,14 @@ async fn ledger(
         to: q.get("to").map(|s| time("to", s)).transpose()?,
         after: q
             .get("cursor")
-            .map(|c| {
-                c.parse::<i64>()
-                    .ok()
-                    .filter(|n| *n >= 0)
-                    .ok_or_else(|| ApiError::unprocessable("cursor", "cursor is not valid"))
-            })
+            .map(|c| LedgerCursor::parse(c))
             .transpose()?,
         limit: Some(limit(&q, 100, 1000)?),
     };
     let page = state.inventory().ledger(&filter).await?;
     Ok(Json(LedgerOut {
         items: page.rows.into_iter().map(LedgerRowOut::from).collect(),
-        next: page.next.map(|n| n.to_string()),
+        next: page.next.map(|c| c.to_string()),
     }))
 }
 
@@ -776,20 +814,27 @@ async fn ledger(
 struct RecentOut {
     /// Newest first.
     items: Vec<LedgerRowOut>,
+    /// Pass as `before` for the next (older) page; null on the last.
+    next: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/v1/ledger/recent", tag = "stock", params(("limit" = Option<u32>, Query, description = "1 to 1000, default 20")), responses((status = 200, body = RecentOut), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/ledger/recent", tag = "stock", params(("before" = Option<i64>, Query, description = "the `next` of the previous page"), ("limit" = Option<u32>, Query, description = "1 to 1000, default 20")), responses((status = 200, body = RecentOut), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
 async fn recent_ledger(
     State(state): State<AppState>,
     principal: Principal,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<RecentOut>, ApiError> {
     principal.require(Permission::Read)?;
+    let limit = limit(&q, 20, 1000)?;
     let rows = state
         .inventory()
-        .recent_ledger(limit(&q, 20, 1000)?)
+        .recent_ledger(id_cursor(&q, "before")?, limit)
         .await?;
+    let next = (rows.len() == limit as usize)
+        .then(|| rows.last().map(|r| r.id.to_string()))
+        .flatten();
     Ok(Json(RecentOut {
         items: rows.into_iter().map(LedgerRowOut::from).collect(),
+        next,
     }))
 }

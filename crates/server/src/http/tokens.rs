@@ -2,7 +2,9 @@
 //! Admin only (`manage_tokens`). And `/api/v1/me`: who the caller is.
 
 use axum::Router;
-use axum::extract::{Path, State};
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
@@ -83,6 +85,8 @@ struct TokenList {
     /// id, name, role, created_at, last_used_at: never the secret.
     #[schema(value_type = Vec<Object>)]
     tokens: Vec<TokenInfo>,
+    /// Pass as `after` for the next page; null on the last.
+    next: Option<String>,
 }
 
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = CreateToken, responses((status = 201, description = "the token, shown once", body = Created), (status = 422, body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "not an admin", body = super::openapi::ErrorBody)))]
@@ -123,15 +127,20 @@ async fn create(
     Ok(response)
 }
 
-#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", responses((status = 200, body = TokenList), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "not an admin", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", params(("after" = Option<i64>, Query, description = "the `next` of the previous page"), ("limit" = Option<u32>, Query, description = "1 to 1000, default 100")), responses((status = 200, body = TokenList), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "not an admin", body = super::openapi::ErrorBody)))]
 async fn list(
     State(state): State<AppState>,
     principal: Principal,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<TokenList>, ApiError> {
     principal.require(Permission::ManageTokens)?;
-    Ok(Json(TokenList {
-        tokens: state.auth().tokens.list().await?,
-    }))
+    let limit = super::inventory::limit(&q, 100, 1000)?;
+    let after = super::inventory::id_cursor(&q, "after")?;
+    let tokens = state.auth().tokens.page(after, limit).await?;
+    let next = (tokens.len() == limit as usize)
+        .then(|| tokens.last().map(|t| t.id.to_string()))
+        .flatten();
+    Ok(Json(TokenList { tokens, next }))
 }
 
 #[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens", params(("id" = i64, Path)), responses((status = 204, description = "revoked"), (status = 404, body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "not an admin", body = super::openapi::ErrorBody)))]
