@@ -29,6 +29,8 @@ mod group;
 mod inbox;
 mod inventory;
 mod outbox;
+#[doc(hidden)]
+pub mod plan;
 mod posting;
 mod reports;
 pub mod storage;

@@ -28,8 +28,7 @@ where
     })
 }
 
-const ALERT_COLS: &str = "id, sku, warehouse, level, qty, min_qty, raised_at, updated_at, \
-                          cleared_at, acknowledged_by, acknowledged_at";
+use super::ALERT_COLS;
 
 /// Moves the alert of (sku, warehouse) to `to` as of watermark `event`.
 pub(super) async fn apply(
@@ -211,30 +210,8 @@ pub(super) async fn sweep(
 }
 
 pub(super) async fn list(pool: &PgPool, f: &AlertFilter) -> Result<Vec<Alert>, InventoryError> {
-    // Only the filters given, so each shape reads its index (see `AlertFilter`).
-    let mut q = sqlx::QueryBuilder::new(format!("SELECT {ALERT_COLS} FROM inv_alerts WHERE 1 = 1"));
-    match f.open {
-        Some(true) => {
-            q.push(" AND cleared_at IS NULL");
-        }
-        Some(false) => {
-            q.push(" AND cleared_at IS NOT NULL");
-        }
-        None => {}
-    }
-    if let Some(v) = &f.sku {
-        q.push(" AND sku = ").push_bind(v.as_str());
-    }
-    if let Some(v) = &f.warehouse {
-        q.push(" AND warehouse = ").push_bind(v.as_str());
-    }
-    if let Some(v) = f.level {
-        q.push(" AND level = ").push_bind(v.as_str());
-    }
-    if let Some(v) = f.before_id {
-        q.push(" AND id < ").push_bind(v);
-    }
-    q.push(" ORDER BY id DESC LIMIT ").push_bind(f.limit());
+    let mut q = sqlx::QueryBuilder::new("");
+    super::alerts_query!(q, f);
     let rows = q.build().fetch_all(pool).await?;
     rows.iter().map(alert_of).collect()
 }

@@ -3,7 +3,7 @@
 //! conformance suite (`tests/it/conformance.rs`) runs every behaviour on both.
 
 pub mod postgres;
-mod reads;
+pub(crate) mod reads;
 pub mod sqlite;
 
 use std::str::FromStr;

@@ -26,6 +26,66 @@ macro_rules! and_eq {
     };
 }
 
+/// Pushes the balances query for filter `$f` onto `$q` (shared by [`balances`] and [`explain`]).
+macro_rules! balances_query {
+    ($q:ident, $f:expr, $layers_json:expr) => {{
+        let f = $f;
+        $q.push(format!(
+            "SELECT b.sku, b.warehouse, b.qty, b.value, b.rate, {} AS layers, b.level, \
+                    b.updated_at, a.min_qty \
+             FROM inv_balances b JOIN inv_articles a ON a.sku = b.sku WHERE 1 = 1",
+            $layers_json
+        ));
+        and_eq!($q,
+            "b.sku" => f.sku.as_ref().map(Sku::as_str),
+            "b.warehouse" => f.warehouse.as_ref().map(WarehouseCode::as_str),
+            "b.level" => f.level.map(AlertLevel::as_str),
+        );
+        if let Some(c) = &f.after {
+            $q.push(" AND (b.sku, b.warehouse) > (")
+                .push_bind(c.sku.as_str())
+                .push(", ")
+                .push_bind(c.warehouse.as_str())
+                .push(")");
+        }
+        $q.push(" ORDER BY b.sku, b.warehouse");
+        if let Some(limit) = f.limit {
+            $q.push(" LIMIT ").push_bind(i64::from(limit.clamp(1, 1000)));
+        }
+    }};
+}
+
+/// Pushes the ledger query for filter `$f` onto `$q` (shared by [`ledger`] and [`explain`]).
+macro_rules! ledger_query {
+    ($q:ident, $f:expr, $limit:expr) => {{
+        let f = $f;
+        $q.push(LEDGER_COLS);
+        and_eq!($q,
+            "sku" => f.sku.as_ref().map(Sku::as_str),
+            "warehouse" => f.warehouse.as_ref().map(WarehouseCode::as_str),
+        );
+        if let Some(t) = f.from {
+            $q.push(" AND posted_at >= ").push_bind(t);
+        }
+        if let Some(t) = f.to {
+            $q.push(" AND posted_at < ").push_bind(t);
+        }
+        match f.after {
+            Some(LedgerCursor { id, posted_at: Some(t) }) => {
+                $q.push(" AND (posted_at, id) > (").push_bind(t).push(", ").push_bind(id).push(")");
+            }
+            Some(LedgerCursor { id, posted_at: None }) => {
+                $q.push(" AND id > ").push_bind(id);
+            }
+            None => {}
+        }
+        $q.push(if f.in_time_order() { " ORDER BY posted_at, id" } else { " ORDER BY id" });
+        $q.push(" LIMIT ").push_bind(i64::from($limit));
+    }};
+}
+
+pub(crate) use {and_eq, balances_query, ledger_query};
+
 pub(crate) async fn balances(
     db: &Database,
     f: &BalanceFilter,
@@ -35,27 +95,8 @@ pub(crate) async fn balances(
         Database::Postgres(_) => super::postgres::LAYERS_JSON,
     };
     on_pool!(db, pool => {
-        let mut q = sqlx::QueryBuilder::new(format!(
-            "SELECT b.sku, b.warehouse, b.qty, b.value, b.rate, {layers_json} AS layers, b.level, \
-                    b.updated_at, a.min_qty \
-             FROM inv_balances b JOIN inv_articles a ON a.sku = b.sku WHERE 1 = 1"
-        ));
-        and_eq!(q,
-            "b.sku" => f.sku.as_ref().map(Sku::as_str),
-            "b.warehouse" => f.warehouse.as_ref().map(WarehouseCode::as_str),
-            "b.level" => f.level.map(AlertLevel::as_str),
-        );
-        if let Some(c) = &f.after {
-            q.push(" AND (b.sku, b.warehouse) > (")
-                .push_bind(c.sku.as_str())
-                .push(", ")
-                .push_bind(c.warehouse.as_str())
-                .push(")");
-        }
-        q.push(" ORDER BY b.sku, b.warehouse");
-        if let Some(limit) = f.limit {
-            q.push(" LIMIT ").push_bind(i64::from(limit.clamp(1, 1000)));
-        }
+        let mut q = sqlx::QueryBuilder::new("");
+        balances_query!(q, f, layers_json);
         let rows = q.build().fetch_all(pool).await?;
         rows.iter()
             .map(|r| {
@@ -77,7 +118,7 @@ pub(crate) async fn balances(
     })
 }
 
-const LEDGER_COLS: &str = "SELECT id, movement_id, kind, sku, warehouse, qty_change, unit_cost, \
+pub(crate) const LEDGER_COLS: &str = "SELECT id, movement_id, kind, sku, warehouse, qty_change, unit_cost, \
      value_change, qty_after, value_after, rate_after, reference, posted_by, posted_at \
      FROM inv_ledger WHERE 1 = 1";
 
@@ -91,28 +132,8 @@ pub(crate) async fn ledger(db: &Database, f: &LedgerFilter) -> Result<LedgerPage
         ));
     }
     on_pool!(db, pool => {
-        let mut q = sqlx::QueryBuilder::new(LEDGER_COLS);
-        and_eq!(q,
-            "sku" => f.sku.as_ref().map(Sku::as_str),
-            "warehouse" => f.warehouse.as_ref().map(WarehouseCode::as_str),
-        );
-        if let Some(t) = f.from {
-            q.push(" AND posted_at >= ").push_bind(t);
-        }
-        if let Some(t) = f.to {
-            q.push(" AND posted_at < ").push_bind(t);
-        }
-        match f.after {
-            Some(LedgerCursor { id, posted_at: Some(t) }) => {
-                q.push(" AND (posted_at, id) > (").push_bind(t).push(", ").push_bind(id).push(")");
-            }
-            Some(LedgerCursor { id, posted_at: None }) => {
-                q.push(" AND id > ").push_bind(id);
-            }
-            None => {}
-        }
-        q.push(if by_time { " ORDER BY posted_at, id" } else { " ORDER BY id" });
-        q.push(" LIMIT ").push_bind(i64::from(limit));
+        let mut q = sqlx::QueryBuilder::new("");
+        ledger_query!(q, f, limit);
         let rows = q.build().fetch_all(pool).await?;
         let rows = rows.iter().map(ledger_of).collect::<Result<Vec<_>, _>>()?;
         let next = if rows.len() == limit as usize {
