@@ -740,7 +740,6 @@ async fn every_filtered_list_reads_an_index(f: &Fixture) {
                     "{name}: no index serves the filters:\n{text}"
                 );
             }
-            _ => unreachable!(),
         }
     }
 }
