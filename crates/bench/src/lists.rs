@@ -1,6 +1,7 @@
 //! `malaka bench lists`: a page of every filtered list, timed over HTTP on a large database.
 //!
-//! Seeding, before the server starts (not timed): `--rows` ledger rows through the reports
+//! Seeding, before the server starts (not timed; on PostgreSQL followed by `ANALYZE`, as
+//! autovacuum would soon run): `--rows` ledger rows through the reports
 //! suite's bulk path (500 articles in 2 warehouses over 120 days, the balances they leave),
 //! 100,000 alerts (one open per balance in alert, the rest cleared), 100,000 jobs on a queue no
 //! worker serves (5 kinds), and 10,000 reports (completed, failed, cancelled).
@@ -13,7 +14,8 @@
 //!
 //! Baseline: `baseline_ledger_by_article_*`, the same page of one article's ledger served by a
 //! hand-written axum handler over the same pool (one indexed `SELECT ... WHERE sku = ? AND id > ?
-//! ORDER BY id LIMIT 100`, rows to JSON; no auth, no middleware), walked the same way.
+//! ORDER BY id LIMIT 100`, rows into a `FromRow` struct serialized by serde; no auth, no
+//! middleware), walked the same way.
 //!
 //! Figures (milliseconds): `<shape>_p50_ms`, `<shape>_p99_ms` for `ledger_by_article`,
 //! `ledger_by_warehouse`, `ledger_by_dates` (one day), `ledger_all`, `balances_by_level`,
@@ -378,53 +380,59 @@ async fn measure(
 /// The hand-written page: one indexed query, rows to JSON, behind a bare axum route.
 async fn baseline(db: &Database, walks: usize) -> Result<(f64, f64), MovementsBenchError> {
     use axum::extract::{Query, State};
-    use sqlx::Row;
     const SQL: &str = "SELECT id, movement_id, kind, sku, warehouse, qty_change, unit_cost, \
          value_change, qty_after, value_after, rate_after, reference, posted_by, posted_at \
          FROM inv_ledger WHERE sku = $1 AND id > $2 ORDER BY id LIMIT 100";
+    #[derive(sqlx::FromRow, serde::Serialize)]
+    struct LedgerRow {
+        id: i64,
+        movement_id: String,
+        #[serde(rename = "type")]
+        kind: String,
+        sku: String,
+        warehouse: String,
+        qty_change: String,
+        unit_cost: String,
+        value_change: String,
+        qty_after: String,
+        value_after: String,
+        rate_after: String,
+        reference: Option<String>,
+        posted_by: String,
+        posted_at: chrono::DateTime<chrono::Utc>,
+    }
+    #[derive(serde::Serialize)]
+    struct Page {
+        items: Vec<LedgerRow>,
+        next: Option<String>,
+    }
     async fn page(
         State(db): State<Database>,
         Query(q): Query<std::collections::HashMap<String, String>>,
-    ) -> axum::Json<serde_json::Value> {
+    ) -> axum::Json<Page> {
         let sku = q.get("sku").cloned().unwrap_or_default();
         let after: i64 = q.get("cursor").and_then(|c| c.parse().ok()).unwrap_or(0);
-        macro_rules! rows {
-            ($pool:expr) => {{
-                let rows = sqlx::query(SQL).bind(&sku).bind(after).fetch_all($pool).await;
-                rows.map(|rows| {
-                    rows.iter()
-                        .map(|r| {
-                            let s = |c: &str| r.try_get::<String, _>(c).unwrap_or_default();
-                            serde_json::json!({
-                                "id": r.try_get::<i64, _>("id").unwrap_or_default(),
-                                "movement_id": s("movement_id"), "type": s("kind"), "sku": s("sku"),
-                                "warehouse": s("warehouse"), "qty_change": s("qty_change"),
-                                "unit_cost": s("unit_cost"), "value_change": s("value_change"),
-                                "qty_after": s("qty_after"), "value_after": s("value_after"),
-                                "rate_after": s("rate_after"),
-                                "reference": r.try_get::<Option<String>, _>("reference").ok().flatten(),
-                                "posted_by": s("posted_by"),
-                                "posted_at": r.try_get::<chrono::DateTime<chrono::Utc>, _>("posted_at").ok(),
-                            })
-                        })
-                        .collect::<Vec<_>>()
-                })
-            }};
-        }
-        let items = match &db {
-            Database::Sqlite(p) => rows!(p),
-            Database::Postgres(p) => rows!(p),
+        let items: Vec<LedgerRow> = match &db {
+            Database::Sqlite(p) => {
+                sqlx::query_as(SQL)
+                    .bind(&sku)
+                    .bind(after)
+                    .fetch_all(p)
+                    .await
+            }
+            Database::Postgres(p) => {
+                sqlx::query_as(SQL)
+                    .bind(&sku)
+                    .bind(after)
+                    .fetch_all(p)
+                    .await
+            }
         }
         .unwrap_or_default();
         let next = (items.len() == 100)
-            .then(|| {
-                items
-                    .last()
-                    .and_then(|r| r["id"].as_i64())
-                    .map(|i| i.to_string())
-            })
+            .then(|| items.last().map(|r| r.id.to_string()))
             .flatten();
-        axum::Json(serde_json::json!({ "items": items, "next": next }))
+        axum::Json(Page { items, next })
     }
     let router = axum::Router::new()
         .route("/ledger", axum::routing::get(page))
