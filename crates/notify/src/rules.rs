@@ -10,6 +10,24 @@ use malaka_db::{Database, Secret, on_pool};
 /// Event types a rule can ask for.
 pub const EVENTS: [&str; 2] = ["stock_alert", "report_ready"];
 
+// The limits `NewRule::parse` applies, for the API's schema.
+
+/// Longest rule name, in characters (trimmed; not only spaces; no control characters).
+pub const RULE_NAME_MAX: usize = 100;
+/// Most entries in `warehouses` or `skus`.
+pub const LIST_MAX: usize = 1000;
+/// Longest entry of `warehouses` or `skus`, in characters.
+pub const LIST_ENTRY_MAX: usize = 64;
+/// Shortest webhook secret, in characters.
+pub const SECRET_MIN: usize = 16;
+/// Longest webhook secret, in characters.
+pub const SECRET_MAX: usize = 256;
+/// Webhook URLs that always parse as an http(s) URL with a host: a lowercase host name whose
+/// labels start with a letter, an optional port, a plain path. (`url` takes any http(s) URL
+/// with a host; this is the part of it the API's schema promises.)
+pub const URL_PATTERN: &str =
+    "^https?://[a-z][a-z0-9-]*(\\.[a-z][a-z0-9-]*)*(:[0-9]{1,4})?(/[A-Za-z0-9._~-]*)*$";
+
 /// Where a rule sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -21,6 +39,9 @@ pub enum Channel {
 }
 
 impl Channel {
+    /// Every channel.
+    pub const ALL: [Self; 2] = [Self::Email, Self::Webhook];
+
     /// `email` or `webhook`.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -198,13 +219,19 @@ fn level(s: &str) -> Result<AlertLevel, RuleError> {
 }
 
 fn list(field: &'static str, v: Vec<String>) -> Result<Vec<String>, RuleError> {
-    if v.len() > 1000 {
-        return Err(bad(field, format!("{field} holds at most 1000 entries")));
-    }
-    if let Some(e) = v.iter().find(|e| e.is_empty() || e.len() > 64) {
+    if v.len() > LIST_MAX {
         return Err(bad(
             field,
-            format!("{field} entries are 1 to 64 characters, not {e:?}"),
+            format!("{field} holds at most {LIST_MAX} entries"),
+        ));
+    }
+    if let Some(e) = v
+        .iter()
+        .find(|e| e.is_empty() || e.chars().count() > LIST_ENTRY_MAX)
+    {
+        return Err(bad(
+            field,
+            format!("{field} entries are 1 to {LIST_ENTRY_MAX} characters, not {e:?}"),
         ));
     }
     Ok(v)
@@ -230,8 +257,11 @@ fn url(s: &str) -> Result<String, RuleError> {
 }
 
 fn secret(s: &Secret) -> Result<Secret, RuleError> {
-    if !(16..=256).contains(&s.expose().len()) {
-        return Err(bad("secret", "secret must be 16 to 256 characters"));
+    if !(SECRET_MIN..=SECRET_MAX).contains(&s.expose().chars().count()) {
+        return Err(bad(
+            "secret",
+            format!("secret must be {SECRET_MIN} to {SECRET_MAX} characters"),
+        ));
     }
     Ok(s.clone())
 }
@@ -308,11 +338,23 @@ impl NewRule {
                 (url(u)?, Some(secret(s)?))
             }
         };
-        let name = i.name.unwrap_or_else(|| shown_target(&channel, &target));
-        let name = name.trim().to_owned();
-        if name.is_empty() || name.len() > 100 {
-            return Err(bad("name", "name must be 1 to 100 characters"));
+        // By default the address or the URL's origin, cut to the longest name.
+        let name = i.name.unwrap_or_else(|| {
+            shown_target(&channel, &target)
+                .chars()
+                .take(RULE_NAME_MAX)
+                .collect()
+        });
+        if name.trim().is_empty() || name.chars().count() > RULE_NAME_MAX {
+            return Err(bad(
+                "name",
+                format!("name must be 1 to {RULE_NAME_MAX} characters"),
+            ));
         }
+        if name.chars().any(char::is_control) {
+            return Err(bad("name", "name must not contain control characters"));
+        }
+        let name = name.trim().to_owned();
         let events = i.events.unwrap_or_else(|| vec!["stock_alert".to_owned()]);
         if events.is_empty() {
             return Err(bad("events", "events must name at least one event type"));

@@ -68,6 +68,15 @@ pub enum ReportState {
 }
 
 impl ReportState {
+    /// Every state.
+    pub const ALL: [Self; 5] = [
+        Self::Queued,
+        Self::Running,
+        Self::Completed,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
     /// The stored name.
     pub fn as_str(self) -> &'static str {
         match self {

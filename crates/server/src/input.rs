@@ -7,7 +7,6 @@ use std::fmt;
 use malaka_inventory::{InventoryError, MovementText, NewMovement, parse_decimal};
 use serde::de::{self, Deserialize, Deserializer};
 use serde_json::value::RawValue;
-use utoipa::ToSchema;
 
 /// A decimal as it was sent: a JSON number's own text (`12.5`, `1e3`) or a JSON string holding
 /// one (`"12.5"`). `parse_decimal` gives its exact value; nothing is rounded on the way.
@@ -69,13 +68,14 @@ fn kind(json: &str) -> &'static str {
 }
 
 /// One stock movement, as the REST API takes it (`POST /movements`, each element of a batch)
-/// and as SQS stock commands carry it (where `type` comes from the envelope).
-#[derive(Debug, Clone, serde::Deserialize, ToSchema)]
+/// and as SQS stock commands carry it (where `type` comes from the envelope). Its OpenAPI
+/// schema (one object per `type`, from the same constants its parse uses) is in
+/// `http::schema`.
+#[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MovementIn {
     /// `receipt`, `issue`, `transfer` or `count`.
     #[serde(rename = "type", default)]
-    #[schema(example = "receipt")]
     pub kind: Option<String>,
     /// Article.
     pub sku: String,
@@ -85,12 +85,10 @@ pub struct MovementIn {
     #[serde(default)]
     pub to_warehouse: Option<String>,
     /// Quantity: a decimal, as a JSON number or a string.
-    #[schema(value_type = String, example = "12.5")]
     pub qty: DecimalText,
     /// Unit cost (a receipt needs one; a count may have one): a decimal, as a JSON number or
     /// a string.
     #[serde(default)]
-    #[schema(value_type = Option<String>, example = "12.5")]
     pub unit_cost: Option<DecimalText>,
     /// External reference (order number, ...).
     #[serde(default)]

@@ -25,6 +25,12 @@ use utoipa::{OpenApi, ToSchema};
 use super::ApiError;
 use super::auth::{Permission, Principal};
 use super::idempotency::IdempotencyKey;
+#[allow(unused_imports)] // names used in the `utoipa` attributes only
+use super::schema::{
+    AlertLevelSchema, CursorSchema, DecimalSchema, IdempotencyKeySchema, MovementKindSchema,
+    NameSchema, PageLimit, SkuSchema, TimeOrDateSchema, UnitSchema, ValuationSchema,
+    WarehouseCodeSchema,
+};
 use crate::app::AppState;
 use crate::input::{DecimalText, MovementIn};
 
@@ -132,9 +138,11 @@ pub(super) fn limit(q: &HashMap<String, String>, default: u32, max: u32) -> Resu
 
 #[derive(Serialize, ToSchema)]
 struct ArticleOut {
+    #[schema(value_type = SkuSchema)]
     sku: String,
     name: String,
     unit: String,
+    #[schema(value_type = ValuationSchema)]
     valuation: &'static str,
     #[schema(value_type = String, example = "12.5")]
     min_qty: Decimal,
@@ -165,6 +173,7 @@ impl From<Article> for ArticleOut {
 
 #[derive(Serialize, ToSchema)]
 struct WarehouseOut {
+    #[schema(value_type = WarehouseCodeSchema)]
     code: String,
     name: String,
     archived: bool,
@@ -189,8 +198,11 @@ struct LedgerRowOut {
     id: i64,
     movement_id: String,
     #[serde(rename = "type")]
+    #[schema(value_type = MovementKindSchema)]
     kind: &'static str,
+    #[schema(value_type = SkuSchema)]
     sku: String,
+    #[schema(value_type = WarehouseCodeSchema)]
     warehouse: String,
     #[schema(value_type = String, example = "12.5")]
     qty_change: Decimal,
@@ -234,9 +246,13 @@ impl From<LedgerRow> for LedgerRowOut {
 struct MovementOut {
     id: String,
     #[serde(rename = "type")]
+    #[schema(value_type = MovementKindSchema)]
     kind: &'static str,
+    #[schema(value_type = SkuSchema)]
     sku: String,
+    #[schema(value_type = WarehouseCodeSchema)]
     warehouse: String,
+    #[schema(value_type = Option<WarehouseCodeSchema>)]
     to_warehouse: Option<String>,
     #[schema(value_type = String, example = "12.5")]
     qty: Decimal,
@@ -292,7 +308,9 @@ impl From<&Layer> for LayerOut {
 
 #[derive(Serialize, ToSchema)]
 struct BalanceOut {
+    #[schema(value_type = SkuSchema)]
     sku: String,
+    #[schema(value_type = WarehouseCodeSchema)]
     warehouse: String,
     #[schema(value_type = String, example = "12.5")]
     qty: Decimal,
@@ -302,8 +320,7 @@ struct BalanceOut {
     rate: Decimal,
     #[schema(value_type = String, example = "12.5")]
     min_qty: Decimal,
-    /// OUT_OF_STOCK, CRITICAL, LOW or NORMAL.
-    #[schema(value_type = String, example = "LOW")]
+    #[schema(value_type = AlertLevelSchema)]
     level: AlertLevel,
     updated_at: DateTime<Utc>,
 }
@@ -328,22 +345,32 @@ impl From<&Balance> for BalanceOut {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ArticleIn {
+    #[schema(value_type = SkuSchema)]
     sku: String,
+    #[schema(value_type = NameSchema)]
     name: String,
+    /// Default `pcs`.
+    #[schema(value_type = Option<UnitSchema>)]
     unit: Option<String>,
+    /// Default `moving_average`.
+    #[schema(value_type = Option<ValuationSchema>)]
     valuation: Option<String>,
-    /// A decimal, as a JSON number or a string.
+    /// Minimum quantity per warehouse (default 0): at or below it the level is LOW.
     #[serde(default)]
-    #[schema(value_type = Option<String>, example = "12.5")]
+    #[schema(value_type = Option<DecimalSchema>)]
     min_qty: Option<DecimalText>,
-    /// A decimal, as a JSON number or a string.
+    /// Suggested reorder quantity (default 0).
     #[serde(default)]
-    #[schema(value_type = Option<String>, example = "12.5")]
+    #[schema(value_type = Option<DecimalSchema>)]
     reorder_qty: Option<DecimalText>,
     allow_negative: Option<bool>,
 }
 
-#[utoipa::path(post, path = "/api/v1/articles", tag = "articles", request_body = ArticleIn, responses((status = 201, body = ArticleOut), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody), (status = 400, description = "the body is not JSON", body = super::openapi::ErrorBody), (status = 409, description = "conflict: insufficient_stock, duplicate_sku, article_archived, ...", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/articles", tag = "articles", request_body = ArticleIn,
+    responses(
+        (status = 201, body = ArticleOut),
+        (status = 409, description = "duplicate_sku: an article has this SKU", body = super::openapi::ErrorBody),
+    ))]
 async fn create_article(
     State(state): State<AppState>,
     principal: Principal,
@@ -370,7 +397,16 @@ struct Page<T: ToSchema> {
     next: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/v1/articles", tag = "articles", params(("after" = Option<String>, Query, description = "the `next` of the previous page"), ("limit" = Option<u32>, Query, description = "1 to 1000, default 100"), ("archived" = Option<bool>, Query, description = "include archived articles")), responses((status = 200, body = Page<ArticleOut>), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/articles", tag = "articles",
+    params(
+        ("after" = Option<SkuSchema>, Query, description = "the `next` of the previous page"),
+        ("limit" = Option<PageLimit>, Query, description = "1 to 1000, default 100"),
+        ("archived" = Option<bool>, Query, description = "include archived articles"),
+    ),
+    responses(
+        (status = 200, body = Page<ArticleOut>),
+        (status = 422, description = "an invalid query parameter (named in `error.field`)", body = super::openapi::ErrorBody),
+    ))]
 async fn list_articles(
     State(state): State<AppState>,
     principal: Principal,
@@ -392,7 +428,13 @@ async fn list_articles(
     }))
 }
 
-#[utoipa::path(get, path = "/api/v1/articles/{sku}", tag = "articles", params(("sku" = String, Path)), responses((status = 200, body = ArticleOut), (status = 404, description = "not found", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/articles/{sku}", tag = "articles",
+    params(("sku" = SkuSchema, Path)),
+    responses(
+        (status = 200, body = ArticleOut),
+        (status = 404, description = "not_found: no such article", body = super::openapi::ErrorBody),
+        (status = 422, description = "the SKU is not a valid SKU", body = super::openapi::ErrorBody),
+    ))]
 async fn get_article(
     State(state): State<AppState>,
     principal: Principal,
@@ -405,22 +447,31 @@ async fn get_article(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ArticlePatchIn {
+    #[schema(value_type = Option<NameSchema>)]
     name: Option<String>,
+    #[schema(value_type = Option<UnitSchema>)]
     unit: Option<String>,
+    /// Refused (409) once the article has ledger rows.
+    #[schema(value_type = Option<ValuationSchema>)]
     valuation: Option<String>,
-    /// A decimal, as a JSON number or a string.
     #[serde(default)]
-    #[schema(value_type = Option<String>, example = "12.5")]
+    #[schema(value_type = Option<DecimalSchema>)]
     min_qty: Option<DecimalText>,
-    /// A decimal, as a JSON number or a string.
     #[serde(default)]
-    #[schema(value_type = Option<String>, example = "12.5")]
+    #[schema(value_type = Option<DecimalSchema>)]
     reorder_qty: Option<DecimalText>,
     allow_negative: Option<bool>,
     archived: Option<bool>,
 }
 
-#[utoipa::path(patch, path = "/api/v1/articles/{sku}", tag = "articles", params(("sku" = String, Path)), request_body = ArticlePatchIn, responses((status = 200, body = ArticleOut), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody), (status = 400, description = "the body is not JSON", body = super::openapi::ErrorBody), (status = 404, description = "not found", body = super::openapi::ErrorBody), (status = 409, description = "conflict: insufficient_stock, duplicate_sku, article_archived, ...", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(patch, path = "/api/v1/articles/{sku}", tag = "articles",
+    params(("sku" = SkuSchema, Path)),
+    request_body = ArticlePatchIn,
+    responses(
+        (status = 200, body = ArticleOut),
+        (status = 404, description = "not_found: no such article", body = super::openapi::ErrorBody),
+        (status = 409, description = "a change its state does not allow: valuation_locked (it has ledger rows), ...", body = super::openapi::ErrorBody),
+    ))]
 async fn patch_article(
     State(state): State<AppState>,
     principal: Principal,
@@ -447,7 +498,15 @@ async fn patch_article(
     Ok(Json(article.into()))
 }
 
-#[utoipa::path(delete, path = "/api/v1/articles/{sku}", tag = "articles", params(("sku" = String, Path)), responses((status = 204, description = "deleted (it had no ledger rows)"), (status = 200, description = "archived (it has ledger rows)", body = ArticleOut), (status = 404, description = "not found", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(delete, path = "/api/v1/articles/{sku}", tag = "articles",
+    params(("sku" = SkuSchema, Path)),
+    responses(
+        (status = 204, description = "deleted (it had no ledger rows)"),
+        (status = 200, description = "archived (it has ledger rows)", body = ArticleOut),
+        (status = 404, description = "not_found: no such article", body = super::openapi::ErrorBody),
+        (status = 409, description = "it cannot be deleted in its state", body = super::openapi::ErrorBody),
+        (status = 422, description = "the SKU is not a valid SKU", body = super::openapi::ErrorBody),
+    ))]
 async fn delete_article(
     State(state): State<AppState>,
     principal: Principal,
@@ -465,7 +524,9 @@ async fn delete_article(
 
 #[derive(Serialize, ToSchema)]
 struct ValuationOut {
+    #[schema(value_type = SkuSchema)]
     sku: String,
+    #[schema(value_type = ValuationSchema)]
     valuation: &'static str,
     #[schema(value_type = String, example = "12.5")]
     qty: Decimal,
@@ -476,6 +537,7 @@ struct ValuationOut {
 
 #[derive(Serialize, ToSchema)]
 struct WarehouseValuation {
+    #[schema(value_type = WarehouseCodeSchema)]
     warehouse: String,
     #[schema(value_type = String, example = "12.5")]
     qty: Decimal,
@@ -486,7 +548,13 @@ struct WarehouseValuation {
     layers: Vec<LayerOut>,
 }
 
-#[utoipa::path(get, path = "/api/v1/articles/{sku}/valuation", tag = "articles", params(("sku" = String, Path)), responses((status = 200, body = ValuationOut), (status = 404, description = "not found", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/articles/{sku}/valuation", tag = "articles",
+    params(("sku" = SkuSchema, Path)),
+    responses(
+        (status = 200, body = ValuationOut),
+        (status = 404, description = "not_found: no such article", body = super::openapi::ErrorBody),
+        (status = 422, description = "the SKU is not a valid SKU", body = super::openapi::ErrorBody),
+    ))]
 async fn valuation(
     State(state): State<AppState>,
     principal: Principal,
@@ -523,11 +591,17 @@ async fn valuation(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct WarehouseIn {
+    #[schema(value_type = WarehouseCodeSchema)]
     code: String,
+    #[schema(value_type = NameSchema)]
     name: String,
 }
 
-#[utoipa::path(post, path = "/api/v1/warehouses", tag = "warehouses", request_body = WarehouseIn, responses((status = 201, body = WarehouseOut), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody), (status = 400, description = "the body is not JSON", body = super::openapi::ErrorBody), (status = 409, description = "conflict: insufficient_stock, duplicate_sku, article_archived, ...", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/warehouses", tag = "warehouses", request_body = WarehouseIn,
+    responses(
+        (status = 201, body = WarehouseOut),
+        (status = 409, description = "duplicate_warehouse: a warehouse has this code", body = super::openapi::ErrorBody),
+    ))]
 async fn create_warehouse(
     State(state): State<AppState>,
     principal: Principal,
@@ -540,7 +614,14 @@ async fn create_warehouse(
     Ok((StatusCode::CREATED, Json(WarehouseOut::from(warehouse))).into_response())
 }
 
-#[utoipa::path(get, path = "/api/v1/warehouses", tag = "warehouses", params(("archived" = Option<bool>, Query)), responses((status = 200, body = Page<WarehouseOut>), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/warehouses", tag = "warehouses",
+    params(
+        ("archived" = Option<bool>, Query, description = "include archived warehouses"),
+    ),
+    responses(
+        (status = 200, body = Page<WarehouseOut>),
+        (status = 422, description = "an invalid query parameter (named in `error.field`)", body = super::openapi::ErrorBody),
+    ))]
 async fn list_warehouses(
     State(state): State<AppState>,
     principal: Principal,
@@ -554,7 +635,13 @@ async fn list_warehouses(
     }))
 }
 
-#[utoipa::path(get, path = "/api/v1/warehouses/{code}", tag = "warehouses", params(("code" = String, Path)), responses((status = 200, body = WarehouseOut), (status = 404, description = "not found", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/warehouses/{code}", tag = "warehouses",
+    params(("code" = WarehouseCodeSchema, Path)),
+    responses(
+        (status = 200, body = WarehouseOut),
+        (status = 404, description = "not_found: no such warehouse", body = super::openapi::ErrorBody),
+        (status = 422, description = "the code is not a valid warehouse code", body = super::openapi::ErrorBody),
+    ))]
 async fn get_warehouse(
     State(state): State<AppState>,
     principal: Principal,
@@ -567,11 +654,19 @@ async fn get_warehouse(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct WarehousePatchIn {
+    #[schema(value_type = Option<NameSchema>)]
     name: Option<String>,
     archived: Option<bool>,
 }
 
-#[utoipa::path(patch, path = "/api/v1/warehouses/{code}", tag = "warehouses", params(("code" = String, Path)), request_body = WarehousePatchIn, responses((status = 200, body = WarehouseOut), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody), (status = 400, description = "the body is not JSON", body = super::openapi::ErrorBody), (status = 404, description = "not found", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(patch, path = "/api/v1/warehouses/{code}", tag = "warehouses",
+    params(("code" = WarehouseCodeSchema, Path)),
+    request_body = WarehousePatchIn,
+    responses(
+        (status = 200, body = WarehouseOut),
+        (status = 404, description = "not_found: no such warehouse", body = super::openapi::ErrorBody),
+        (status = 409, description = "a change its state does not allow (archiving a warehouse that holds stock, ...)", body = super::openapi::ErrorBody),
+    ))]
 async fn patch_warehouse(
     State(state): State<AppState>,
     principal: Principal,
@@ -590,7 +685,16 @@ async fn patch_warehouse(
 
 // ---- movements --------------------------------------------------------------------------------
 
-#[utoipa::path(post, path = "/api/v1/movements", tag = "movements", request_body = MovementIn, params(("Idempotency-Key" = Option<String>, Header, description = "repeat-safe posting")), responses((status = 201, body = MovementOut), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody), (status = 400, description = "the body is not JSON", body = super::openapi::ErrorBody), (status = 404, description = "not found", body = super::openapi::ErrorBody), (status = 409, description = "conflict: insufficient_stock, duplicate_sku, article_archived, ...", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/movements", tag = "movements", request_body = MovementIn,
+    params(
+        ("Idempotency-Key" = Option<IdempotencyKeySchema>, Header, description = "repeat-safe posting: a key new to each movement; the same request with the same key gets the first answer"),
+    ),
+    responses(
+        (status = 201, body = MovementOut),
+        (status = 404, description = "not_found: no such article or warehouse", body = super::openapi::ErrorBody),
+        (status = 409, description = "the ledger refuses it: insufficient_stock, article_archived, warehouse_archived, ...; or its Idempotency-Key is in use by a request still running", body = super::openapi::ErrorBody),
+        (status = 422, description = "an invalid field (named in `error.field`), out_of_range, or an Idempotency-Key used before for another request", body = super::openapi::ErrorBody),
+    ))]
 async fn post_movement(
     State(state): State<AppState>,
     principal: Principal,
@@ -639,6 +743,7 @@ fn created(body: Vec<u8>) -> Result<Response, ApiError> {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BatchIn {
+    #[schema(schema_with = super::schema::batch_movements)]
     movements: Vec<MovementIn>,
 }
 
@@ -647,7 +752,16 @@ struct BatchOut {
     movements: Vec<MovementOut>,
 }
 
-#[utoipa::path(post, path = "/api/v1/movements/batch", tag = "movements", request_body = BatchIn, params(("Idempotency-Key" = Option<String>, Header)), responses((status = 201, body = BatchOut), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody), (status = 400, description = "the body is not JSON", body = super::openapi::ErrorBody), (status = 404, description = "not found", body = super::openapi::ErrorBody), (status = 409, description = "conflict: insufficient_stock, duplicate_sku, article_archived, ...", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/movements/batch", tag = "movements", request_body = BatchIn,
+    params(
+        ("Idempotency-Key" = Option<IdempotencyKeySchema>, Header, description = "repeat-safe posting: a key new to each batch"),
+    ),
+    responses(
+        (status = 201, body = BatchOut),
+        (status = 404, description = "not_found: no such article or warehouse", body = super::openapi::ErrorBody),
+        (status = 409, description = "the ledger refuses one of them (nothing is posted): insufficient_stock, ...; or its Idempotency-Key is in use by a request still running", body = super::openapi::ErrorBody),
+        (status = 422, description = "an invalid field (`movements[i].field`), or an Idempotency-Key used before for another request", body = super::openapi::ErrorBody),
+    ))]
 async fn post_batch(
     State(state): State<AppState>,
     principal: Principal,
@@ -684,7 +798,16 @@ async fn post_batch(
 
 // ---- reads ------------------------------------------------------------------------------------
 
-#[utoipa::path(get, path = "/api/v1/balances", tag = "stock", params(("sku" = Option<String>, Query), ("warehouse" = Option<String>, Query), ("level" = Option<String>, Query, description = "OUT_OF_STOCK, CRITICAL, LOW or NORMAL")), responses((status = 200, body = Page<BalanceOut>), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody), (status = 400, description = "the body is not JSON", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/balances", tag = "stock",
+    params(
+        ("sku" = Option<SkuSchema>, Query),
+        ("warehouse" = Option<WarehouseCodeSchema>, Query),
+        ("level" = Option<AlertLevelSchema>, Query),
+    ),
+    responses(
+        (status = 200, body = Page<BalanceOut>),
+        (status = 422, description = "an invalid query parameter (named in `error.field`)", body = super::openapi::ErrorBody),
+    ))]
 async fn balances(
     State(state): State<AppState>,
     principal: Principal,
@@ -738,7 +861,19 @@ fn time(field: &str, s: &str) -> Result<DateTime<Utc>, ApiError> {
         })
 }
 
-#[utoipa::path(get, path = "/api/v1/ledger", tag = "stock", params(("sku" = Option<String>, Query), ("warehouse" = Option<String>, Query), ("from" = Option<String>, Query, description = "RFC 3339 time or YYYY-MM-DD"), ("to" = Option<String>, Query), ("cursor" = Option<String>, Query, description = "the `next` of the previous page"), ("limit" = Option<u32>, Query)), responses((status = 200, body = LedgerOut), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody), (status = 400, description = "the body is not JSON", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/ledger", tag = "stock",
+    params(
+        ("sku" = Option<SkuSchema>, Query),
+        ("warehouse" = Option<WarehouseCodeSchema>, Query),
+        ("from" = Option<TimeOrDateSchema>, Query, description = "posted at or after: an RFC 3339 time or a YYYY-MM-DD date"),
+        ("to" = Option<TimeOrDateSchema>, Query, description = "posted before: an RFC 3339 time or a YYYY-MM-DD date"),
+        ("cursor" = Option<CursorSchema>, Query, description = "the `next` of the previous page"),
+        ("limit" = Option<PageLimit>, Query, description = "1 to 1000, default 100"),
+    ),
+    responses(
+        (status = 200, body = LedgerOut),
+        (status = 422, description = "an invalid query parameter (named in `error.field`)", body = super::openapi::ErrorBody),
+    ))]
 async fn ledger(
     State(state): State<AppState>,
     principal: Principal,
@@ -778,7 +913,14 @@ struct RecentOut {
     items: Vec<LedgerRowOut>,
 }
 
-#[utoipa::path(get, path = "/api/v1/ledger/recent", tag = "stock", params(("limit" = Option<u32>, Query, description = "1 to 1000, default 20")), responses((status = 200, body = RecentOut), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/ledger/recent", tag = "stock",
+    params(
+        ("limit" = Option<PageLimit>, Query, description = "1 to 1000, default 20"),
+    ),
+    responses(
+        (status = 200, body = RecentOut),
+        (status = 422, description = "an invalid query parameter (named in `error.field`)", body = super::openapi::ErrorBody),
+    ))]
 async fn recent_ledger(
     State(state): State<AppState>,
     principal: Principal,

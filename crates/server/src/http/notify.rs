@@ -12,6 +12,10 @@ use utoipa::{OpenApi, ToSchema};
 use super::ApiError;
 use super::auth::{Permission, Principal};
 use super::json::Json;
+#[allow(unused_imports)] // names used in the `utoipa` attributes only
+use super::schema::{
+    AlertingLevelSchema, ChannelSchema, RuleEventSchema, RuleInSchema, RulePatchSchema,
+};
 use crate::app::AppState;
 use malaka_notify::{Channel, NewRule, Rule, RuleError, RuleInput};
 
@@ -77,6 +81,7 @@ impl From<RuleIn> for RuleInput {
 pub(super) struct RuleOut {
     id: i64,
     name: String,
+    #[schema(value_type = ChannelSchema)]
     channel: &'static str,
     /// For email.
     address: Option<String>,
@@ -86,7 +91,9 @@ pub(super) struct RuleOut {
     has_secret: bool,
     warehouses: Vec<String>,
     skus: Vec<String>,
+    #[schema(value_type = AlertingLevelSchema)]
     min_level: &'static str,
+    #[schema(value_type = Vec<RuleEventSchema>)]
     events: Vec<String>,
     enabled: bool,
     created_by: String,
@@ -134,9 +141,11 @@ fn missing(id: i64) -> ApiError {
     ApiError::not_found(format!("notification rule {id} not found"))
 }
 
-#[utoipa::path(post, path = "/api/v1/notification-rules", tag = "notifications", request_body = RuleIn,
-    responses((status = 201, body = RuleOut), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody),
-              (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/notification-rules", tag = "notifications", request_body = RuleInSchema,
+    responses(
+        (status = 201, body = RuleOut),
+        (status = 422, description = "an invalid field (named in `error.field`); a webhook URL naming a non-public address literally, unless the server allows private targets", body = super::openapi::ErrorBody),
+    ))]
 async fn create_rule(
     State(state): State<AppState>,
     principal: Principal,
@@ -155,7 +164,9 @@ async fn create_rule(
 }
 
 #[utoipa::path(get, path = "/api/v1/notification-rules", tag = "notifications",
-    responses((status = 200, body = RulesOut), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+    responses(
+        (status = 200, body = RulesOut),
+    ))]
 async fn list_rules(
     State(state): State<AppState>,
     principal: Principal,
@@ -167,8 +178,12 @@ async fn list_rules(
     }))
 }
 
-#[utoipa::path(get, path = "/api/v1/notification-rules/{id}", tag = "notifications", params(("id" = i64, Path)),
-    responses((status = 200, body = RuleOut), (status = 404, description = "no such rule", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/notification-rules/{id}", tag = "notifications",
+    params(("id" = i64, Path)),
+    responses(
+        (status = 200, body = RuleOut),
+        (status = 404, description = "not_found: no such rule", body = super::openapi::ErrorBody),
+    ))]
 async fn get_rule(
     State(state): State<AppState>,
     principal: Principal,
@@ -185,9 +200,14 @@ async fn get_rule(
     Ok(Json(RuleOut::from(rule)))
 }
 
-#[utoipa::path(patch, path = "/api/v1/notification-rules/{id}", tag = "notifications", params(("id" = i64, Path)), request_body = RuleIn,
-    responses((status = 200, body = RuleOut), (status = 404, description = "no such rule", body = super::openapi::ErrorBody),
-              (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody)))]
+#[utoipa::path(patch, path = "/api/v1/notification-rules/{id}", tag = "notifications",
+    params(("id" = i64, Path)),
+    request_body = RulePatchSchema,
+    responses(
+        (status = 200, body = RuleOut),
+        (status = 404, description = "not_found: no such rule", body = super::openapi::ErrorBody),
+        (status = 422, description = "an invalid field (named in `error.field`): `address` on a webhook rule or `url`/`secret` on an email rule, another `channel` than the rule's, ...", body = super::openapi::ErrorBody),
+    ))]
 async fn patch_rule(
     State(state): State<AppState>,
     principal: Principal,
@@ -207,8 +227,12 @@ async fn patch_rule(
     Ok(Json(RuleOut::from(rule)))
 }
 
-#[utoipa::path(delete, path = "/api/v1/notification-rules/{id}", tag = "notifications", params(("id" = i64, Path)),
-    responses((status = 204, description = "deleted"), (status = 404, description = "no such rule", body = super::openapi::ErrorBody)))]
+#[utoipa::path(delete, path = "/api/v1/notification-rules/{id}", tag = "notifications",
+    params(("id" = i64, Path)),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 404, description = "not_found: no such rule", body = super::openapi::ErrorBody),
+    ))]
 async fn delete_rule(
     State(state): State<AppState>,
     principal: Principal,

@@ -5,7 +5,12 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
 use serde::Serialize;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::schema::{Object, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::ApiError;
@@ -13,20 +18,143 @@ use super::json::Json;
 use crate::app::AppState;
 use crate::auth::{Permission, Principal};
 
-/// Every error answer: `{"error": {"code", "message", "field"?}}`.
+/// Every error answer: `{"error": {"code", "message", "field"?}}` (what `ApiError` sends).
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)] // for the schema: `additionalProperties: false`
 pub(super) struct ErrorBody {
     error: ErrorDetail,
 }
 
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)] // for the schema: `additionalProperties: false`
 struct ErrorDetail {
     /// Machine-readable: `invalid`, `malformed`, `not_found`, `insufficient_stock`, ...
     code: String,
     /// For a person.
     message: String,
-    /// The field (JSON path or header) at fault, for bad input.
+    /// The field (JSON path or header) at fault, for bad input; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false)]
     field: Option<String>,
+}
+
+/// An answer with an [`ErrorBody`].
+fn error_response(
+    description: &str,
+    header: Option<(&str, &str)>,
+) -> RefOr<utoipa::openapi::Response> {
+    let mut r = ResponseBuilder::new().description(description).content(
+        "application/json",
+        ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name(ErrorBody::name())))
+            .build(),
+    );
+    if let Some((name, description)) = header {
+        r = r.header(
+            name,
+            HeaderBuilder::new()
+                .schema(Object::with_type(Type::String))
+                .description(Some(description))
+                .build(),
+        );
+    }
+    RefOr::T(r.build())
+}
+
+/// Adds to every operation the answers any of them can give, where its own annotation has not
+/// listed them: 401 (no valid token), 403 (the role lacks the permission; not on `/me`), 429
+/// (rate limits), 500 and 503; and for those with a JSON body, 400 (not JSON), 413 (too large),
+/// 415 (not `application/json`) and 422 (a field the `Json` extractor or the parse refuses).
+struct CommonResponses;
+
+impl CommonResponses {
+    fn add(path: &str, op: &mut Operation) {
+        let mut common = vec![
+            (
+                "401",
+                error_response(
+                    "unauthorized: no valid token",
+                    Some(("WWW-Authenticate", "`Bearer`")),
+                ),
+            ),
+            (
+                "429",
+                error_response(
+                    "rate_limited: over the token's rate, or too many failed requests from this \
+                     address",
+                    Some(("Retry-After", "Seconds to wait")),
+                ),
+            ),
+            (
+                "500",
+                error_response("internal: a server fault (logged)", None),
+            ),
+            (
+                "503",
+                error_response(
+                    "unavailable: nothing was written; the same request may be sent again",
+                    None,
+                ),
+            ),
+        ];
+        if path != "/api/v1/me" {
+            common.push((
+                "403",
+                error_response("forbidden: the token's role lacks the permission", None),
+            ));
+        }
+        if op.request_body.is_some() {
+            common.extend([
+                (
+                    "400",
+                    error_response("malformed: the body is not JSON", None),
+                ),
+                (
+                    "413",
+                    error_response("too_large: the body is over 1 MiB", None),
+                ),
+                (
+                    "415",
+                    error_response(
+                        "unsupported_media_type: the body is not `application/json`",
+                        None,
+                    ),
+                ),
+                (
+                    "422",
+                    error_response(
+                        "invalid: a field's value is refused (named in `error.field`)",
+                        None,
+                    ),
+                ),
+            ]);
+        }
+        for (status, response) in common {
+            op.responses
+                .responses
+                .entry(status.to_owned())
+                .or_insert(response);
+        }
+    }
+}
+
+impl Modify for CommonResponses {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in &mut doc.paths.paths {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                Self::add(path, op);
+            }
+        }
+    }
 }
 
 struct Bearer;
@@ -49,7 +177,29 @@ impl Modify for Bearer {
             stock alerts, the job queue and live events over WebSocket. \
             Every route needs `Authorization: Bearer <token>`; roles decide what a token may do.",
     ),
-    components(schemas(ErrorBody)),
+    components(schemas(
+        ErrorBody,
+        crate::input::MovementIn,
+        super::schema::RuleInSchema,
+        super::schema::SkuSchema,
+        super::schema::WarehouseCodeSchema,
+        super::schema::DecimalSchema,
+        super::schema::PositiveDecimalSchema,
+        super::schema::PageLimit,
+        super::schema::TimeOrDateSchema,
+        super::schema::IdempotencyKeySchema,
+        super::schema::CursorSchema,
+        super::schema::AlertLevelSchema,
+        super::schema::AlertingLevelSchema,
+        super::schema::AlertStateSchema,
+        super::schema::PositiveIdSchema,
+        super::schema::SinceSchema,
+        super::schema::LiveTypesSchema,
+        super::schema::ReportStateSchema,
+        super::schema::JobStatesSchema,
+        super::schema::InboxStateSchema,
+        super::schema::FailureStateSchema,
+    )),
     modifiers(&Bearer),
     security(("bearer" = [])),
     tags(
@@ -70,6 +220,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.merge(super::notify::ApiDoc::openapi());
     doc.merge(super::reports::ApiDoc::openapi());
     doc.merge(super::integrations::ApiDoc::openapi());
+    CommonResponses.modify(&mut doc);
     doc
 }
 
