@@ -129,12 +129,23 @@ pub struct RuleError {
     pub field: &'static str,
     /// For a person.
     pub message: String,
+    /// Whether the value is fine in itself but not for the stored rule it would change (another
+    /// channel, or a field of the other channel): a conflict with its state, not bad input.
+    pub conflict: bool,
 }
 
 fn bad(field: &'static str, message: impl Into<String>) -> RuleError {
     RuleError {
         field,
         message: message.into(),
+        conflict: false,
+    }
+}
+
+fn conflict(field: &'static str, message: impl Into<String>) -> RuleError {
+    RuleError {
+        conflict: true,
+        ..bad(field, message)
     }
 }
 
@@ -391,10 +402,33 @@ impl NewRule {
         if let Some(c) = &patch.channel
             && c != existing.channel.as_str()
         {
-            return Err(bad(
+            // A channel that is no channel at all is bad input; another one, a conflict.
+            if !Channel::ALL.iter().any(|ch| ch.as_str() == c) {
+                return Err(bad(
+                    "channel",
+                    format!("channel must be email or webhook, not {c:?}"),
+                ));
+            }
+            return Err(conflict(
                 "channel",
                 "a rule's channel cannot change; make a new rule",
             ));
+        }
+        match existing.channel {
+            Channel::Email if patch.url.is_some() || patch.secret.is_some() => {
+                let field = if patch.url.is_some() { "url" } else { "secret" };
+                return Err(conflict(
+                    field,
+                    "an email rule takes an address, not a url or secret",
+                ));
+            }
+            Channel::Webhook if patch.address.is_some() => {
+                return Err(conflict(
+                    "address",
+                    "a webhook rule takes a url, not an address",
+                ));
+            }
+            _ => {}
         }
         let (address, url_) = match existing.channel {
             Channel::Email => (

@@ -130,6 +130,47 @@ impl MovementIn {
     }
 }
 
+/// A struct read from a JSON object only. (A derived `Deserialize` also takes a struct's fields
+/// in order from an array, `[null, null]`, which no schema of the API allows.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields<T>(std::marker::PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> de::Visitor<'de> for Fields<T> {
+            type Value = Object<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(Object)
+            }
+        }
+
+        d.deserialize_map(Fields(std::marker::PhantomData))
+    }
+}
+
+/// For `#[serde(deserialize_with = "object")]`: a struct field given as a JSON object only.
+///
+/// # Errors
+/// Not an object, or the struct's own errors.
+pub fn object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    Object::deserialize(d).map(|o| o.0)
+}
+
+/// For `#[serde(deserialize_with = "objects")]`: a list of structs, each a JSON object.
+///
+/// # Errors
+/// Not an array of objects, or the structs' own errors.
+pub fn objects<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    Vec::<Object<T>>::deserialize(d).map(|v| v.into_iter().map(|o| o.0).collect())
+}
+
 /// Deserializes `json` into `T` with the path of the first shape error, prefixed with `at`
 /// (`data.`, `movements[3].`): one place for the JSON rules of every edge.
 ///

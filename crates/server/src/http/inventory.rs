@@ -743,6 +743,7 @@ fn created(body: Vec<u8>) -> Result<Response, ApiError> {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BatchIn {
+    #[serde(deserialize_with = "crate::input::objects")]
     #[schema(schema_with = super::schema::batch_movements)]
     movements: Vec<MovementIn>,
 }

@@ -34,7 +34,11 @@ pub(super) fn routes() -> Router<AppState> {
 
 impl From<RuleError> for ApiError {
     fn from(e: RuleError) -> Self {
-        ApiError::unprocessable(e.field, e.message)
+        if e.conflict {
+            ApiError::conflict("channel_mismatch", e.message).with_field(e.field)
+        } else {
+            ApiError::unprocessable(e.field, e.message)
+        }
     }
 }
 
@@ -206,7 +210,8 @@ async fn get_rule(
     responses(
         (status = 200, body = RuleOut),
         (status = 404, description = "not_found: no such rule", body = super::openapi::ErrorBody),
-        (status = 422, description = "an invalid field (named in `error.field`): `address` on a webhook rule or `url`/`secret` on an email rule, another `channel` than the rule's, ...", body = super::openapi::ErrorBody),
+        (status = 409, description = "channel_mismatch: another `channel` than the rule's, `address` on a webhook rule, or `url`/`secret` on an email rule", body = super::openapi::ErrorBody),
+        (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody),
     ))]
 async fn patch_rule(
     State(state): State<AppState>,

@@ -65,8 +65,8 @@ pub(super) struct ReportIn {
     #[serde(rename = "type")]
     #[schema(value_type = ReportKindSchema)]
     kind: String,
-    #[serde(default)]
-    #[schema(value_type = Option<ReportParamsSchema>)]
+    #[serde(default, deserialize_with = "crate::input::object")]
+    #[schema(value_type = ReportParamsSchema, required = false)]
     params: StoredParams,
     /// Default csv.
     #[schema(value_type = Option<ReportFormatSchema>)]

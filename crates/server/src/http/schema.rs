@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use malaka_inventory::{
     AlertLevel, CODE_PATTERN, InboxState, MAX_BATCH, MAX_DECIMAL_TEXT, MovementKind, NAME_MAX,
     NON_NEGATIVE_DECIMAL_PATTERN, NOTE_MAX, OPTIONAL_TEXT_PATTERN, POSITIVE_DECIMAL_PATTERN,
-    REFERENCE_MAX, ReportKind, SKU_MAX, TEXT_PATTERN, UNIT_MAX, ValuationMethod,
+    QTY_SCALE, REFERENCE_MAX, ReportKind, SKU_MAX, TEXT_PATTERN, UNIT_MAX, ValuationMethod,
     WAREHOUSE_CODE_MAX,
 };
 use utoipa::openapi::RefOr;
@@ -63,13 +63,52 @@ pub(crate) fn comma_list<'a>(values: impl IntoIterator<Item = &'a str>) -> Objec
     string().pattern(Some(format!("^(({alternatives}),)*({alternatives})?$")))
 }
 
-fn decimal(pattern: &str, description: &str) -> ObjectBuilder {
-    string()
-        .min_length(Some(1))
-        .max_length(Some(MAX_DECIMAL_TEXT))
-        .pattern(Some(pattern))
-        .description(Some(description))
-        .examples(["12.5"])
+/// A decimal as `parse_decimal` takes it: a string of `pattern`, or a JSON number (its text is
+/// read exactly: at most 6 decimal places, below 10^12).
+fn decimal(pattern: &str, positive: bool, description: &str) -> RefOr<Schema> {
+    let number = ObjectBuilder::new()
+        .schema_type(Type::Number)
+        .multiple_of(Some(10f64.powi(-i32::try_from(QTY_SCALE).unwrap_or(6))))
+        .exclusive_maximum(Some(1e12));
+    let number = if positive {
+        number.exclusive_minimum(Some(0))
+    } else {
+        number.minimum(Some(0))
+    };
+    RefOr::T(Schema::AnyOf(
+        AnyOfBuilder::new()
+            .item(
+                string()
+                    .min_length(Some(1))
+                    .max_length(Some(MAX_DECIMAL_TEXT))
+                    .pattern(Some(pattern))
+                    .examples(["12.5"]),
+            )
+            .item(number)
+            .description(Some(description))
+            .build(),
+    ))
+}
+
+/// Declares a decimal schema named `$name`.
+macro_rules! decimal_schema {
+    ($(#[$doc:meta])* $ty:ident, $name:literal, $pattern:expr, $positive:expr, $description:expr) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub(crate) struct $ty;
+
+        impl PartialSchema for $ty {
+            fn schema() -> RefOr<Schema> {
+                decimal($pattern, $positive, $description)
+            }
+        }
+
+        impl ToSchema for $ty {
+            fn name() -> Cow<'static, str> {
+                Cow::Borrowed($name)
+            }
+        }
+    };
 }
 
 /// A nullable form of `schema`.
@@ -127,25 +166,23 @@ schema!(
         "MAIN"
     )
 );
-schema!(
+decimal_schema!(
     /// `parse_decimal` and `Quantity::parse`/`Money::parse` (not negative).
     DecimalSchema,
     "Decimal",
-    decimal(
-        NON_NEGATIVE_DECIMAL_PATTERN,
-        "A decimal at or above 0, below 10^12, with at most 6 decimal places, as a string \
-         (a JSON number's text, such as `12.5`, is taken too)."
-    )
+    NON_NEGATIVE_DECIMAL_PATTERN,
+    false,
+    "A decimal at or above 0, below 10^12, with at most 6 decimal places: best as a string \
+     (`\"12.5\"`); a JSON number is read from its text, exactly."
 );
-schema!(
+decimal_schema!(
     /// `parse_decimal` and `Quantity::parse(.., positive)`.
     PositiveDecimalSchema,
     "PositiveDecimal",
-    decimal(
-        POSITIVE_DECIMAL_PATTERN,
-        "A decimal above 0, below 10^12, with at most 6 decimal places, as a string \
-         (a JSON number's text, such as `12.5`, is taken too)."
-    )
+    POSITIVE_DECIMAL_PATTERN,
+    true,
+    "A decimal above 0, below 10^12, with at most 6 decimal places: best as a string \
+     (`\"12.5\"`); a JSON number is read from its text, exactly."
 );
 schema!(
     /// `ValuationMethod`.

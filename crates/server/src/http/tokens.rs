@@ -64,10 +64,8 @@ async fn me(principal: Principal) -> Json<MeOut> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateToken {
-    #[serde(default)]
     #[schema(value_type = TokenNameSchema)]
     name: String,
-    #[serde(default)]
     #[schema(value_type = RoleSchema)]
     role: String,
 }
