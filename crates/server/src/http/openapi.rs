@@ -262,4 +262,72 @@ mod tests {
         assert!(doc["components"]["schemas"]["MovementIn"].is_object());
         assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     }
+
+    /// The constraints come from the parsers' own constants and variant lists.
+    #[test]
+    fn schemas_state_what_the_parsers_take() {
+        use malaka_inventory::{
+            CODE_PATTERN, MovementKind, NAME_MAX, SKU_MAX, ValuationMethod, WAREHOUSE_CODE_MAX,
+        };
+        let doc = serde_json::to_value(document()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        assert_eq!(schemas["Sku"]["pattern"], CODE_PATTERN);
+        assert_eq!(schemas["Sku"]["maxLength"], SKU_MAX);
+        assert_eq!(schemas["WarehouseCode"]["maxLength"], WAREHOUSE_CODE_MAX);
+        assert_eq!(schemas["Name"]["maxLength"], NAME_MAX);
+        let methods: Vec<&str> = ValuationMethod::ALL.iter().map(|m| m.as_str()).collect();
+        assert_eq!(
+            schemas["ValuationMethod"]["enum"],
+            serde_json::json!(methods)
+        );
+        assert_eq!(
+            schemas["ArticleIn"]["properties"]["valuation"]["oneOf"][1]["$ref"],
+            "#/components/schemas/ValuationMethod"
+        );
+        // One movement schema per kind, told apart by `type`.
+        let one_of = schemas["MovementIn"]["oneOf"].as_array().unwrap();
+        assert_eq!(one_of.len(), MovementKind::ALL.len());
+        for kind in MovementKind::ALL {
+            let target = &schemas["MovementIn"]["discriminator"]["mapping"][kind.as_str()];
+            let name = target.as_str().unwrap().rsplit('/').next().unwrap();
+            assert_eq!(
+                schemas[name]["properties"]["type"]["enum"],
+                serde_json::json!([kind.as_str()])
+            );
+        }
+        assert_eq!(
+            schemas["ReceiptIn"]["required"],
+            serde_json::json!(["type", "sku", "warehouse", "qty", "unit_cost"])
+        );
+        assert_eq!(schemas["ErrorBody"]["additionalProperties"], false);
+    }
+
+    /// Every operation lists the answers any operation can give, with the error body.
+    #[test]
+    fn every_operation_lists_its_error_answers() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let mut n = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                n += 1;
+                let responses = &op["responses"];
+                for status in ["401", "429", "500", "503"] {
+                    assert_eq!(
+                        responses[status]["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/ErrorBody",
+                        "{method} {path} {status}"
+                    );
+                }
+                if op["requestBody"].is_object() {
+                    for status in ["400", "413", "415", "422"] {
+                        assert!(responses[status].is_object(), "{method} {path} {status}");
+                    }
+                }
+                if path.contains('{') {
+                    assert!(responses["404"].is_object(), "{method} {path} 404");
+                }
+            }
+        }
+        assert!(n > 40, "{n} operations");
+    }
 }
