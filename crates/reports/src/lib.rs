@@ -454,7 +454,12 @@ impl Reports {
         });
         if let Some(job) = r.job_id {
             match queue.cancel(job).await {
-                Ok(_) | Err(malaka_jobs::JobsError::WrongState { .. }) => {}
+                // Finished meanwhile, or already gone (a completed job is not kept): nothing
+                // left to stop.
+                Ok(_)
+                | Err(
+                    malaka_jobs::JobsError::WrongState { .. } | malaka_jobs::JobsError::NotFound(_),
+                ) => {}
                 Err(e) => return Err(e.into()),
             }
         }

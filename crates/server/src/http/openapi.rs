@@ -6,11 +6,11 @@ use axum::extract::State;
 use axum::routing::get;
 use serde::Serialize;
 use utoipa::openapi::header::HeaderBuilder;
-use utoipa::openapi::path::Operation;
+use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
 use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::schema::{Object, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, Ref, RefOr};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::ApiError;
@@ -65,9 +65,48 @@ fn error_response(
 /// listed them: 401 (no valid token), 403 (the role lacks the permission; not on `/me`), 429
 /// (rate limits), 500 and 503; and for those with a JSON body, 400 (not JSON), 413 (too large),
 /// 415 (not `application/json`) and 422 (a field the `Json` extractor or the parse refuses).
+/// Every POST takes an `Idempotency-Key` (the `idempotency` middleware), and with it can answer
+/// 409 (the key's first request is still running) and 422 (a bad key, or one used before for
+/// another request).
 struct CommonResponses;
 
 impl CommonResponses {
+    fn idempotency(op: &mut Operation) {
+        let params = op.parameters.get_or_insert_with(Vec::new);
+        if !params.iter().any(|p| p.name == "Idempotency-Key") {
+            params.push(
+                ParameterBuilder::new()
+                    .name("Idempotency-Key")
+                    .parameter_in(ParameterIn::Header)
+                    .required(Required::False)
+                    .description(Some(
+                        "repeat-safe request: a key new to each request; the same request sent \
+                         again with the same key gets the first answer",
+                    ))
+                    .schema(Some(Ref::from_schema_name(
+                        super::schema::IdempotencyKeySchema::name(),
+                    )))
+                    .build(),
+            );
+        }
+        for (status, description) in [
+            (
+                "409",
+                "the request's Idempotency-Key is in use by a request still running",
+            ),
+            (
+                "422",
+                "an invalid field (named in `error.field`), or an Idempotency-Key that is not 1 \
+                 to 255 visible ASCII characters or was used before for another request",
+            ),
+        ] {
+            op.responses
+                .responses
+                .entry(status.to_owned())
+                .or_insert_with(|| error_response(description, None));
+        }
+    }
+
     fn add(path: &str, op: &mut Operation) {
         let mut common = vec![
             (
@@ -141,6 +180,9 @@ impl CommonResponses {
 impl Modify for CommonResponses {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
         for (path, item) in &mut doc.paths.paths {
+            if let Some(op) = &mut item.post {
+                Self::idempotency(op);
+            }
             for op in [
                 &mut item.get,
                 &mut item.put,

@@ -111,6 +111,11 @@ async fn schemathesis(app: &TestApp) {
         .arg("run")
         .arg(&doc)
         .args(["--url", &app.url("")])
+        // Every check but one: `use_after_free` wants a GET after a successful DELETE to answer
+        // 404, and a ledger keeps what it recorded: DELETE /reports/{id} of a report still
+        // queued or running cancels it and keeps it (`cancelled`), DELETE /articles/{sku} of an
+        // article with ledger rows archives it, both documented.
+        .args(["--checks", "all", "--exclude-checks", "use_after_free"])
         .args(["--max-examples", &examples])
         .args(["--seed", &seed])
         .args(["--workers", "2", "--generation-database", "none"])
