@@ -6,6 +6,7 @@
 pub mod alerts;
 pub mod ceiling;
 pub mod jobs;
+pub mod lists;
 pub mod movements;
 pub mod notify;
 pub mod reports;

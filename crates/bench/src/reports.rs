@@ -387,7 +387,7 @@ macro_rules! write_rows {
 
 /// Writes the catalog, `rows` ledger rows (each its own movement) and the balances they leave,
 /// in one transaction.
-async fn seed(db: &Database, rows: usize) -> Result<(), MovementsBenchError> {
+pub(crate) async fn seed(db: &Database, rows: usize) -> Result<(), MovementsBenchError> {
     let now = chrono::Utc::now();
     let start = now - chrono::Duration::days(120);
     let mut bal = vec![Bal::default(); ARTICLES * WAREHOUSES.len()];

@@ -24,6 +24,9 @@ pub(crate) enum Suite {
     Reports,
     /// SQS messages consumed into postings per second, against a bare receive-and-delete loop.
     Sqs,
+    /// A page of every filtered list (ledger, balances, alerts, jobs, reports) on a large
+    /// database, p50/p99 over HTTP, against a hand-written page of one article's ledger.
+    Lists,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -88,7 +91,7 @@ pub(crate) struct BenchArgs {
     /// sqs suite: the SQS-compatible server (e.g. moto: scripts/bench-sqs starts one).
     #[arg(long, value_name = "URL")]
     pub(crate) sqs_endpoint: Option<String>,
-    /// reports suite: ledger rows to seed.
+    /// reports and lists suites: ledger rows to seed.
     #[arg(long, default_value_t = 1_000_000)]
     pub(crate) rows: usize,
     /// reports suite: open FIFO layers to seed for the ageing report (default 100,000).
@@ -248,6 +251,18 @@ pub(crate) async fn command(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
                 },
             };
             tokio::spawn(async move { malaka_bench::sqs::sqs_suite(&spec).await })
+                .await
+                .context("benchmark task")??
+        }
+        Suite::Lists => {
+            let spec = malaka_bench::lists::ListsBench {
+                backend: args.backend.into(),
+                database_url: args.database_url.clone(),
+                rows: if args.quick { 5_000 } else { args.rows },
+                walks: if args.quick { 4 } else { 40 },
+                others: if args.quick { 2_000 } else { 100_000 },
+            };
+            tokio::spawn(async move { malaka_bench::lists::lists_suite(&spec).await })
                 .await
                 .context("benchmark task")??
         }

@@ -71,7 +71,7 @@ pub struct LedgerPage {
     /// Rows, oldest first.
     pub rows: Vec<LedgerRow>,
     /// Cursor for the next page, if there may be one.
-    pub next: Option<i64>,
+    pub next: Option<crate::types::LedgerCursor>,
 }
 
 /// An outbox event as stored.
@@ -245,15 +245,19 @@ impl Inventory {
         self.storage.warehouse(code).await
     }
 
-    /// Every warehouse, by code.
+    /// A page of warehouses by code: up to `limit` after `after`.
     ///
     /// # Errors
     /// A database error.
     pub async fn warehouses(
         &self,
+        after: Option<&WarehouseCode>,
+        limit: u32,
         include_archived: bool,
     ) -> Result<Vec<Warehouse>, InventoryError> {
-        self.storage.warehouses(include_archived).await
+        self.storage
+            .warehouses(after, limit.clamp(1, 1000), include_archived)
+            .await
     }
 
     /// Renames, archives or restores a warehouse.
@@ -477,12 +481,16 @@ impl Inventory {
         self.storage.ledger(filter).await
     }
 
-    /// The newest ledger rows, newest first (1 to 1000).
+    /// The newest ledger rows (before id `before`, when given), newest first (1 to 1000).
     ///
     /// # Errors
     /// A database error.
-    pub async fn recent_ledger(&self, limit: u32) -> Result<Vec<LedgerRow>, InventoryError> {
-        self.storage.recent_ledger(limit).await
+    pub async fn recent_ledger(
+        &self,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<LedgerRow>, InventoryError> {
+        self.storage.recent_ledger(before, limit).await
     }
 
     /// Outbox events after `after`, at most `limit`, oldest first.

@@ -957,6 +957,96 @@ pub struct BalanceFilter {
     pub warehouse: Option<WarehouseCode>,
     /// Only this level.
     pub level: Option<AlertLevel>,
+    /// Balances after this (article, warehouse), the cursor of the previous page.
+    pub after: Option<BalanceCursor>,
+    /// Page size (`None`: every match, for callers inside the process).
+    pub limit: Option<u32>,
+}
+
+/// Where a page of balances ends: its last (article, warehouse). As text, `SKU/WAREHOUSE` (`/`
+/// is in neither).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BalanceCursor {
+    /// The article.
+    pub sku: Sku,
+    /// The warehouse.
+    pub warehouse: WarehouseCode,
+}
+
+impl BalanceCursor {
+    /// Parses the text form.
+    ///
+    /// # Errors
+    /// `Invalid` on field `cursor`.
+    pub fn parse(s: &str) -> Result<Self, InventoryError> {
+        let bad = || InventoryError::invalid("cursor", "cursor is not valid");
+        let (sku, warehouse) = s.split_once('/').ok_or_else(bad)?;
+        Ok(Self {
+            sku: Sku::parse(sku).map_err(|_| bad())?,
+            warehouse: WarehouseCode::parse(warehouse).map_err(|_| bad())?,
+        })
+    }
+}
+
+impl std::fmt::Display for BalanceCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.sku.as_str(), self.warehouse.as_str())
+    }
+}
+
+/// Where a page of the ledger ends. Pages filtered by date run in posting-time order (so the
+/// time index serves them) and carry the last row's time; the others run in id order.
+/// As text, `ID` or `NANOS.ID` (posting time as nanoseconds since 1970).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerCursor {
+    /// The last row's id.
+    pub id: i64,
+    /// Its posting time, when the page is in time order.
+    pub posted_at: Option<DateTime<Utc>>,
+}
+
+impl LedgerCursor {
+    /// Parses the text form.
+    ///
+    /// # Errors
+    /// `Invalid` on field `cursor`.
+    pub fn parse(s: &str) -> Result<Self, InventoryError> {
+        let bad = || InventoryError::invalid("cursor", "cursor is not valid");
+        let num = |t: &str| t.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(bad);
+        match s.split_once('.') {
+            None => Ok(Self {
+                id: num(s)?,
+                posted_at: None,
+            }),
+            Some((t, id)) => Ok(Self {
+                id: num(id)?,
+                posted_at: Some(DateTime::<Utc>::from_timestamp_nanos(num(t)?)),
+            }),
+        }
+    }
+}
+
+impl Serialize for LedgerCursor {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl std::fmt::Display for LedgerCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.posted_at.and_then(|t| t.timestamp_nanos_opt()) {
+            Some(n) => write!(f, "{n}.{}", self.id),
+            None => write!(f, "{}", self.id),
+        }
+    }
+}
+
+impl LedgerFilter {
+    /// Whether pages run in posting-time order: a date filter without an article or warehouse
+    /// (with one, that index narrows the rows first).
+    pub fn in_time_order(&self) -> bool {
+        (self.from.is_some() || self.to.is_some()) && self.sku.is_none() && self.warehouse.is_none()
+    }
 }
 
 /// Ledger filters and page.
@@ -970,8 +1060,8 @@ pub struct LedgerFilter {
     pub from: Option<DateTime<Utc>>,
     /// Posted before.
     pub to: Option<DateTime<Utc>>,
-    /// Rows after this id (the cursor of the previous page).
-    pub after: Option<i64>,
+    /// Rows after this one (the cursor of the previous page).
+    pub after: Option<LedgerCursor>,
     /// Page size (1 to 1000, default 100).
     pub limit: Option<u32>,
 }
@@ -1152,6 +1242,39 @@ mod tests {
             | MovementKind::Transfer
             | MovementKind::Count => (),
         };
+    }
+
+    #[test]
+    fn cursors_read_back_what_they_print() {
+        let b = BalanceCursor {
+            sku: Sku::parse("G-17").unwrap(),
+            warehouse: WarehouseCode::parse("MAIN").unwrap(),
+        };
+        assert_eq!(b.to_string(), "G-17/MAIN");
+        assert_eq!(BalanceCursor::parse(&b.to_string()).unwrap(), b);
+        let t = DateTime::parse_from_rfc3339("2026-12-02T10:00:00.123456789Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        for c in [
+            LedgerCursor {
+                id: 42,
+                posted_at: None,
+            },
+            LedgerCursor {
+                id: 7,
+                posted_at: Some(t),
+            },
+        ] {
+            assert_eq!(LedgerCursor::parse(&c.to_string()).unwrap(), c);
+        }
+        for bad in ["", "x", "-1", "1.x", "G-17", "a b/MAIN", "1.2.3"] {
+            assert!(
+                LedgerCursor::parse(bad).is_err() || BalanceCursor::parse(bad).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(LedgerCursor::parse("-5").is_err());
+        assert!(BalanceCursor::parse("G-17").is_err());
     }
 
     #[test]

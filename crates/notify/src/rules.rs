@@ -22,6 +22,8 @@ pub const LIST_ENTRY_MAX: usize = 64;
 pub const SECRET_MIN: usize = 16;
 /// Longest webhook secret, in characters.
 pub const SECRET_MAX: usize = 256;
+/// A webhook secret's characters: no control characters.
+pub const SECRET_PATTERN: &str = "^[^\\x00-\\x1f\\x7f-\\x9f]+$";
 /// Webhook URLs that always parse as an http(s) URL with a host: a lowercase host name whose
 /// labels start with a letter, an optional port, a plain path. (`url` takes any http(s) URL
 /// with a host; this is the part of it the API's schema promises.)
@@ -273,6 +275,9 @@ fn secret(s: &Secret) -> Result<Secret, RuleError> {
             "secret",
             format!("secret must be {SECRET_MIN} to {SECRET_MAX} characters"),
         ));
+    }
+    if s.expose().chars().any(char::is_control) {
+        return Err(bad("secret", "secret must not contain control characters"));
     }
     Ok(s.clone())
 }
@@ -555,7 +560,23 @@ impl RuleStore {
         row.map(decode).transpose()
     }
 
-    /// Every rule, oldest first.
+    /// Up to `limit` rules after id `after`, by id.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn page(&self, after: Option<i64>, limit: u32) -> Result<Vec<Rule>, sqlx::Error> {
+        let rows: Vec<Row> = on_pool!(&self.db, pool => {
+            let mut q = sqlx::QueryBuilder::new(format!("SELECT {COLS} FROM malaka_notification_rules"));
+            if let Some(a) = after {
+                q.push(" WHERE id > ").push_bind(a);
+            }
+            q.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit.clamp(1, 1000)));
+            q.build_query_as().fetch_all(pool).await?
+        });
+        rows.into_iter().map(decode).collect()
+    }
+
+    /// Every rule, by id.
     ///
     /// # Errors
     /// A database error.

@@ -415,14 +415,17 @@ impl Reports {
         before: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Report>, sqlx::Error> {
-        let sql = format!(
-            "SELECT {COLS} FROM malaka_reports WHERE ($1 IS NULL OR state = $1) \
-             AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
-        );
         let rows: Vec<Row> = on_pool!(&self.db, pool => {
-            sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
-                .bind(state.map(ReportState::as_str)).bind(before).bind(i64::from(limit))
-                .fetch_all(pool).await?
+            // Only the filters given, so `malaka_reports_state_id` serves a state filter.
+            let mut q = sqlx::QueryBuilder::new(format!("SELECT {COLS} FROM malaka_reports WHERE 1 = 1"));
+            if let Some(st) = state {
+                q.push(" AND state = ").push_bind(st.as_str());
+            }
+            if let Some(b) = before {
+                q.push(" AND id < ").push_bind(b);
+            }
+            q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit));
+            q.build_query_as().fetch_all(pool).await?
         });
         rows.into_iter().map(decode).collect()
     }

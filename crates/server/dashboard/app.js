@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const state = { token: null, role: null, lastId: null, ws: null, retry: 0, alerts: new Map(), balanceTimer: null, failedTimer: null };
+const state = { token: null, role: null, lastId: null, ws: null, retry: 0, alerts: new Map(), balanceTimer: null, balanceNext: null, failedTimer: null };
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -45,29 +45,59 @@ const level = (l) => el("span", { class: `level ${l}` }, l.replace(/_/g, " "));
 
 // ---- balances --------------------------------------------------------------------------------
 
-async function loadBalances() {
+// Balances come a page at a time (GET /balances answers `next`); "Show more" appends the
+// next page, and a live refresh reloads as many rows as are shown (up to 1,000).
+const PAGE = 100;
+
+function balanceQuery() {
   const q = new URLSearchParams();
   for (const [id, key] of [["#f-sku", "sku"], ["#f-warehouse", "warehouse"], ["#f-level", "level"]]) {
     const v = $(id).value.trim();
     if (v) q.set(key, v);
   }
-  let page;
+  return q;
+}
+
+function balanceRow(b, old) {
+  const key = `${b.sku}\u0000${b.warehouse}`;
+  const row = el("tr", { "data-key": key, "data-qty": b.qty, "data-level": b.level },
+    el("td", {}, b.sku), el("td", {}, b.warehouse), el("td", { class: "num" }, b.qty),
+    el("td", { class: "num" }, b.min_qty), el("td", { class: "num" }, b.value), el("td", {}, level(b.level)));
+  if (old.has(key) && old.get(key) !== b.qty) row.classList.add("flash");
+  return row;
+}
+
+async function fetchBalances(q) {
   try {
-    page = await api("GET", `/balances?${q}`);
+    return await api("GET", `/balances?${q}`);
   } catch (e) {
-    if (e.status === 422) { toast(e.message); return; }
+    if (e.status === 422) { toast(e.message); return null; }
     throw e;
   }
+}
+
+async function loadBalances() {
   const body = $("#balances tbody");
+  const q = balanceQuery();
+  q.set("limit", String(Math.min(1000, Math.max(PAGE, body.rows.length))));
+  const page = await fetchBalances(q);
+  if (!page) return;
   const old = new Map([...body.rows].map((r) => [r.dataset.key, r.dataset.qty]));
-  body.replaceChildren(...page.items.map((b) => {
-    const key = `${b.sku}\u0000${b.warehouse}`;
-    const row = el("tr", { "data-key": key, "data-qty": b.qty, "data-level": b.level },
-      el("td", {}, b.sku), el("td", {}, b.warehouse), el("td", { class: "num" }, b.qty),
-      el("td", { class: "num" }, b.min_qty), el("td", { class: "num" }, b.value), el("td", {}, level(b.level)));
-    if (old.has(key) && old.get(key) !== b.qty) row.classList.add("flash");
-    return row;
-  }));
+  body.replaceChildren(...page.items.map((b) => balanceRow(b, old)));
+  state.balanceNext = page.next;
+  $("#balances-more").hidden = !page.next;
+}
+
+async function moreBalances() {
+  if (!state.balanceNext) return;
+  const q = balanceQuery();
+  q.set("limit", String(PAGE));
+  q.set("cursor", state.balanceNext);
+  const page = await fetchBalances(q);
+  if (!page) return;
+  $("#balances tbody").append(...page.items.map((b) => balanceRow(b, new Map())));
+  state.balanceNext = page.next;
+  $("#balances-more").hidden = !page.next;
 }
 
 function balancesSoon() {
@@ -411,8 +441,11 @@ $("#signin-form").addEventListener("submit", async (ev) => {
   }
 });
 $("#signout").addEventListener("click", () => signOut());
-for (const id of ["#f-sku", "#f-warehouse"]) $(id).addEventListener("input", balancesSoon);
-$("#f-level").addEventListener("change", balancesSoon);
+// New filters start again from the first page.
+const refilter = () => { $("#balances tbody").replaceChildren(); balancesSoon(); };
+for (const id of ["#f-sku", "#f-warehouse"]) $(id).addEventListener("input", refilter);
+$("#f-level").addEventListener("change", refilter);
+$("#balances-more").addEventListener("click", () => moreBalances().catch(failed));
 $("#filters").addEventListener("submit", (ev) => ev.preventDefault());
 
 const saved = localStorage.getItem("malaka.token");

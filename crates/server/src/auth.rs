@@ -351,6 +351,22 @@ impl TokenStore {
         Ok(done == 1)
     }
 
+    /// Up to `limit` tokens after id `after`, by id, revoked ones included.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn page(&self, after: Option<i64>, limit: u32) -> Result<Vec<TokenInfo>, DbError> {
+        let rows: Vec<TokenRow> = on_pool!(&self.db, pool => {
+            let mut q = sqlx::QueryBuilder::new(format!("SELECT {TOKEN_COLUMNS} FROM malaka_tokens"));
+            if let Some(a) = after {
+                q.push(" WHERE id > ").push_bind(a);
+            }
+            q.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit.clamp(1, 1000)));
+            q.build_query_as().fetch_all(pool).await?
+        });
+        rows.into_iter().map(info_from_row).collect()
+    }
+
     /// Every token, oldest first, without secrets.
     ///
     /// # Errors

@@ -163,7 +163,7 @@ pub struct AlertFilter {
 }
 
 impl AlertFilter {
-    fn limit(&self) -> i64 {
+    pub(crate) fn limit(&self) -> i64 {
         i64::from(self.limit.unwrap_or(100).clamp(1, 1000))
     }
 }
@@ -299,6 +299,45 @@ impl Alerts {
         on!(self.acknowledge(id, by))
     }
 }
+
+/// The columns an [`Alert`] is read from.
+pub(crate) const ALERT_COLS: &str = "id, sku, warehouse, level, qty, min_qty, raised_at, \
+     updated_at, cleared_at, acknowledged_by, acknowledged_at";
+
+/// Pushes the list query for filter `$f` onto `$q`: only the filters given, so each shape reads
+/// its index (shared by both backends' `list` and by `plan::explain`).
+macro_rules! alerts_query {
+    ($q:ident, $f:expr) => {{
+        let f = $f;
+        $q.push(format!(
+            "SELECT {} FROM inv_alerts WHERE 1 = 1",
+            $crate::alerts::ALERT_COLS
+        ));
+        match f.open {
+            Some(true) => {
+                $q.push(" AND cleared_at IS NULL");
+            }
+            Some(false) => {
+                $q.push(" AND cleared_at IS NOT NULL");
+            }
+            None => {}
+        }
+        if let Some(v) = &f.sku {
+            $q.push(" AND sku = ").push_bind(v.as_str());
+        }
+        if let Some(v) = &f.warehouse {
+            $q.push(" AND warehouse = ").push_bind(v.as_str());
+        }
+        if let Some(v) = f.level {
+            $q.push(" AND level = ").push_bind(v.as_str());
+        }
+        if let Some(v) = f.before_id {
+            $q.push(" AND id < ").push_bind(v);
+        }
+        $q.push(" ORDER BY id DESC LIMIT ").push_bind(f.limit());
+    }};
+}
+pub(crate) use alerts_query;
 
 mod postgres;
 mod sqlite;

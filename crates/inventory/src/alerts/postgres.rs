@@ -28,8 +28,7 @@ where
     })
 }
 
-const ALERT_COLS: &str = "id, sku, warehouse, level, qty, min_qty, raised_at, updated_at, \
-                          cleared_at, acknowledged_by, acknowledged_at";
+use super::ALERT_COLS;
 
 /// Moves the alert of (sku, warehouse) to `to` as of watermark `event`.
 pub(super) async fn apply(
@@ -211,21 +210,9 @@ pub(super) async fn sweep(
 }
 
 pub(super) async fn list(pool: &PgPool, f: &AlertFilter) -> Result<Vec<Alert>, InventoryError> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {ALERT_COLS} FROM inv_alerts \
-         WHERE ($1 IS NULL OR ($1 AND cleared_at IS NULL) OR (NOT $1 AND cleared_at IS NOT NULL)) \
-           AND ($2 IS NULL OR sku = $2) AND ($3 IS NULL OR warehouse = $3) \
-           AND ($4 IS NULL OR level = $4) AND ($5 IS NULL OR id < $5) \
-         ORDER BY id DESC LIMIT $6"
-    )))
-    .bind(f.open)
-    .bind(&f.sku)
-    .bind(&f.warehouse)
-    .bind(f.level.map(AlertLevel::as_str))
-    .bind(f.before_id)
-    .bind(f.limit())
-    .fetch_all(pool)
-    .await?;
+    let mut q = sqlx::QueryBuilder::new("");
+    super::alerts_query!(q, f);
+    let rows = q.build().fetch_all(pool).await?;
     rows.iter().map(alert_of).collect()
 }
 

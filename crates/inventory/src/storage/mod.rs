@@ -3,7 +3,7 @@
 //! conformance suite (`tests/it/conformance.rs`) runs every behaviour on both.
 
 pub mod postgres;
-mod reads;
+pub(crate) mod reads;
 pub mod sqlite;
 
 use std::str::FromStr;
@@ -58,7 +58,12 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// One warehouse.
     async fn warehouse(&self, code: &WarehouseCode) -> Result<Warehouse, InventoryError>;
     /// Every warehouse, by code.
-    async fn warehouses(&self, include_archived: bool) -> Result<Vec<Warehouse>, InventoryError>;
+    async fn warehouses(
+        &self,
+        after: Option<&WarehouseCode>,
+        limit: u32,
+        include_archived: bool,
+    ) -> Result<Vec<Warehouse>, InventoryError>;
     /// Renames, archives or restores a warehouse.
     async fn update_warehouse(
         &self,
@@ -102,7 +107,11 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// One page of ledger rows.
     async fn ledger(&self, f: &LedgerFilter) -> Result<LedgerPage, InventoryError>;
     /// The newest ledger rows.
-    async fn recent_ledger(&self, limit: u32) -> Result<Vec<LedgerRow>, InventoryError>;
+    async fn recent_ledger(
+        &self,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<LedgerRow>, InventoryError>;
     /// Outbox events after `after`.
     async fn outbox(&self, after: i64, limit: u32) -> Result<Vec<OutboxEvent>, InventoryError>;
     /// Recomputes every balance from the ledger (and its layers) and reports differences.

@@ -11,9 +11,80 @@ use super::{dec, ledger_of, stored};
 use crate::error::InventoryError;
 use crate::inventory::{Discrepancy, LedgerPage, OutboxEvent, VerifyReport};
 use crate::types::{
-    AlertLevel, Balance, BalanceFilter, LedgerFilter, LedgerRow, Sku, ValuationMethod,
-    WarehouseCode,
+    AlertLevel, Balance, BalanceFilter, LedgerCursor, LedgerFilter, LedgerRow, Sku,
+    ValuationMethod, WarehouseCode,
 };
+
+/// Appends `AND column = value` for each filter given, so each query shape names only the
+/// columns it filters on and the index for them serves it (a `(? IS NULL OR column = ?)` form
+/// would keep SQLite from using any).
+macro_rules! and_eq {
+    ($q:expr, $($col:literal => $val:expr),+ $(,)?) => {
+        $(if let Some(v) = $val {
+            $q.push(concat!(" AND ", $col, " = ")).push_bind(v);
+        })+
+    };
+}
+
+/// Pushes the balances query for filter `$f` onto `$q` (shared by [`balances`] and [`explain`]).
+macro_rules! balances_query {
+    ($q:ident, $f:expr, $layers_json:expr) => {{
+        let f = $f;
+        $q.push(format!(
+            "SELECT b.sku, b.warehouse, b.qty, b.value, b.rate, {} AS layers, b.level, \
+                    b.updated_at, a.min_qty \
+             FROM inv_balances b JOIN inv_articles a ON a.sku = b.sku WHERE 1 = 1",
+            $layers_json
+        ));
+        and_eq!($q,
+            "b.sku" => f.sku.as_ref().map(Sku::as_str),
+            "b.warehouse" => f.warehouse.as_ref().map(WarehouseCode::as_str),
+            "b.level" => f.level.map(AlertLevel::as_str),
+        );
+        if let Some(c) = &f.after {
+            $q.push(" AND (b.sku, b.warehouse) > (")
+                .push_bind(c.sku.as_str())
+                .push(", ")
+                .push_bind(c.warehouse.as_str())
+                .push(")");
+        }
+        $q.push(" ORDER BY b.sku, b.warehouse");
+        if let Some(limit) = f.limit {
+            $q.push(" LIMIT ").push_bind(i64::from(limit.clamp(1, 1000)));
+        }
+    }};
+}
+
+/// Pushes the ledger query for filter `$f` onto `$q` (shared by [`ledger`] and [`explain`]).
+macro_rules! ledger_query {
+    ($q:ident, $f:expr, $limit:expr) => {{
+        let f = $f;
+        $q.push(LEDGER_COLS);
+        and_eq!($q,
+            "sku" => f.sku.as_ref().map(Sku::as_str),
+            "warehouse" => f.warehouse.as_ref().map(WarehouseCode::as_str),
+        );
+        if let Some(t) = f.from {
+            $q.push(" AND posted_at >= ").push_bind(t);
+        }
+        if let Some(t) = f.to {
+            $q.push(" AND posted_at < ").push_bind(t);
+        }
+        match f.after {
+            Some(LedgerCursor { id, posted_at: Some(t) }) => {
+                $q.push(" AND (posted_at, id) > (").push_bind(t).push(", ").push_bind(id).push(")");
+            }
+            Some(LedgerCursor { id, posted_at: None }) => {
+                $q.push(" AND id > ").push_bind(id);
+            }
+            None => {}
+        }
+        $q.push(if f.in_time_order() { " ORDER BY posted_at, id" } else { " ORDER BY id" });
+        $q.push(" LIMIT ").push_bind(i64::from($limit));
+    }};
+}
+
+pub(crate) use {and_eq, balances_query, ledger_query};
 
 pub(crate) async fn balances(
     db: &Database,
@@ -24,20 +95,9 @@ pub(crate) async fn balances(
         Database::Postgres(_) => super::postgres::LAYERS_JSON,
     };
     on_pool!(db, pool => {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT b.sku, b.warehouse, b.qty, b.value, b.rate, {} AS layers, b.level, \
-                    b.updated_at, a.min_qty \
-             FROM inv_balances b JOIN inv_articles a ON a.sku = b.sku \
-             WHERE ($1 IS NULL OR b.sku = $1) AND ($2 IS NULL OR b.warehouse = $2) \
-               AND ($3 IS NULL OR b.level = $3) \
-             ORDER BY b.sku, b.warehouse",
-            layers_json
-        )))
-        .bind(f.sku.as_ref().map(Sku::as_str))
-        .bind(f.warehouse.as_ref().map(WarehouseCode::as_str))
-        .bind(f.level.map(AlertLevel::as_str))
-        .fetch_all(pool)
-        .await?;
+        let mut q = sqlx::QueryBuilder::new("");
+        balances_query!(q, f, layers_json);
+        let rows = q.build().fetch_all(pool).await?;
         rows.iter()
             .map(|r| {
                 Ok(Balance {
@@ -58,29 +118,29 @@ pub(crate) async fn balances(
     })
 }
 
+pub(crate) const LEDGER_COLS: &str = "SELECT id, movement_id, kind, sku, warehouse, qty_change, unit_cost, \
+     value_change, qty_after, value_after, rate_after, reference, posted_by, posted_at \
+     FROM inv_ledger WHERE 1 = 1";
+
 pub(crate) async fn ledger(db: &Database, f: &LedgerFilter) -> Result<LedgerPage, InventoryError> {
+    let limit = f.limit.unwrap_or(100).clamp(1, 1000);
+    let by_time = f.in_time_order();
+    if f.after.is_some_and(|c| c.posted_at.is_some() != by_time) {
+        return Err(InventoryError::invalid(
+            "cursor",
+            "cursor belongs to a page with other filters",
+        ));
+    }
     on_pool!(db, pool => {
-        let limit = f.limit.unwrap_or(100).clamp(1, 1000);
-        let rows = sqlx::query(
-            "SELECT id, movement_id, kind, sku, warehouse, qty_change, unit_cost, value_change, \
-                    qty_after, value_after, rate_after, reference, posted_by, posted_at \
-             FROM inv_ledger \
-             WHERE ($1 IS NULL OR sku = $1) AND ($2 IS NULL OR warehouse = $2) \
-               AND ($3 IS NULL OR posted_at >= $3) AND ($4 IS NULL OR posted_at < $4) \
-               AND id > $5 \
-             ORDER BY id LIMIT $6",
-        )
-        .bind(f.sku.as_ref().map(Sku::as_str))
-        .bind(f.warehouse.as_ref().map(WarehouseCode::as_str))
-        .bind(f.from)
-        .bind(f.to)
-        .bind(f.after.unwrap_or(0))
-        .bind(i64::from(limit))
-        .fetch_all(pool)
-        .await?;
+        let mut q = sqlx::QueryBuilder::new("");
+        ledger_query!(q, f, limit);
+        let rows = q.build().fetch_all(pool).await?;
         let rows = rows.iter().map(ledger_of).collect::<Result<Vec<_>, _>>()?;
         let next = if rows.len() == limit as usize {
-            rows.last().map(|r| r.id)
+            rows.last().map(|r| LedgerCursor {
+                id: r.id,
+                posted_at: by_time.then_some(r.posted_at),
+            })
         } else {
             None
         };
@@ -90,17 +150,16 @@ pub(crate) async fn ledger(db: &Database, f: &LedgerFilter) -> Result<LedgerPage
 
 pub(crate) async fn recent_ledger(
     db: &Database,
+    before: Option<i64>,
     limit: u32,
 ) -> Result<Vec<LedgerRow>, InventoryError> {
     on_pool!(db, pool => {
-        let rows = sqlx::query(
-            "SELECT id, movement_id, kind, sku, warehouse, qty_change, unit_cost, value_change, \
-                    qty_after, value_after, rate_after, reference, posted_by, posted_at \
-             FROM inv_ledger ORDER BY id DESC LIMIT $1",
-        )
-        .bind(i64::from(limit.clamp(1, 1000)))
-        .fetch_all(pool)
-        .await?;
+        let mut q = sqlx::QueryBuilder::new(LEDGER_COLS);
+        if let Some(id) = before {
+            q.push(" AND id < ").push_bind(id);
+        }
+        q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit.clamp(1, 1000)));
+        let rows = q.build().fetch_all(pool).await?;
         rows.iter().map(ledger_of).collect()
     })
 }

@@ -113,8 +113,13 @@ impl Storage for SqliteStorage {
         warehouse(&self.pool, code).await
     }
 
-    async fn warehouses(&self, include_archived: bool) -> Result<Vec<Warehouse>, InventoryError> {
-        warehouses(&self.pool, include_archived).await
+    async fn warehouses(
+        &self,
+        after: Option<&WarehouseCode>,
+        limit: u32,
+        include_archived: bool,
+    ) -> Result<Vec<Warehouse>, InventoryError> {
+        warehouses(&self.pool, after, limit, include_archived).await
     }
 
     async fn update_warehouse(
@@ -181,8 +186,12 @@ impl Storage for SqliteStorage {
         super::reads::ledger(&self.database(), f).await
     }
 
-    async fn recent_ledger(&self, limit: u32) -> Result<Vec<LedgerRow>, InventoryError> {
-        super::reads::recent_ledger(&self.database(), limit).await
+    async fn recent_ledger(
+        &self,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<LedgerRow>, InventoryError> {
+        super::reads::recent_ledger(&self.database(), before, limit).await
     }
 
     async fn outbox(&self, after: i64, limit: u32) -> Result<Vec<OutboxEvent>, InventoryError> {
@@ -242,16 +251,17 @@ async fn articles(
     limit: u32,
     include_archived: bool,
 ) -> Result<Vec<Article>, InventoryError> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {ARTICLE_COLS} FROM inv_articles \
-         WHERE ($1 IS NULL OR sku > $1) AND ($2 OR NOT archived) \
-         ORDER BY sku LIMIT $3"
-    )))
-    .bind(after.map(Sku::as_str))
-    .bind(include_archived)
-    .bind(i64::from(limit))
-    .fetch_all(pool)
-    .await?;
+    let mut q = sqlx::QueryBuilder::new(format!(
+        "SELECT {ARTICLE_COLS} FROM inv_articles WHERE 1 = 1"
+    ));
+    if let Some(s) = after {
+        q.push(" AND sku > ").push_bind(s.as_str());
+    }
+    if !include_archived {
+        q.push(" AND NOT archived");
+    }
+    q.push(" ORDER BY sku LIMIT ").push_bind(i64::from(limit));
+    let rows = q.build().fetch_all(pool).await?;
     rows.iter().map(article_of).collect()
 }
 
@@ -444,15 +454,21 @@ async fn warehouse(pool: &SqlitePool, code: &WarehouseCode) -> Result<Warehouse,
 
 async fn warehouses(
     pool: &SqlitePool,
+    after: Option<&WarehouseCode>,
+    limit: u32,
     include_archived: bool,
 ) -> Result<Vec<Warehouse>, InventoryError> {
-    let rows = sqlx::query(
-        "SELECT code, name, archived, created_at, updated_at FROM inv_warehouses \
-         WHERE $1 OR NOT archived ORDER BY code",
-    )
-    .bind(include_archived)
-    .fetch_all(pool)
-    .await?;
+    let mut q = sqlx::QueryBuilder::new(
+        "SELECT code, name, archived, created_at, updated_at FROM inv_warehouses WHERE 1 = 1",
+    );
+    if let Some(c) = after {
+        q.push(" AND code > ").push_bind(c.as_str());
+    }
+    if !include_archived {
+        q.push(" AND NOT archived");
+    }
+    q.push(" ORDER BY code LIMIT ").push_bind(i64::from(limit));
+    let rows = q.build().fetch_all(pool).await?;
     rows.iter().map(warehouse_of).collect()
 }
 
@@ -633,17 +649,20 @@ async fn inbox_list(
     pool: &SqlitePool,
     f: &InboxFilter,
 ) -> Result<Vec<InboxRecord>, InventoryError> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {INBOX_COLS} FROM malaka_inbox \
-         WHERE ($1 IS NULL OR state = $1) AND ($2 IS NULL OR source = $2) AND id < $3 \
-         ORDER BY id DESC LIMIT $4"
-    )))
-    .bind(f.state.map(InboxState::as_str))
-    .bind(f.source.as_deref())
-    .bind(f.before.unwrap_or(i64::MAX))
-    .bind(i64::from(f.limit.unwrap_or(100).clamp(1, 1000)))
-    .fetch_all(pool)
-    .await?;
+    let mut q =
+        sqlx::QueryBuilder::new(format!("SELECT {INBOX_COLS} FROM malaka_inbox WHERE 1 = 1"));
+    if let Some(v) = f.state {
+        q.push(" AND state = ").push_bind(v.as_str());
+    }
+    if let Some(v) = f.source.as_deref() {
+        q.push(" AND source = ").push_bind(v);
+    }
+    if let Some(v) = f.before {
+        q.push(" AND id < ").push_bind(v);
+    }
+    q.push(" ORDER BY id DESC LIMIT ")
+        .push_bind(i64::from(f.limit.unwrap_or(100).clamp(1, 1000)));
+    let rows = q.build().fetch_all(pool).await?;
     rows.iter().map(inbox_of).collect()
 }
 

@@ -247,23 +247,26 @@ impl Storage for PgStorage {
     }
 
     async fn list(&self, f: &ListFilter) -> Result<Vec<JobRecord>, JobsError> {
-        let states: Vec<&str> = f.states.iter().map(|s| s.as_str()).collect();
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLS} FROM malaka_jobs \
-             WHERE ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR kind = $2) \
-               AND (cardinality($3::text[]) = 0 OR state = ANY($3)) \
-               AND ($4::text IS NULL OR $4 = ANY(tags)) \
-               AND ($5::bigint IS NULL OR id < $5) \
-             ORDER BY id DESC LIMIT $6"
-        )))
-        .bind(&f.queue)
-        .bind(&f.kind)
-        .bind(&states)
-        .bind(&f.tag)
-        .bind(f.before_id)
-        .bind(f.page_size())
-        .fetch_all(&self.pool)
-        .await?;
+        // Only the filters given, so each shape reads its index (`malaka_jobs_*_id`).
+        let mut q = sqlx::QueryBuilder::new(format!("SELECT {COLS} FROM malaka_jobs WHERE 1 = 1"));
+        if let Some(v) = &f.queue {
+            q.push(" AND queue = ").push_bind(v.as_str());
+        }
+        if let Some(v) = &f.kind {
+            q.push(" AND kind = ").push_bind(v.as_str());
+        }
+        if !f.states.is_empty() {
+            let states: Vec<&str> = f.states.iter().map(|s| s.as_str()).collect();
+            q.push(" AND state = ANY(").push_bind(states).push(")");
+        }
+        if let Some(v) = &f.tag {
+            q.push(" AND ").push_bind(v.as_str()).push(" = ANY(tags)");
+        }
+        if let Some(v) = f.before_id {
+            q.push(" AND id < ").push_bind(v);
+        }
+        q.push(" ORDER BY id DESC LIMIT ").push_bind(f.page_size());
+        let rows = q.build().fetch_all(&self.pool).await?;
         rows.iter().map(record).collect()
     }
 

@@ -432,23 +432,32 @@ impl Storage for SqliteStorage {
     }
 
     async fn list(&self, f: &ListFilter) -> Result<Vec<JobRecord>, JobsError> {
-        let states: Vec<&str> = f.states.iter().map(|s| s.as_str()).collect();
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLS} FROM malaka_jobs \
-             WHERE (?1 IS NULL OR queue = ?1) AND (?2 IS NULL OR kind = ?2) \
-               AND (?3 = '[]' OR state IN (SELECT value FROM json_each(?3))) \
-               AND (?4 IS NULL OR EXISTS (SELECT 1 FROM json_each(tags) WHERE value = ?4)) \
-               AND (?5 IS NULL OR id < ?5) \
-             ORDER BY id DESC LIMIT ?6"
-        )))
-        .bind(&f.queue)
-        .bind(&f.kind)
-        .bind(serde_json::to_string(&states)?)
-        .bind(&f.tag)
-        .bind(f.before_id)
-        .bind(f.page_size())
-        .fetch_all(&self.pool)
-        .await?;
+        // Only the filters given, so each shape reads its index (`malaka_jobs_*_id`).
+        let mut q = sqlx::QueryBuilder::new(format!("SELECT {COLS} FROM malaka_jobs WHERE 1 = 1"));
+        if let Some(v) = &f.queue {
+            q.push(" AND queue = ").push_bind(v.as_str());
+        }
+        if let Some(v) = &f.kind {
+            q.push(" AND kind = ").push_bind(v.as_str());
+        }
+        if !f.states.is_empty() {
+            q.push(" AND state IN (");
+            let mut sep = q.separated(", ");
+            for st in &f.states {
+                sep.push_bind(st.as_str());
+            }
+            q.push(")");
+        }
+        if let Some(v) = &f.tag {
+            q.push(" AND EXISTS (SELECT 1 FROM json_each(tags) WHERE value = ")
+                .push_bind(v.as_str())
+                .push(")");
+        }
+        if let Some(v) = f.before_id {
+            q.push(" AND id < ").push_bind(v);
+        }
+        q.push(" ORDER BY id DESC LIMIT ").push_bind(f.page_size());
+        let rows = q.build().fetch_all(&self.pool).await?;
         rows.iter().map(record).collect()
     }
 

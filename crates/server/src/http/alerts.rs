@@ -17,7 +17,9 @@ use super::auth::{Permission, Principal};
 use super::inventory::limit;
 use super::json::Json;
 #[allow(unused_imports)] // names used in the `utoipa` attributes only
-use super::schema::{AlertStateSchema, AlertingLevelSchema, PageLimit, PositiveIdSchema};
+use super::schema::{
+    AlertStateSchema, AlertingLevelSchema, PageLimit, PositiveIdSchema, TextFilterSchema,
+};
 use crate::app::AppState;
 
 #[derive(OpenApi)]
@@ -85,8 +87,8 @@ pub(super) struct AlertsOut {
 #[utoipa::path(get, path = "/api/v1/alerts", tag = "alerts",
     params(
         ("state" = Option<AlertStateSchema>, Query, description = "open or closed (default both)"),
-        ("sku" = Option<String>, Query),
-        ("warehouse" = Option<String>, Query),
+        ("sku" = Option<TextFilterSchema>, Query),
+        ("warehouse" = Option<TextFilterSchema>, Query),
         ("level" = Option<AlertingLevelSchema>, Query),
         ("before" = Option<PositiveIdSchema>, Query, description = "the `next` of the previous page"),
         ("limit" = Option<PageLimit>, Query, description = "1 to 1000, default 100"),
@@ -134,8 +136,8 @@ async fn list_alerts(
     let page = limit(&q, 100, 1000)?;
     let filter = AlertFilter {
         open,
-        sku: q.get("sku").cloned(),
-        warehouse: q.get("warehouse").cloned(),
+        sku: super::inventory::text_filter(&q, "sku")?,
+        warehouse: super::inventory::text_filter(&q, "warehouse")?,
         level,
         before_id,
         limit: Some(page),

@@ -17,7 +17,7 @@ use super::auth::{Permission, Principal};
 use super::inventory::limit;
 use super::json::Json;
 #[allow(unused_imports)] // names used in the `utoipa` attributes only
-use super::schema::{FailureStateSchema, InboxStateSchema, PageLimit};
+use super::schema::{FailureStateSchema, InboxStateSchema, PageLimit, TextFilterSchema};
 use crate::app::AppState;
 use crate::live::deliveries::{Failure, FailureFilter, FailureState};
 
@@ -126,7 +126,7 @@ fn before(q: &HashMap<String, String>) -> Result<Option<i64>, ApiError> {
 #[utoipa::path(get, path = "/api/v1/inbox", tag = "integrations",
     params(
         ("state" = Option<InboxStateSchema>, Query),
-        ("source" = Option<String>, Query),
+        ("source" = Option<TextFilterSchema>, Query),
         ("before" = Option<i64>, Query, description = "the `next` of the previous page"),
         ("limit" = Option<PageLimit>, Query, description = "1 to 1000, default 100"),
     ),
@@ -146,7 +146,7 @@ async fn list_inbox(
             .get("state")
             .map(|s| s.parse::<InboxState>())
             .transpose()?,
-        source: q.get("source").cloned(),
+        source: super::inventory::text_filter(&q, "source")?,
         before: before(&q)?,
         limit: Some(limit),
     };
@@ -255,7 +255,7 @@ pub(super) struct FailurePage {
 #[utoipa::path(get, path = "/api/v1/events/failures", tag = "integrations",
     params(
         ("state" = Option<FailureStateSchema>, Query),
-        ("listener" = Option<String>, Query),
+        ("listener" = Option<TextFilterSchema>, Query),
         ("before" = Option<i64>, Query, description = "the `next` of the previous page"),
         ("limit" = Option<PageLimit>, Query, description = "1 to 1000, default 100"),
     ),
@@ -272,7 +272,7 @@ async fn list_failures(
     let limit = limit(&q, 100, 1000)?;
     let filter = FailureFilter {
         state: q.get("state").map(|s| FailureState::parse(s)).transpose()?,
-        listener: q.get("listener").cloned(),
+        listener: super::inventory::text_filter(&q, "listener")?,
         before: before(&q)?,
         limit,
     };

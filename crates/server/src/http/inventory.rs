@@ -15,8 +15,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use malaka_inventory::{
-    AlertLevel, Article, ArticlePatch, Balance, BalanceFilter, InventoryError, Layer, LedgerFilter,
-    LedgerRow, Movement, NewArticle, Sku, Warehouse, WarehouseCode,
+    AlertLevel, Article, ArticlePatch, Balance, BalanceCursor, BalanceFilter, InventoryError,
+    Layer, LedgerCursor, LedgerFilter, LedgerRow, Movement, NewArticle, Sku, Warehouse,
+    WarehouseCode,
 };
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -27,9 +28,9 @@ use super::auth::{Permission, Principal};
 use super::idempotency::IdempotencyKey;
 #[allow(unused_imports)] // names used in the `utoipa` attributes only
 use super::schema::{
-    AlertLevelSchema, CursorSchema, DecimalSchema, IdempotencyKeySchema, MovementKindSchema,
-    NameSchema, PageLimit, SkuSchema, TimeOrDateSchema, UnitSchema, ValuationSchema,
-    WarehouseCodeSchema,
+    AlertLevelSchema, BalanceCursorSchema, CursorSchema, DecimalSchema, IdCursorSchema,
+    IdempotencyKeySchema, MovementKindSchema, NameSchema, PageLimit, SkuSchema, TimeOrDateSchema,
+    UnitSchema, ValuationSchema, WarehouseCodeSchema,
 };
 use crate::app::AppState;
 use crate::input::{DecimalText, MovementIn};
@@ -110,6 +111,35 @@ fn sku(s: &str) -> Result<Sku, ApiError> {
 
 fn code(s: &str) -> Result<WarehouseCode, ApiError> {
     Ok(WarehouseCode::parse(s)?)
+}
+
+/// An id cursor (`after` or `before`): a non-negative integer.
+pub(super) fn id_cursor(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, ApiError> {
+    q.get(name)
+        .map(|v| {
+            v.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                ApiError::unprocessable(
+                    name,
+                    format!("{name} must be an id (a whole number, 0 or more)"),
+                )
+            })
+        })
+        .transpose()
+}
+
+/// A filter compared as text (a job queue, an inbox source, ...): any text without NUL, which
+/// no stored value holds and PostgreSQL cannot take as a parameter.
+pub(super) fn text_filter(
+    q: &HashMap<String, String>,
+    name: &str,
+) -> Result<Option<String>, ApiError> {
+    match q.get(name) {
+        Some(v) if v.contains('\0') => Err(ApiError::unprocessable(
+            name,
+            format!("{name} must not contain NUL"),
+        )),
+        v => Ok(v.cloned()),
+    }
 }
 
 fn flag(q: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
@@ -616,6 +646,8 @@ async fn create_warehouse(
 
 #[utoipa::path(get, path = "/api/v1/warehouses", tag = "warehouses",
     params(
+        ("after" = Option<WarehouseCodeSchema>, Query, description = "the `next` of the previous page"),
+        ("limit" = Option<PageLimit>, Query, description = "1 to 1000, default 100"),
         ("archived" = Option<bool>, Query, description = "include archived warehouses"),
     ),
     responses(
@@ -628,10 +660,21 @@ async fn list_warehouses(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Page<WarehouseOut>>, ApiError> {
     principal.require(Permission::Read)?;
-    let items = state.inventory().warehouses(flag(&q, "archived")?).await?;
+    let after = q
+        .get("after")
+        .map(|c| WarehouseCode::parse_field("after", c))
+        .transpose()?;
+    let limit = limit(&q, 100, 1000)?;
+    let items = state
+        .inventory()
+        .warehouses(after.as_ref(), limit, flag(&q, "archived")?)
+        .await?;
+    let next = (items.len() == limit as usize)
+        .then(|| items.last().map(|w| w.code.to_string()))
+        .flatten();
     Ok(Json(Page {
         items: items.into_iter().map(WarehouseOut::from).collect(),
-        next: None,
+        next,
     }))
 }
 
@@ -804,6 +847,8 @@ async fn post_batch(
         ("sku" = Option<SkuSchema>, Query),
         ("warehouse" = Option<WarehouseCodeSchema>, Query),
         ("level" = Option<AlertLevelSchema>, Query),
+        ("cursor" = Option<BalanceCursorSchema>, Query, description = "the `next` of the previous page"),
+        ("limit" = Option<PageLimit>, Query, description = "1 to 1000, default 100"),
     ),
     responses(
         (status = 200, body = Page<BalanceOut>),
@@ -825,7 +870,13 @@ async fn balances(
             .get("level")
             .map(|l| AlertLevel::from_str(&l.to_ascii_uppercase()))
             .transpose()?,
+        after: q
+            .get("cursor")
+            .map(|c| BalanceCursor::parse(c))
+            .transpose()?,
+        limit: Some(limit(&q, 100, 1000)?),
     };
+    let page = filter.limit.unwrap_or(100) as usize;
     let inventory = state.inventory().clone();
     let generation = state.balance_generation().await;
     let rows = state
@@ -835,9 +886,20 @@ async fn balances(
         })
         .await
         .map_err(|e: Arc<InventoryError>| ApiError::internal(e))?;
+    let next = (rows.len() == page)
+        .then(|| {
+            rows.last().map(|b| {
+                BalanceCursor {
+                    sku: b.sku.clone(),
+                    warehouse: b.warehouse.clone(),
+                }
+                .to_string()
+            })
+        })
+        .flatten();
     Ok(Json(Page {
         items: rows.iter().map(BalanceOut::from).collect(),
-        next: None,
+        next,
     }))
 }
 
@@ -891,19 +953,14 @@ async fn ledger(
         to: q.get("to").map(|s| time("to", s)).transpose()?,
         after: q
             .get("cursor")
-            .map(|c| {
-                c.parse::<i64>()
-                    .ok()
-                    .filter(|n| *n >= 0)
-                    .ok_or_else(|| ApiError::unprocessable("cursor", "cursor is not valid"))
-            })
+            .map(|c| LedgerCursor::parse(c))
             .transpose()?,
         limit: Some(limit(&q, 100, 1000)?),
     };
     let page = state.inventory().ledger(&filter).await?;
     Ok(Json(LedgerOut {
         items: page.rows.into_iter().map(LedgerRowOut::from).collect(),
-        next: page.next.map(|n| n.to_string()),
+        next: page.next.map(|c| c.to_string()),
     }))
 }
 
@@ -912,10 +969,13 @@ async fn ledger(
 struct RecentOut {
     /// Newest first.
     items: Vec<LedgerRowOut>,
+    /// Pass as `before` for the next (older) page; null on the last.
+    next: Option<String>,
 }
 
 #[utoipa::path(get, path = "/api/v1/ledger/recent", tag = "stock",
     params(
+        ("before" = Option<IdCursorSchema>, Query, description = "the `next` of the previous page"),
         ("limit" = Option<PageLimit>, Query, description = "1 to 1000, default 20"),
     ),
     responses(
@@ -928,11 +988,16 @@ async fn recent_ledger(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<RecentOut>, ApiError> {
     principal.require(Permission::Read)?;
+    let limit = limit(&q, 20, 1000)?;
     let rows = state
         .inventory()
-        .recent_ledger(limit(&q, 20, 1000)?)
+        .recent_ledger(id_cursor(&q, "before")?, limit)
         .await?;
+    let next = (rows.len() == limit as usize)
+        .then(|| rows.last().map(|r| r.id.to_string()))
+        .flatten();
     Ok(Json(RecentOut {
         items: rows.into_iter().map(LedgerRowOut::from).collect(),
+        next,
     }))
 }

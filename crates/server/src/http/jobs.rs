@@ -16,7 +16,9 @@ use super::auth::{Permission, Principal};
 use super::inventory::limit;
 use super::json::Json;
 #[allow(unused_imports)] // names used in the `utoipa` attributes only
-use super::schema::{JobStateSchema, JobStatesSchema, PageLimit, PositiveIdSchema};
+use super::schema::{
+    JobStateSchema, JobStatesSchema, PageLimit, PositiveIdSchema, TextFilterSchema,
+};
 use crate::app::AppState;
 
 #[derive(OpenApi)]
@@ -122,9 +124,9 @@ fn job_id(s: &str) -> Result<i64, ApiError> {
 
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs",
     params(
-        ("queue" = Option<String>, Query),
+        ("queue" = Option<TextFilterSchema>, Query),
         ("state" = Option<JobStatesSchema>, Query, description = "one or more states, comma-separated"),
-        ("kind" = Option<String>, Query),
+        ("kind" = Option<TextFilterSchema>, Query),
         ("before" = Option<PositiveIdSchema>, Query, description = "the `next` of the previous page"),
         ("limit" = Option<PageLimit>, Query, description = "1 to 1000, default 50"),
     ),
@@ -162,8 +164,8 @@ async fn list_jobs(
         .transpose()?;
     let page = limit(&q, 50, 1000)?;
     let mut filter = ListFilter::default();
-    filter.queue = q.get("queue").cloned();
-    filter.kind = q.get("kind").cloned();
+    filter.queue = super::inventory::text_filter(&q, "queue")?;
+    filter.kind = super::inventory::text_filter(&q, "kind")?;
     filter.states = states;
     filter.before_id = before_id;
     filter.limit = Some(page);

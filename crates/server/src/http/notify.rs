@@ -2,7 +2,9 @@
 //! managers). Webhook secrets are write-only: answers say whether one is set, never what it is.
 
 use axum::Router;
-use axum::extract::{Path, State};
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use chrono::{DateTime, Utc};
@@ -14,7 +16,8 @@ use super::auth::{Permission, Principal};
 use super::json::Json;
 #[allow(unused_imports)] // names used in the `utoipa` attributes only
 use super::schema::{
-    AlertingLevelSchema, ChannelSchema, RuleEventSchema, RuleInSchema, RulePatchSchema,
+    AlertingLevelSchema, ChannelSchema, IdCursorSchema, PageLimit, RuleEventSchema, RuleInSchema,
+    RulePatchSchema,
 };
 use crate::app::AppState;
 use malaka_notify::{Channel, NewRule, Rule, RuleError, RuleInput};
@@ -134,6 +137,8 @@ impl From<Rule> for RuleOut {
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct RulesOut {
     items: Vec<RuleOut>,
+    /// Pass as `after` for the next page; null on the last.
+    next: Option<String>,
 }
 
 fn rule_id(s: &str) -> Result<i64, ApiError> {
@@ -168,17 +173,29 @@ async fn create_rule(
 }
 
 #[utoipa::path(get, path = "/api/v1/notification-rules", tag = "notifications",
+    params(
+        ("after" = Option<IdCursorSchema>, Query, description = "the `next` of the previous page"),
+        ("limit" = Option<PageLimit>, Query, description = "1 to 1000, default 100"),
+    ),
     responses(
         (status = 200, body = RulesOut),
+        (status = 422, description = "an invalid query parameter (named in `error.field`)", body = super::openapi::ErrorBody),
     ))]
 async fn list_rules(
     State(state): State<AppState>,
     principal: Principal,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<RulesOut>, ApiError> {
     principal.require(Permission::ManageCatalog)?;
-    let rules = state.notifier().rules().list().await?;
+    let limit = super::inventory::limit(&q, 100, 1000)?;
+    let after = super::inventory::id_cursor(&q, "after")?;
+    let rules = state.notifier().rules().page(after, limit).await?;
+    let next = (rules.len() == limit as usize)
+        .then(|| rules.last().map(|r| r.id.to_string()))
+        .flatten();
     Ok(Json(RulesOut {
         items: rules.into_iter().map(RuleOut::from).collect(),
+        next,
     }))
 }
 

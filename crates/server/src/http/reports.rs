@@ -21,6 +21,7 @@ use super::json::Json;
 #[allow(unused_imports)] // names used in the `utoipa` attributes only
 use super::schema::{
     PageLimit, ReportFormatSchema, ReportKindSchema, ReportParamsSchema, ReportStateSchema,
+    TextFilterSchema,
 };
 use crate::app::AppState;
 use crate::auth::Role;
@@ -177,7 +178,7 @@ async fn request_report(
 #[utoipa::path(get, path = "/api/v1/reports", tag = "reports",
     params(
         ("state" = Option<ReportStateSchema>, Query),
-        ("before" = Option<String>, Query, description = "the `next` of the previous page"),
+        ("before" = Option<TextFilterSchema>, Query, description = "the `next` of the previous page"),
         ("limit" = Option<PageLimit>, Query, description = "1 to 1000, default 50"),
     ),
     responses(
@@ -211,7 +212,11 @@ async fn list_reports(
     let page = limit(&q, 50, 1000)?;
     let items = state
         .reports()
-        .list(st, q.get("before").map(String::as_str), page)
+        .list(
+            st,
+            super::inventory::text_filter(&q, "before")?.as_deref(),
+            page,
+        )
         .await?;
     let next = (items.len() == page as usize)
         .then(|| items.last().map(|r| r.id.clone()))

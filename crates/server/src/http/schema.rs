@@ -240,6 +240,12 @@ schema!(
     text(UNIT_MAX, true).examples(["pcs"])
 );
 schema!(
+    /// A filter compared as text (`inventory::text_filter`).
+    TextFilterSchema,
+    "TextFilter",
+    string().pattern(Some("^[^\\x00]*$"))
+);
+schema!(
     /// `limit` of the lists (`inventory::limit`).
     PageLimit,
     "PageLimit",
@@ -250,10 +256,36 @@ schema!(
         .maximum(Some(PAGE_MAX))
 );
 schema!(
-    /// A page position that is a record id (`GET /ledger`'s `cursor`).
+    /// `GET /ledger`'s `cursor` (`LedgerCursor::parse`): `ID`, or `NANOS.ID` for pages in
+    /// posting-time order.
     CursorSchema,
-    "Cursor",
-    string().pattern(Some("^[0-9]{1,18}$"))
+    "LedgerCursor",
+    string()
+        .pattern(Some("^([0-9]{1,18}\\.)?[0-9]{1,18}$"))
+        .description(Some("The `next` of the previous page, as it was given"))
+);
+schema!(
+    /// `GET /balances`'s `cursor` (`BalanceCursor::parse`): `SKU/WAREHOUSE`.
+    BalanceCursorSchema,
+    "BalanceCursor",
+    {
+        let chars = CODE_PATTERN.trim_start_matches('^').trim_end_matches("+$");
+        string()
+            .pattern(Some(format!(
+                "^{chars}{{1,{SKU_MAX}}}/{chars}{{1,{WAREHOUSE_CODE_MAX}}}$"
+            )))
+            .description(Some("The `next` of the previous page, as it was given"))
+    }
+);
+schema!(
+    /// A page position that is a record id (`inventory::id_cursor`: `after` of tokens and
+    /// notification rules, `before` of the recent ledger).
+    IdCursorSchema,
+    "IdCursor",
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+        .minimum(Some(0))
 );
 schema!(
     /// `Idempotency-Key` (`idempotency::valid_key`): 1 to 255 visible ASCII characters.
@@ -621,10 +653,11 @@ fn webhook_url() -> ObjectBuilder {
 }
 
 fn webhook_secret() -> ObjectBuilder {
-    use malaka_notify::rules::{SECRET_MAX, SECRET_MIN};
+    use malaka_notify::rules::{SECRET_MAX, SECRET_MIN, SECRET_PATTERN};
     string()
         .min_length(Some(SECRET_MIN))
         .max_length(Some(SECRET_MAX))
+        .pattern(Some(SECRET_PATTERN))
         .description(Some("Signs each delivery (HMAC-SHA256)"))
 }
 

@@ -2,7 +2,9 @@
 //! Admin only (`manage_tokens`). And `/api/v1/me`: who the caller is.
 
 use axum::Router;
-use axum::extract::{Path, State};
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
@@ -13,7 +15,7 @@ use utoipa::{OpenApi, ToSchema};
 use super::ApiError;
 use super::json::Json;
 #[allow(unused_imports)] // names used in the `utoipa` attributes only
-use super::schema::{PermissionSchema, RoleSchema, TokenNameSchema};
+use super::schema::{IdCursorSchema, PageLimit, PermissionSchema, RoleSchema, TokenNameSchema};
 use crate::app::AppState;
 use crate::auth::{Permission, Principal, Role, TokenInfo};
 
@@ -86,6 +88,8 @@ struct Created {
 struct TokenList {
     /// Never the secret.
     tokens: Vec<TokenInfo>,
+    /// Pass as `after` for the next page; null on the last.
+    next: Option<String>,
 }
 
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = CreateToken,
@@ -130,17 +134,27 @@ async fn create(
 }
 
 #[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens",
+    params(
+        ("after" = Option<IdCursorSchema>, Query, description = "the `next` of the previous page"),
+        ("limit" = Option<PageLimit>, Query, description = "1 to 1000, default 100"),
+    ),
     responses(
         (status = 200, body = TokenList),
+        (status = 422, description = "an invalid query parameter (named in `error.field`)", body = super::openapi::ErrorBody),
     ))]
 async fn list(
     State(state): State<AppState>,
     principal: Principal,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<TokenList>, ApiError> {
     principal.require(Permission::ManageTokens)?;
-    Ok(Json(TokenList {
-        tokens: state.auth().tokens.list().await?,
-    }))
+    let limit = super::inventory::limit(&q, 100, 1000)?;
+    let after = super::inventory::id_cursor(&q, "after")?;
+    let tokens = state.auth().tokens.page(after, limit).await?;
+    let next = (tokens.len() == limit as usize)
+        .then(|| tokens.last().map(|t| t.id.to_string()))
+        .flatten();
+    Ok(Json(TokenList { tokens, next }))
 }
 
 #[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens",

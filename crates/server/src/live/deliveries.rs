@@ -559,19 +559,22 @@ impl Deliveries {
     /// # Errors
     /// A database error.
     pub async fn failures(&self, filter: &FailureFilter) -> Result<Vec<Failure>, InventoryError> {
-        let sql = format!(
-            "SELECT {FAILURE_COLS} FROM malaka_delivery_failures \
-             WHERE ($1 IS NULL OR state = $1) AND ($2 IS NULL OR listener = $2) AND id < $3 \
-             ORDER BY id DESC LIMIT $4"
-        );
         Ok(on_pool!(&self.pool, p => {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(filter.state.map(FailureState::as_str))
-                .bind(filter.listener.as_deref())
-                .bind(filter.before.unwrap_or(i64::MAX))
-                .bind(i64::from(filter.limit.clamp(1, 1000)))
-                .fetch_all(p)
-                .await?;
+            // Only the filters given, so the (state, id) or (listener, id) index serves them.
+            let mut q = sqlx::QueryBuilder::new(format!(
+                "SELECT {FAILURE_COLS} FROM malaka_delivery_failures WHERE 1 = 1"
+            ));
+            if let Some(st) = filter.state {
+                q.push(" AND state = ").push_bind(st.as_str());
+            }
+            if let Some(l) = filter.listener.as_deref() {
+                q.push(" AND listener = ").push_bind(l);
+            }
+            if let Some(b) = filter.before {
+                q.push(" AND id < ").push_bind(b);
+            }
+            q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(filter.limit.clamp(1, 1000)));
+            let rows = q.build().fetch_all(p).await?;
             rows.iter().map(failure_of).collect::<Result<Vec<_>, _>>()?
         }))
     }

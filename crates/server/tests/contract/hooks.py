@@ -8,6 +8,8 @@ any real client does, right before each request is sent:
   with 422: that is the key's purpose, not a fault of the request);
 - a transfer's `to_warehouse` differs from its `warehouse`;
 - a report's `params.from` is not after its `params.to`;
+- a ledger `cursor` has the form of the pages it came from: `NANOS.ID` for pages in posting-time
+  order (filtered by date only), `ID` for the others;
 - and the run does not revoke its own token (`DELETE /tokens/{id}` of the token it uses,
   `MALAKA_CONTRACT_TOKEN_ID`), after which it could test nothing but 401s.
 
@@ -60,7 +62,18 @@ def before_call(context, case, kwargs):
     if isinstance(key, str) and _KEY.match(key):
         # New to each request, whatever was generated (a valid key stays valid).
         headers["Idempotency-Key"] = uuid.uuid4().hex
-    if not _positive(case) or not isinstance(case.body, dict):
+    if not _positive(case):
+        return
+    if case.operation.path == "/api/v1/ledger" and isinstance(case.query, dict):
+        q = case.query
+        cursor = q.get("cursor")
+        if isinstance(cursor, str):
+            by_time = ("from" in q or "to" in q) and "sku" not in q and "warehouse" not in q
+            if by_time and "." not in cursor:
+                q["cursor"] = "0." + cursor
+            elif not by_time and "." in cursor:
+                q["cursor"] = cursor.split(".", 1)[1]
+    if not isinstance(case.body, dict):
         return
     body = case.body
     movements = body.get("movements") if isinstance(body.get("movements"), list) else [body]

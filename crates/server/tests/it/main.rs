@@ -13,6 +13,7 @@ mod inventory;
 mod jobs;
 mod live;
 mod notify;
+mod paging;
 mod reports;
 mod security;
 mod sqs;
