@@ -261,7 +261,10 @@ schema!(
     CursorSchema,
     "LedgerCursor",
     string()
-        .pattern(Some("^([0-9]{1,18}\\.)?[0-9]{1,18}$"))
+        // Each number up to i64::MAX: 18 digits, or 19 below 9 * 10^18.
+        .pattern(Some(
+            "^(([0-9]{1,18}|[1-8][0-9]{18})\\.)?([0-9]{1,18}|[1-8][0-9]{18})$",
+        ))
         .description(Some("The `next` of the previous page, as it was given"))
 );
 schema!(
@@ -748,3 +751,91 @@ schema!(
             .property("secret", nullable(object(webhook_secret())))
     )
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use utoipa::openapi::schema::Schema;
+
+    /// The pattern of a schema type (a string schema).
+    fn pattern<T: PartialSchema>() -> String {
+        match T::schema() {
+            RefOr::T(Schema::Object(o)) => o.pattern.unwrap(),
+            _ => panic!("not a string schema"),
+        }
+    }
+
+    fn matches(pattern: &str, s: &str) -> bool {
+        regex_lite::Regex::new(pattern).unwrap().is_match(s)
+    }
+
+    #[test]
+    fn cursors_parse_what_their_patterns_match() {
+        let balance = pattern::<BalanceCursorSchema>();
+        let long_sku = format!("{}/W", "s".repeat(SKU_MAX + 1));
+        for s in [
+            "A/W",
+            "a.b-c_d/MAIN",
+            "A",
+            "A/",
+            "/W",
+            "A/W/X",
+            "A B/W",
+            &long_sku,
+        ] {
+            assert_eq!(
+                malaka_inventory::BalanceCursor::parse(s).is_ok(),
+                matches(&balance, s),
+                "{s:?}"
+            );
+        }
+        let ledger = pattern::<CursorSchema>();
+        for s in [
+            "0",
+            "42",
+            "1700000000000000000.7",
+            "",
+            "-1",
+            "1.",
+            ".1",
+            "a",
+            "1.2.3",
+        ] {
+            assert_eq!(
+                malaka_inventory::LedgerCursor::parse(s).is_ok(),
+                matches(&ledger, s),
+                "{s:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn idempotency_keys_and_text_filters() {
+        let key = pattern::<IdempotencyKeySchema>();
+        for (s, ok) in [("k-1", true), ("a b", false), ("é", false), ("", false)] {
+            assert_eq!(matches(&key, s), ok, "{s:?}");
+        }
+        let filter = pattern::<TextFilterSchema>();
+        assert!(matches(&filter, "any text, é"));
+        assert!(!matches(&filter, "a\0b"));
+    }
+
+    #[test]
+    fn webhook_urls_matching_the_pattern_are_taken() {
+        let url = malaka_notify::rules::URL_PATTERN;
+        for s in [
+            "http://a",
+            "https://hooks.example.com/malaka",
+            "http://x-1.y:8080/a/b.c~d",
+        ] {
+            assert!(matches(url, s), "{s:?}");
+            assert!(
+                reqwest::Url::parse(s).is_ok_and(|u| u.host_str().is_some()),
+                "{s:?}"
+            );
+        }
+        for s in ["ftp://a", "http://", "http://1.2.3.4", "http://a b"] {
+            assert!(!matches(url, s), "{s:?}");
+        }
+    }
+}

@@ -118,7 +118,7 @@ async fn schemathesis(app: &TestApp) {
         .args(["--checks", "all", "--exclude-checks", "use_after_free"])
         .args(["--max-examples", &examples])
         .args(["--seed", &seed])
-        .args(["--workers", "2", "--generation-database", "none"])
+        .args(["--workers", "1", "--generation-database", "none"])
         .args(["--request-timeout", "20"]);
     let (ok, out) = run(cmd, RUN_LIMIT).await;
     eprintln!(
