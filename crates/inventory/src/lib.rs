@@ -56,9 +56,12 @@ pub use outbox::{Outbox, Published};
 pub use posting::{BatchRow, BatchedHook, PostingHook};
 pub use reports::{ReportKind, ReportParams, ReportSink, ReportSummary};
 pub use types::{
-    AlertLevel, Article, ArticlePatch, Balance, BalanceCursor, BalanceFilter, Layer, LedgerCursor,
-    LedgerFilter, LedgerRow, MAX_DECIMAL_TEXT, MAX_QTY, MAX_UNIT_COST, MAX_VALUE, MONEY_SCALE,
-    Money, Movement, MovementKind, MovementText, NewArticle, NewMovement, QTY_SCALE, Quantity, Sku,
-    ValuationMethod, Warehouse, WarehouseCode, parse_decimal, round_money,
+    AlertLevel, Article, ArticlePatch, Balance, BalanceCursor, BalanceFilter, CODE_PATTERN, Layer,
+    LedgerCursor, LedgerFilter, LedgerRow, MAX_DECIMAL_TEXT, MAX_QTY, MAX_UNIT_COST, MAX_VALUE,
+    MONEY_SCALE, Money, Movement, MovementKind, MovementText, NAME_MAX,
+    NON_NEGATIVE_DECIMAL_PATTERN, NOTE_MAX, NewArticle, NewMovement, OPTIONAL_TEXT_PATTERN,
+    POSITIVE_DECIMAL_PATTERN, QTY_SCALE, Quantity, REFERENCE_MAX, SKU_MAX, Sku, TEXT_PATTERN,
+    UNIT_MAX, ValuationMethod, WAREHOUSE_CODE_MAX, Warehouse, WarehouseCode, parse_decimal,
+    round_money,
 };
 pub use valuation::{Change, Stock, ValuationError};

@@ -26,6 +26,35 @@ pub const MAX_VALUE: Decimal = rust_decimal::dec!(10_000_000_000_000_000);
 /// Longest text accepted for one decimal input.
 pub const MAX_DECIMAL_TEXT: usize = 64;
 
+// The rules of the parsers below as patterns (ECMA-262 and Rust `regex` alike), for the API's
+// schemas: a value matching its pattern (and its length limit) parses; see the tests.
+
+/// A SKU or warehouse code: ASCII letters, digits, `-`, `_` and `.` (see [`Sku::parse`]).
+pub const CODE_PATTERN: &str = "^[A-Za-z0-9._-]+$";
+/// Longest SKU.
+pub const SKU_MAX: usize = 64;
+/// Longest warehouse code.
+pub const WAREHOUSE_CODE_MAX: usize = 32;
+/// Longest article or warehouse name.
+pub const NAME_MAX: usize = 200;
+/// Longest unit of measure.
+pub const UNIT_MAX: usize = 20;
+/// Longest movement reference.
+pub const REFERENCE_MAX: usize = 100;
+/// Longest movement note.
+pub const NOTE_MAX: usize = 1000;
+/// Text that must say something: no control character, and at least one character that is
+/// not white space (it is trimmed).
+pub const TEXT_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$";
+/// Text that may be empty: no control character.
+pub const OPTIONAL_TEXT_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*$";
+/// A decimal at or above 0 as [`parse_decimal`] and [`Quantity::parse`] take it, without an
+/// exponent: at most 12 integer digits and [`QTY_SCALE`] decimal places (trailing zeros aside).
+pub const NON_NEGATIVE_DECIMAL_PATTERN: &str =
+    r"^(-0(\.0+)?|(0|[1-9][0-9]{0,11})(\.[0-9]{1,6}0*)?)$";
+/// A decimal above 0 (a positive [`Quantity`]), as [`NON_NEGATIVE_DECIMAL_PATTERN`].
+pub const POSITIVE_DECIMAL_PATTERN: &str = r"^([1-9][0-9]{0,11}(\.[0-9]{1,6}0*)?|0\.([1-9][0-9]{0,5}|0[1-9][0-9]{0,4}|00[1-9][0-9]{0,3}|000[1-9][0-9]{0,2}|0000[1-9][0-9]?|00000[1-9])0*)$";
+
 fn invalid(field: &str, message: impl Into<String>) -> InventoryError {
     InventoryError::Invalid {
         field: field.to_owned(),
@@ -191,7 +220,7 @@ impl Sku {
     /// # Errors
     /// Empty, longer than 64, or a character outside the set.
     pub fn parse(s: &str) -> Result<Self, InventoryError> {
-        parse_code("sku", s, 64).map(Self)
+        parse_code("sku", s, SKU_MAX).map(Self)
     }
 
     /// The SKU.
@@ -217,7 +246,7 @@ impl WarehouseCode {
     /// # Errors
     /// Empty, longer than 32, or a character outside the set.
     pub fn parse_field(field: &str, s: &str) -> Result<Self, InventoryError> {
-        parse_code(field, s, 32).map(Self)
+        parse_code(field, s, WAREHOUSE_CODE_MAX).map(Self)
     }
 
     /// Parses a code; the error names the field `code`.
@@ -330,7 +359,9 @@ impl Money {
     }
 }
 
-/// Free text with a length limit (name, unit, reference, note).
+/// Free text with a length limit (name, unit, reference, note), trimmed; the limit and the
+/// refusal of control characters apply to the text as sent ([`TEXT_PATTERN`],
+/// [`OPTIONAL_TEXT_PATTERN`]).
 pub(crate) fn parse_text(
     field: &str,
     s: &str,
@@ -341,13 +372,13 @@ pub(crate) fn parse_text(
     if required && t.is_empty() {
         return Err(invalid(field, format!("{field} must not be empty")));
     }
-    if t.chars().count() > max {
+    if s.chars().count() > max {
         return Err(invalid(
             field,
             format!("{field} must be at most {max} characters"),
         ));
     }
-    if t.chars().any(char::is_control) {
+    if s.chars().any(char::is_control) {
         return Err(invalid(
             field,
             format!("{field} must not contain control characters"),
@@ -368,6 +399,9 @@ pub enum ValuationMethod {
 }
 
 impl ValuationMethod {
+    /// Every method.
+    pub const ALL: [Self; 2] = [Self::MovingAverage, Self::Fifo];
+
     /// The stored name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -406,6 +440,9 @@ pub enum AlertLevel {
 }
 
 impl AlertLevel {
+    /// Every level, the worst first.
+    pub const ALL: [Self; 4] = [Self::OutOfStock, Self::Critical, Self::Low, Self::Normal];
+
     /// The level of `qty` against `min_qty` (an article with `min_qty` 0 is `Normal` while it has
     /// stock).
     pub fn of(qty: Decimal, min_qty: Decimal) -> Self {
@@ -477,6 +514,9 @@ pub enum MovementKind {
 }
 
 impl MovementKind {
+    /// Every kind.
+    pub const ALL: [Self; 4] = [Self::Receipt, Self::Issue, Self::Transfer, Self::Count];
+
     /// The stored name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -564,8 +604,8 @@ impl NewArticle {
     ) -> Result<Self, InventoryError> {
         Ok(Self {
             sku: Sku::parse(sku)?,
-            name: parse_text("name", name, 200, true)?,
-            unit: parse_text("unit", unit.unwrap_or("pcs"), 20, true)?,
+            name: parse_text("name", name, NAME_MAX, true)?,
+            unit: parse_text("unit", unit.unwrap_or("pcs"), UNIT_MAX, true)?,
             valuation: valuation.map_or(Ok(ValuationMethod::default()), str::parse)?,
             min_qty: Quantity::parse("min_qty", min_qty.unwrap_or_default(), false)?,
             reorder_qty: Quantity::parse("reorder_qty", reorder_qty.unwrap_or_default(), false)?,
@@ -609,8 +649,12 @@ impl ArticlePatch {
         archived: Option<bool>,
     ) -> Result<Self, InventoryError> {
         Ok(Self {
-            name: name.map(|n| parse_text("name", n, 200, true)).transpose()?,
-            unit: unit.map(|u| parse_text("unit", u, 20, true)).transpose()?,
+            name: name
+                .map(|n| parse_text("name", n, NAME_MAX, true))
+                .transpose()?,
+            unit: unit
+                .map(|u| parse_text("unit", u, UNIT_MAX, true))
+                .transpose()?,
             valuation: valuation.map(str::parse).transpose()?,
             min_qty: min_qty
                 .map(|q| Quantity::parse("min_qty", q, false))
@@ -725,11 +769,11 @@ impl NewMovement {
             qty,
             unit_cost,
             reference: reference
-                .map(|r| parse_text("reference", r, 100, false))
+                .map(|r| parse_text("reference", r, REFERENCE_MAX, false))
                 .transpose()?
                 .filter(|r| !r.is_empty()),
             note: note
-                .map(|n| parse_text("note", n, 1000, false))
+                .map(|n| parse_text("note", n, NOTE_MAX, false))
                 .transpose()?
                 .filter(|n| !n.is_empty()),
         })
@@ -1026,6 +1070,179 @@ pub struct LedgerFilter {
 mod tests {
     use super::*;
     use rust_decimal::dec;
+
+    fn matches(pattern: &str, max: usize, s: &str) -> bool {
+        regex_lite::Regex::new(pattern).unwrap().is_match(s) && s.chars().count() <= max
+    }
+
+    /// Codes: what matches `CODE_PATTERN` within the length parses, and nothing else does.
+    #[test]
+    fn codes_parse_exactly_what_their_pattern_matches() {
+        let long = "x".repeat(65);
+        let samples = [
+            "A",
+            "AB-12_x.9",
+            "...",
+            "-",
+            "a b",
+            "",
+            "é",
+            "a/b",
+            "a\n",
+            "\na",
+            "x+y",
+            &long,
+        ];
+        for s in samples {
+            assert_eq!(
+                Sku::parse(s).is_ok(),
+                matches(CODE_PATTERN, SKU_MAX, s),
+                "sku {s:?}"
+            );
+            assert_eq!(
+                WarehouseCode::parse(s).is_ok(),
+                matches(CODE_PATTERN, WAREHOUSE_CODE_MAX, s),
+                "code {s:?}"
+            );
+        }
+        assert!(WarehouseCode::parse(&"w".repeat(WAREHOUSE_CODE_MAX)).is_ok());
+        assert!(WarehouseCode::parse(&"w".repeat(WAREHOUSE_CODE_MAX + 1)).is_err());
+    }
+
+    /// Text: what matches `TEXT_PATTERN` / `OPTIONAL_TEXT_PATTERN` within the length parses,
+    /// and nothing else does.
+    #[test]
+    fn text_parses_exactly_what_its_pattern_matches() {
+        let max = "n".repeat(10);
+        let over = "n".repeat(11);
+        let padded = format!(" {max}");
+        let samples = [
+            "a",
+            " a ",
+            "Ünïcødé ✓",
+            "",
+            " ",
+            "\u{3000}\u{a0}",
+            "\u{2028}x",
+            "a\tb",
+            "a\n",
+            "\u{85}",
+            "\u{7f}x",
+            "\u{feff}",
+            "\u{200b}",
+            &max,
+            &over,
+            &padded,
+        ];
+        for s in samples {
+            assert_eq!(
+                parse_text("f", s, 10, true).is_ok(),
+                matches(TEXT_PATTERN, 10, s),
+                "required {s:?}"
+            );
+            assert_eq!(
+                parse_text("f", s, 10, false).is_ok(),
+                matches(OPTIONAL_TEXT_PATTERN, 10, s),
+                "optional {s:?}"
+            );
+        }
+    }
+
+    /// Decimals: every string matching a decimal pattern parses to a value its parser takes;
+    /// strings that do not match are refused, except exponent forms (`1e3`), which are taken
+    /// (a JSON number's text) and which the pattern leaves out.
+    #[test]
+    fn decimals_parse_exactly_what_their_pattern_matches() {
+        let long = format!("1.{}", "0".repeat(MAX_DECIMAL_TEXT));
+        let samples = [
+            "0",
+            "-0",
+            "-0.000",
+            "0.0",
+            "0.000001",
+            "0.0000010",
+            "0.0000001",
+            "0.10",
+            "1",
+            "12.5",
+            "12.500000000",
+            "12.1234567",
+            "999999999999.999999",
+            "1000000000000",
+            "-1",
+            "-0.5",
+            "01",
+            "1.",
+            ".5",
+            "+1",
+            " 1",
+            "1 ",
+            "1_000",
+            "0x10",
+            "",
+            "NaN",
+            &long,
+        ];
+        let parsed = |s: &str, positive: bool| {
+            parse_decimal("q", s)
+                .and_then(|d| Quantity::parse("q", d, positive))
+                .is_ok()
+        };
+        for s in samples {
+            assert_eq!(
+                parsed(s, false),
+                matches(NON_NEGATIVE_DECIMAL_PATTERN, MAX_DECIMAL_TEXT, s),
+                "{s:?}"
+            );
+            assert_eq!(
+                parsed(s, true),
+                matches(POSITIVE_DECIMAL_PATTERN, MAX_DECIMAL_TEXT, s),
+                "positive {s:?}"
+            );
+            let money = parse_decimal("c", s)
+                .and_then(|d| Money::parse("c", d))
+                .is_ok();
+            assert_eq!(
+                money,
+                matches(NON_NEGATIVE_DECIMAL_PATTERN, MAX_DECIMAL_TEXT, s),
+                "money {s:?}"
+            );
+        }
+        // Taken beyond the pattern: a JSON number's exponent form.
+        for s in ["1e3", "1.5E+2", "25e-1"] {
+            assert!(parsed(s, true), "{s:?}");
+            assert!(!matches(NON_NEGATIVE_DECIMAL_PATTERN, MAX_DECIMAL_TEXT, s));
+        }
+    }
+
+    #[test]
+    fn variant_lists_are_complete() {
+        for m in ValuationMethod::ALL {
+            assert_eq!(m.as_str().parse::<ValuationMethod>().unwrap(), m);
+        }
+        for l in AlertLevel::ALL {
+            assert_eq!(l.as_str().parse::<AlertLevel>().unwrap(), l);
+        }
+        for k in MovementKind::ALL {
+            assert_eq!(k.as_str().parse::<MovementKind>().unwrap(), k);
+        }
+        // A new variant is a compile error in these matches until it is listed above.
+        let _ = |m: ValuationMethod| match m {
+            ValuationMethod::MovingAverage | ValuationMethod::Fifo => (),
+        };
+        let _ = |l: AlertLevel| match l {
+            AlertLevel::OutOfStock
+            | AlertLevel::Critical
+            | AlertLevel::Low
+            | AlertLevel::Normal => (),
+        };
+        let _ = |k: MovementKind| match k {
+            MovementKind::Receipt
+            | MovementKind::Issue
+            | MovementKind::Transfer
+            | MovementKind::Count => (),
+        };
+    }
 
     #[test]
     fn cursors_read_back_what_they_print() {

@@ -10,6 +10,26 @@ use malaka_db::{Database, Secret, on_pool};
 /// Event types a rule can ask for.
 pub const EVENTS: [&str; 2] = ["stock_alert", "report_ready"];
 
+// The limits `NewRule::parse` applies, for the API's schema.
+
+/// Longest rule name, in characters (trimmed; not only spaces; no control characters).
+pub const RULE_NAME_MAX: usize = 100;
+/// Most entries in `warehouses` or `skus`.
+pub const LIST_MAX: usize = 1000;
+/// Longest entry of `warehouses` or `skus`, in characters.
+pub const LIST_ENTRY_MAX: usize = 64;
+/// Shortest webhook secret, in characters.
+pub const SECRET_MIN: usize = 16;
+/// Longest webhook secret, in characters.
+pub const SECRET_MAX: usize = 256;
+/// A webhook secret's characters: no control characters.
+pub const SECRET_PATTERN: &str = "^[^\\x00-\\x1f\\x7f-\\x9f]+$";
+/// Webhook URLs that always parse as an http(s) URL with a host: a lowercase host name whose
+/// labels start with a letter, an optional port, a plain path. (`url` takes any http(s) URL
+/// with a host; this is the part of it the API's schema promises.)
+pub const URL_PATTERN: &str =
+    "^https?://[a-z][a-z0-9-]*(\\.[a-z][a-z0-9-]*)*(:[0-9]{1,4})?(/[A-Za-z0-9._~-]*)*$";
+
 /// Where a rule sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -21,6 +41,9 @@ pub enum Channel {
 }
 
 impl Channel {
+    /// Every channel.
+    pub const ALL: [Self; 2] = [Self::Email, Self::Webhook];
+
     /// `email` or `webhook`.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -108,12 +131,23 @@ pub struct RuleError {
     pub field: &'static str,
     /// For a person.
     pub message: String,
+    /// Whether the value is fine in itself but not for the stored rule it would change (another
+    /// channel, or a field of the other channel): a conflict with its state, not bad input.
+    pub conflict: bool,
 }
 
 fn bad(field: &'static str, message: impl Into<String>) -> RuleError {
     RuleError {
         field,
         message: message.into(),
+        conflict: false,
+    }
+}
+
+fn conflict(field: &'static str, message: impl Into<String>) -> RuleError {
+    RuleError {
+        conflict: true,
+        ..bad(field, message)
     }
 }
 
@@ -198,13 +232,19 @@ fn level(s: &str) -> Result<AlertLevel, RuleError> {
 }
 
 fn list(field: &'static str, v: Vec<String>) -> Result<Vec<String>, RuleError> {
-    if v.len() > 1000 {
-        return Err(bad(field, format!("{field} holds at most 1000 entries")));
-    }
-    if let Some(e) = v.iter().find(|e| e.is_empty() || e.len() > 64) {
+    if v.len() > LIST_MAX {
         return Err(bad(
             field,
-            format!("{field} entries are 1 to 64 characters, not {e:?}"),
+            format!("{field} holds at most {LIST_MAX} entries"),
+        ));
+    }
+    if let Some(e) = v
+        .iter()
+        .find(|e| e.is_empty() || e.chars().count() > LIST_ENTRY_MAX)
+    {
+        return Err(bad(
+            field,
+            format!("{field} entries are 1 to {LIST_ENTRY_MAX} characters, not {e:?}"),
         ));
     }
     Ok(v)
@@ -230,8 +270,14 @@ fn url(s: &str) -> Result<String, RuleError> {
 }
 
 fn secret(s: &Secret) -> Result<Secret, RuleError> {
-    if !(16..=256).contains(&s.expose().len()) {
-        return Err(bad("secret", "secret must be 16 to 256 characters"));
+    if !(SECRET_MIN..=SECRET_MAX).contains(&s.expose().chars().count()) {
+        return Err(bad(
+            "secret",
+            format!("secret must be {SECRET_MIN} to {SECRET_MAX} characters"),
+        ));
+    }
+    if s.expose().chars().any(char::is_control) {
+        return Err(bad("secret", "secret must not contain control characters"));
     }
     Ok(s.clone())
 }
@@ -308,11 +354,23 @@ impl NewRule {
                 (url(u)?, Some(secret(s)?))
             }
         };
-        let name = i.name.unwrap_or_else(|| shown_target(&channel, &target));
-        let name = name.trim().to_owned();
-        if name.is_empty() || name.len() > 100 {
-            return Err(bad("name", "name must be 1 to 100 characters"));
+        // By default the address or the URL's origin, cut to the longest name.
+        let name = i.name.unwrap_or_else(|| {
+            shown_target(&channel, &target)
+                .chars()
+                .take(RULE_NAME_MAX)
+                .collect()
+        });
+        if name.trim().is_empty() || name.chars().count() > RULE_NAME_MAX {
+            return Err(bad(
+                "name",
+                format!("name must be 1 to {RULE_NAME_MAX} characters"),
+            ));
         }
+        if name.chars().any(char::is_control) {
+            return Err(bad("name", "name must not contain control characters"));
+        }
+        let name = name.trim().to_owned();
         let events = i.events.unwrap_or_else(|| vec!["stock_alert".to_owned()]);
         if events.is_empty() {
             return Err(bad("events", "events must name at least one event type"));
@@ -349,10 +407,33 @@ impl NewRule {
         if let Some(c) = &patch.channel
             && c != existing.channel.as_str()
         {
-            return Err(bad(
+            // A channel that is no channel at all is bad input; another one, a conflict.
+            if !Channel::ALL.iter().any(|ch| ch.as_str() == c) {
+                return Err(bad(
+                    "channel",
+                    format!("channel must be email or webhook, not {c:?}"),
+                ));
+            }
+            return Err(conflict(
                 "channel",
                 "a rule's channel cannot change; make a new rule",
             ));
+        }
+        match existing.channel {
+            Channel::Email if patch.url.is_some() || patch.secret.is_some() => {
+                let field = if patch.url.is_some() { "url" } else { "secret" };
+                return Err(conflict(
+                    field,
+                    "an email rule takes an address, not a url or secret",
+                ));
+            }
+            Channel::Webhook if patch.address.is_some() => {
+                return Err(conflict(
+                    "address",
+                    "a webhook rule takes a url, not an address",
+                ));
+            }
+            _ => {}
         }
         let (address, url_) = match existing.channel {
             Channel::Email => (

@@ -16,6 +16,9 @@ pub enum Format {
 }
 
 impl Format {
+    /// Every format.
+    pub const ALL: [Self; 2] = [Self::Csv, Self::Json];
+
     /// `csv` or `json`.
     pub fn as_str(self) -> &'static str {
         match self {

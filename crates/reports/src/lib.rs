@@ -68,6 +68,15 @@ pub enum ReportState {
 }
 
 impl ReportState {
+    /// Every state.
+    pub const ALL: [Self; 5] = [
+        Self::Queued,
+        Self::Running,
+        Self::Completed,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
     /// The stored name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -448,7 +457,12 @@ impl Reports {
         });
         if let Some(job) = r.job_id {
             match queue.cancel(job).await {
-                Ok(_) | Err(malaka_jobs::JobsError::WrongState { .. }) => {}
+                // Finished meanwhile, or already gone (a completed job is not kept): nothing
+                // left to stop.
+                Ok(_)
+                | Err(
+                    malaka_jobs::JobsError::WrongState { .. } | malaka_jobs::JobsError::NotFound(_),
+                ) => {}
                 Err(e) => return Err(e.into()),
             }
         }

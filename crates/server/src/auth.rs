@@ -169,13 +169,14 @@ pub struct Principal {
 }
 
 /// A stored token, without its secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct TokenInfo {
     /// Its id.
     pub id: i64,
     /// Its name.
     pub name: String,
     /// Its role.
+    #[schema(value_type = crate::http::schema::RoleSchema)]
     pub role: Role,
     /// When it was created.
     pub created_at: DateTime<Utc>,
@@ -217,8 +218,7 @@ pub const MAX_NAME_CHARS: usize = 100;
 /// # Errors
 /// The reason the name is refused.
 pub fn check_name(name: &str) -> Result<&str, String> {
-    let name = name.trim();
-    if name.is_empty() {
+    if name.trim().is_empty() {
         return Err("must not be empty".to_owned());
     }
     if name.chars().count() > MAX_NAME_CHARS {
@@ -227,7 +227,7 @@ pub fn check_name(name: &str) -> Result<&str, String> {
     if name.chars().any(char::is_control) {
         return Err("must not contain control characters".to_owned());
     }
-    Ok(name)
+    Ok(name.trim())
 }
 
 /// Whether `token` has the shape of a token: the `mlk_` prefix, 32 to 256 characters, and only

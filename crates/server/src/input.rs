@@ -7,7 +7,6 @@ use std::fmt;
 use malaka_inventory::{InventoryError, MovementText, NewMovement, parse_decimal};
 use serde::de::{self, Deserialize, Deserializer};
 use serde_json::value::RawValue;
-use utoipa::ToSchema;
 
 /// A decimal as it was sent: a JSON number's own text (`12.5`, `1e3`) or a JSON string holding
 /// one (`"12.5"`). `parse_decimal` gives its exact value; nothing is rounded on the way.
@@ -69,13 +68,14 @@ fn kind(json: &str) -> &'static str {
 }
 
 /// One stock movement, as the REST API takes it (`POST /movements`, each element of a batch)
-/// and as SQS stock commands carry it (where `type` comes from the envelope).
-#[derive(Debug, Clone, serde::Deserialize, ToSchema)]
+/// and as SQS stock commands carry it (where `type` comes from the envelope). Its OpenAPI
+/// schema (one object per `type`, from the same constants its parse uses) is in
+/// `http::schema`.
+#[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MovementIn {
     /// `receipt`, `issue`, `transfer` or `count`.
     #[serde(rename = "type", default)]
-    #[schema(example = "receipt")]
     pub kind: Option<String>,
     /// Article.
     pub sku: String,
@@ -85,12 +85,10 @@ pub struct MovementIn {
     #[serde(default)]
     pub to_warehouse: Option<String>,
     /// Quantity: a decimal, as a JSON number or a string.
-    #[schema(value_type = String, example = "12.5")]
     pub qty: DecimalText,
     /// Unit cost (a receipt needs one; a count may have one): a decimal, as a JSON number or
     /// a string.
     #[serde(default)]
-    #[schema(value_type = Option<String>, example = "12.5")]
     pub unit_cost: Option<DecimalText>,
     /// External reference (order number, ...).
     #[serde(default)]
@@ -130,6 +128,47 @@ impl MovementIn {
             note: self.note.as_deref(),
         })
     }
+}
+
+/// A struct read from a JSON object only. (A derived `Deserialize` also takes a struct's fields
+/// in order from an array, `[null, null]`, which no schema of the API allows.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields<T>(std::marker::PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> de::Visitor<'de> for Fields<T> {
+            type Value = Object<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(Object)
+            }
+        }
+
+        d.deserialize_map(Fields(std::marker::PhantomData))
+    }
+}
+
+/// For `#[serde(deserialize_with = "object")]`: a struct field given as a JSON object only.
+///
+/// # Errors
+/// Not an object, or the struct's own errors.
+pub fn object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    Object::deserialize(d).map(|o| o.0)
+}
+
+/// For `#[serde(deserialize_with = "objects")]`: a list of structs, each a JSON object.
+///
+/// # Errors
+/// Not an array of objects, or the structs' own errors.
+pub fn objects<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    Vec::<Object<T>>::deserialize(d).map(|v| v.into_iter().map(|o| o.0).collect())
 }
 
 /// Deserializes `json` into `T` with the path of the first shape error, prefixed with `at`

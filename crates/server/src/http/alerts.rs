@@ -16,6 +16,10 @@ use super::ApiError;
 use super::auth::{Permission, Principal};
 use super::inventory::limit;
 use super::json::Json;
+#[allow(unused_imports)] // names used in the `utoipa` attributes only
+use super::schema::{
+    AlertStateSchema, AlertingLevelSchema, PageLimit, PositiveIdSchema, TextFilterSchema,
+};
 use crate::app::AppState;
 
 #[derive(OpenApi)]
@@ -34,9 +38,9 @@ pub(super) struct AlertOut {
     id: i64,
     sku: String,
     warehouse: String,
-    /// LOW, CRITICAL or OUT_OF_STOCK.
+    #[schema(value_type = AlertingLevelSchema)]
     level: &'static str,
-    /// `open` or `closed`.
+    #[schema(value_type = AlertStateSchema)]
     state: &'static str,
     #[schema(value_type = String, example = "4")]
     qty: Decimal,
@@ -81,11 +85,18 @@ pub(super) struct AlertsOut {
 }
 
 #[utoipa::path(get, path = "/api/v1/alerts", tag = "alerts",
-    params(("state" = Option<String>, Query, description = "open or closed (default both)"), ("sku" = Option<String>, Query),
-           ("warehouse" = Option<String>, Query), ("level" = Option<String>, Query, description = "LOW, CRITICAL or OUT_OF_STOCK"),
-           ("before" = Option<String>, Query, description = "the `next` of the previous page"), ("limit" = Option<u32>, Query, description = "1 to 1000, default 100")),
-    responses((status = 200, body = AlertsOut), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody),
-              (status = 401, description = "no valid token", body = super::openapi::ErrorBody)))]
+    params(
+        ("state" = Option<AlertStateSchema>, Query, description = "open or closed (default both)"),
+        ("sku" = Option<TextFilterSchema>, Query),
+        ("warehouse" = Option<TextFilterSchema>, Query),
+        ("level" = Option<AlertingLevelSchema>, Query),
+        ("before" = Option<PositiveIdSchema>, Query, description = "the `next` of the previous page"),
+        ("limit" = Option<PageLimit>, Query, description = "1 to 1000, default 100"),
+    ),
+    responses(
+        (status = 200, body = AlertsOut),
+        (status = 422, description = "an invalid query parameter (named in `error.field`)", body = super::openapi::ErrorBody),
+    ))]
 async fn list_alerts(
     State(state): State<AppState>,
     principal: Principal,
@@ -93,7 +104,7 @@ async fn list_alerts(
 ) -> Result<Json<AlertsOut>, ApiError> {
     principal.require(Permission::Read)?;
     let open = match q.get("state").map(String::as_str) {
-        None | Some("") => None,
+        None => None,
         Some("open") => Some(true),
         Some("closed") => Some(false),
         Some(other) => {
@@ -125,8 +136,8 @@ async fn list_alerts(
     let page = limit(&q, 100, 1000)?;
     let filter = AlertFilter {
         open,
-        sku: q.get("sku").cloned(),
-        warehouse: q.get("warehouse").cloned(),
+        sku: super::inventory::text_filter(&q, "sku")?,
+        warehouse: super::inventory::text_filter(&q, "warehouse")?,
         level,
         before_id,
         limit: Some(page),
@@ -143,9 +154,12 @@ async fn list_alerts(
     }))
 }
 
-#[utoipa::path(post, path = "/api/v1/alerts/{id}/ack", tag = "alerts", params(("id" = i64, Path)),
-    responses((status = 200, body = AlertOut), (status = 404, description = "no such alert", body = super::openapi::ErrorBody),
-              (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/alerts/{id}/ack", tag = "alerts",
+    params(("id" = i64, Path)),
+    responses(
+        (status = 200, body = AlertOut),
+        (status = 404, description = "not_found: no such alert", body = super::openapi::ErrorBody),
+    ))]
 async fn ack_alert(
     State(state): State<AppState>,
     principal: Principal,

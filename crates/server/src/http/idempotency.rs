@@ -255,9 +255,13 @@ pub(super) async fn layer(State(state): State<AppState>, req: Request, next: Nex
     }
 }
 
+/// Longest `Idempotency-Key`.
+pub(crate) const MAX_KEY: usize = 255;
+
 fn valid_key(value: &HeaderValue) -> Result<String, ApiError> {
     let bytes = value.as_bytes();
-    if bytes.is_empty() || bytes.len() > 255 || !bytes.iter().all(|b| (0x21..=0x7e).contains(b)) {
+    if bytes.is_empty() || bytes.len() > MAX_KEY || !bytes.iter().all(|b| (0x21..=0x7e).contains(b))
+    {
         return Err(ApiError::unprocessable(
             "Idempotency-Key",
             "must be 1 to 255 visible ASCII characters",

@@ -16,6 +16,8 @@ use super::ApiError;
 use super::auth::{Permission, Principal};
 use super::inventory::limit;
 use super::json::Json;
+#[allow(unused_imports)] // names used in the `utoipa` attributes only
+use super::schema::{FailureStateSchema, InboxStateSchema, PageLimit, TextFilterSchema};
 use crate::app::AppState;
 use crate::live::deliveries::{Failure, FailureFilter, FailureState};
 
@@ -42,6 +44,7 @@ pub(super) fn routes() -> Router<AppState> {
 
 /// One attempt that did not go through.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(as = DeliveryAttemptOut)]
 pub(super) struct AttemptOut {
     at: DateTime<Utc>,
     error: String,
@@ -57,7 +60,7 @@ pub(super) struct InboxOut {
     message_id: String,
     /// Its type (`stock.issue`, `sale.completed`, ...).
     kind: String,
-    /// processed, ignored, malformed, refused, retrying, parked or dead_lettered.
+    #[schema(value_type = InboxStateSchema)]
     state: &'static str,
     attempts: i32,
     /// Every attempt's reason, oldest first.
@@ -120,7 +123,17 @@ fn before(q: &HashMap<String, String>) -> Result<Option<i64>, ApiError> {
         .transpose()
 }
 
-#[utoipa::path(get, path = "/api/v1/inbox", tag = "integrations", params(("state" = Option<String>, Query, description = "processed, ignored, malformed, refused, retrying, parked or dead_lettered"), ("source" = Option<String>, Query), ("before" = Option<i64>, Query, description = "the `next` of the previous page"), ("limit" = Option<u32>, Query, description = "1 to 1000, default 100")), responses((status = 200, body = InboxPage), (status = 422, description = "an invalid filter", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/inbox", tag = "integrations",
+    params(
+        ("state" = Option<InboxStateSchema>, Query),
+        ("source" = Option<TextFilterSchema>, Query),
+        ("before" = Option<i64>, Query, description = "the `next` of the previous page"),
+        ("limit" = Option<PageLimit>, Query, description = "1 to 1000, default 100"),
+    ),
+    responses(
+        (status = 200, body = InboxPage),
+        (status = 422, description = "an invalid query parameter (named in `error.field`)", body = super::openapi::ErrorBody),
+    ))]
 async fn list_inbox(
     State(state): State<AppState>,
     principal: Principal,
@@ -133,7 +146,7 @@ async fn list_inbox(
             .get("state")
             .map(|s| s.parse::<InboxState>())
             .transpose()?,
-        source: q.get("source").cloned(),
+        source: super::inventory::text_filter(&q, "source")?,
         before: before(&q)?,
         limit: Some(limit),
     };
@@ -147,7 +160,12 @@ async fn list_inbox(
     }))
 }
 
-#[utoipa::path(get, path = "/api/v1/inbox/{id}", tag = "integrations", params(("id" = i64, Path)), responses((status = 200, body = InboxOut), (status = 404, description = "not found", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/inbox/{id}", tag = "integrations",
+    params(("id" = i64, Path)),
+    responses(
+        (status = 200, body = InboxOut),
+        (status = 404, description = "not_found: no such record", body = super::openapi::ErrorBody),
+    ))]
 async fn get_inbox(
     State(state): State<AppState>,
     principal: Principal,
@@ -161,7 +179,13 @@ async fn get_inbox(
     Ok(Json(r.into()))
 }
 
-#[utoipa::path(post, path = "/api/v1/inbox/{id}/replay", tag = "integrations", params(("id" = i64, Path)), responses((status = 200, description = "run again: the record as it now is (`processed`, or parked again with this attempt's reason)", body = InboxOut), (status = 404, description = "not found", body = super::openapi::ErrorBody), (status = 409, description = "not_replayable: only parked, refused or dead-lettered messages run again", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/inbox/{id}/replay", tag = "integrations",
+    params(("id" = i64, Path)),
+    responses(
+        (status = 200, description = "run again: the record as it now is (`processed`, or parked again with this attempt's reason)", body = InboxOut),
+        (status = 404, description = "not_found: no such record", body = super::openapi::ErrorBody),
+        (status = 409, description = "not_replayable: only parked, refused or dead-lettered messages run again", body = super::openapi::ErrorBody),
+    ))]
 async fn replay_inbox(
     State(state): State<AppState>,
     principal: Principal,
@@ -186,7 +210,7 @@ pub(super) struct FailureOut {
     /// The event's data as delivered.
     #[schema(value_type = Object)]
     payload: serde_json::Value,
-    /// retrying, parked or resolved.
+    #[schema(value_type = FailureStateSchema)]
     state: &'static str,
     attempts: i32,
     errors: Vec<AttemptOut>,
@@ -228,7 +252,17 @@ pub(super) struct FailurePage {
     next: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/v1/events/failures", tag = "integrations", params(("state" = Option<String>, Query, description = "retrying, parked or resolved"), ("listener" = Option<String>, Query), ("before" = Option<i64>, Query), ("limit" = Option<u32>, Query, description = "1 to 1000, default 100")), responses((status = 200, body = FailurePage), (status = 422, description = "an invalid filter", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/events/failures", tag = "integrations",
+    params(
+        ("state" = Option<FailureStateSchema>, Query),
+        ("listener" = Option<TextFilterSchema>, Query),
+        ("before" = Option<i64>, Query, description = "the `next` of the previous page"),
+        ("limit" = Option<PageLimit>, Query, description = "1 to 1000, default 100"),
+    ),
+    responses(
+        (status = 200, body = FailurePage),
+        (status = 422, description = "an invalid query parameter (named in `error.field`)", body = super::openapi::ErrorBody),
+    ))]
 async fn list_failures(
     State(state): State<AppState>,
     principal: Principal,
@@ -238,7 +272,7 @@ async fn list_failures(
     let limit = limit(&q, 100, 1000)?;
     let filter = FailureFilter {
         state: q.get("state").map(|s| FailureState::parse(s)).transpose()?,
-        listener: q.get("listener").cloned(),
+        listener: super::inventory::text_filter(&q, "listener")?,
         before: before(&q)?,
         limit,
     };
@@ -252,7 +286,12 @@ async fn list_failures(
     }))
 }
 
-#[utoipa::path(get, path = "/api/v1/events/failures/{id}", tag = "integrations", params(("id" = i64, Path)), responses((status = 200, body = FailureOut), (status = 404, description = "not found", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/events/failures/{id}", tag = "integrations",
+    params(("id" = i64, Path)),
+    responses(
+        (status = 200, body = FailureOut),
+        (status = 404, description = "not_found: no such delivery failure", body = super::openapi::ErrorBody),
+    ))]
 async fn get_failure(
     State(state): State<AppState>,
     principal: Principal,
@@ -267,7 +306,13 @@ async fn get_failure(
     Ok(Json(f.into()))
 }
 
-#[utoipa::path(post, path = "/api/v1/events/failures/{id}/replay", tag = "integrations", params(("id" = i64, Path)), responses((status = 200, description = "delivered again now: `resolved`, or `parked` with this attempt's error", body = FailureOut), (status = 404, description = "not found", body = super::openapi::ErrorBody), (status = 409, description = "already_resolved", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/events/failures/{id}/replay", tag = "integrations",
+    params(("id" = i64, Path)),
+    responses(
+        (status = 200, description = "delivered again now: `resolved`, or `parked` with this attempt's error", body = FailureOut),
+        (status = 404, description = "not_found: no such delivery failure", body = super::openapi::ErrorBody),
+        (status = 409, description = "already_resolved", body = super::openapi::ErrorBody),
+    ))]
 async fn replay_failure(
     State(state): State<AppState>,
     principal: Principal,

@@ -26,6 +26,12 @@ use utoipa::{OpenApi, ToSchema};
 use super::ApiError;
 use super::auth::{Permission, Principal};
 use super::idempotency::IdempotencyKey;
+#[allow(unused_imports)] // names used in the `utoipa` attributes only
+use super::schema::{
+    AlertLevelSchema, BalanceCursorSchema, CursorSchema, DecimalSchema, IdCursorSchema,
+    IdempotencyKeySchema, MovementKindSchema, NameSchema, PageLimit, SkuSchema, TimeOrDateSchema,
+    UnitSchema, ValuationSchema, WarehouseCodeSchema,
+};
 use crate::app::AppState;
 use crate::input::{DecimalText, MovementIn};
 
@@ -121,6 +127,21 @@ pub(super) fn id_cursor(q: &HashMap<String, String>, name: &str) -> Result<Optio
         .transpose()
 }
 
+/// A filter compared as text (a job queue, an inbox source, ...): any text without NUL, which
+/// no stored value holds and PostgreSQL cannot take as a parameter.
+pub(super) fn text_filter(
+    q: &HashMap<String, String>,
+    name: &str,
+) -> Result<Option<String>, ApiError> {
+    match q.get(name) {
+        Some(v) if v.contains('\0') => Err(ApiError::unprocessable(
+            name,
+            format!("{name} must not contain NUL"),
+        )),
+        v => Ok(v.cloned()),
+    }
+}
+
 fn flag(q: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
     match q.get(name).map(String::as_str) {
         None | Some("false" | "0") => Ok(false),
@@ -147,9 +168,11 @@ pub(super) fn limit(q: &HashMap<String, String>, default: u32, max: u32) -> Resu
 
 #[derive(Serialize, ToSchema)]
 struct ArticleOut {
+    #[schema(value_type = SkuSchema)]
     sku: String,
     name: String,
     unit: String,
+    #[schema(value_type = ValuationSchema)]
     valuation: &'static str,
     #[schema(value_type = String, example = "12.5")]
     min_qty: Decimal,
@@ -180,6 +203,7 @@ impl From<Article> for ArticleOut {
 
 #[derive(Serialize, ToSchema)]
 struct WarehouseOut {
+    #[schema(value_type = WarehouseCodeSchema)]
     code: String,
     name: String,
     archived: bool,
@@ -204,8 +228,11 @@ struct LedgerRowOut {
     id: i64,
     movement_id: String,
     #[serde(rename = "type")]
+    #[schema(value_type = MovementKindSchema)]
     kind: &'static str,
+    #[schema(value_type = SkuSchema)]
     sku: String,
+    #[schema(value_type = WarehouseCodeSchema)]
     warehouse: String,
     #[schema(value_type = String, example = "12.5")]
     qty_change: Decimal,
@@ -249,9 +276,13 @@ impl From<LedgerRow> for LedgerRowOut {
 struct MovementOut {
     id: String,
     #[serde(rename = "type")]
+    #[schema(value_type = MovementKindSchema)]
     kind: &'static str,
+    #[schema(value_type = SkuSchema)]
     sku: String,
+    #[schema(value_type = WarehouseCodeSchema)]
     warehouse: String,
+    #[schema(value_type = Option<WarehouseCodeSchema>)]
     to_warehouse: Option<String>,
     #[schema(value_type = String, example = "12.5")]
     qty: Decimal,
@@ -307,7 +338,9 @@ impl From<&Layer> for LayerOut {
 
 #[derive(Serialize, ToSchema)]
 struct BalanceOut {
+    #[schema(value_type = SkuSchema)]
     sku: String,
+    #[schema(value_type = WarehouseCodeSchema)]
     warehouse: String,
     #[schema(value_type = String, example = "12.5")]
     qty: Decimal,
@@ -317,8 +350,7 @@ struct BalanceOut {
     rate: Decimal,
     #[schema(value_type = String, example = "12.5")]
     min_qty: Decimal,
-    /// OUT_OF_STOCK, CRITICAL, LOW or NORMAL.
-    #[schema(value_type = String, example = "LOW")]
+    #[schema(value_type = AlertLevelSchema)]
     level: AlertLevel,
     updated_at: DateTime<Utc>,
 }
@@ -343,22 +375,32 @@ impl From<&Balance> for BalanceOut {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ArticleIn {
+    #[schema(value_type = SkuSchema)]
     sku: String,
+    #[schema(value_type = NameSchema)]
     name: String,
+    /// Default `pcs`.
+    #[schema(value_type = Option<UnitSchema>)]
     unit: Option<String>,
+    /// Default `moving_average`.
+    #[schema(value_type = Option<ValuationSchema>)]
     valuation: Option<String>,
-    /// A decimal, as a JSON number or a string.
+    /// Minimum quantity per warehouse (default 0): at or below it the level is LOW.
     #[serde(default)]
-    #[schema(value_type = Option<String>, example = "12.5")]
+    #[schema(value_type = Option<DecimalSchema>)]
     min_qty: Option<DecimalText>,
-    /// A decimal, as a JSON number or a string.
+    /// Suggested reorder quantity (default 0).
     #[serde(default)]
-    #[schema(value_type = Option<String>, example = "12.5")]
+    #[schema(value_type = Option<DecimalSchema>)]
     reorder_qty: Option<DecimalText>,
     allow_negative: Option<bool>,
 }
 
-#[utoipa::path(post, path = "/api/v1/articles", tag = "articles", request_body = ArticleIn, responses((status = 201, body = ArticleOut), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody), (status = 400, description = "the body is not JSON", body = super::openapi::ErrorBody), (status = 409, description = "conflict: insufficient_stock, duplicate_sku, article_archived, ...", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/articles", tag = "articles", request_body = ArticleIn,
+    responses(
+        (status = 201, body = ArticleOut),
+        (status = 409, description = "duplicate_sku: an article has this SKU", body = super::openapi::ErrorBody),
+    ))]
 async fn create_article(
     State(state): State<AppState>,
     principal: Principal,
@@ -385,7 +427,16 @@ struct Page<T: ToSchema> {
     next: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/v1/articles", tag = "articles", params(("after" = Option<String>, Query, description = "the `next` of the previous page"), ("limit" = Option<u32>, Query, description = "1 to 1000, default 100"), ("archived" = Option<bool>, Query, description = "include archived articles")), responses((status = 200, body = Page<ArticleOut>), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/articles", tag = "articles",
+    params(
+        ("after" = Option<SkuSchema>, Query, description = "the `next` of the previous page"),
+        ("limit" = Option<PageLimit>, Query, description = "1 to 1000, default 100"),
+        ("archived" = Option<bool>, Query, description = "include archived articles"),
+    ),
+    responses(
+        (status = 200, body = Page<ArticleOut>),
+        (status = 422, description = "an invalid query parameter (named in `error.field`)", body = super::openapi::ErrorBody),
+    ))]
 async fn list_articles(
     State(state): State<AppState>,
     principal: Principal,
@@ -407,7 +458,13 @@ async fn list_articles(
     }))
 }
 
-#[utoipa::path(get, path = "/api/v1/articles/{sku}", tag = "articles", params(("sku" = String, Path)), responses((status = 200, body = ArticleOut), (status = 404, description = "not found", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/articles/{sku}", tag = "articles",
+    params(("sku" = SkuSchema, Path)),
+    responses(
+        (status = 200, body = ArticleOut),
+        (status = 404, description = "not_found: no such article", body = super::openapi::ErrorBody),
+        (status = 422, description = "the SKU is not a valid SKU", body = super::openapi::ErrorBody),
+    ))]
 async fn get_article(
     State(state): State<AppState>,
     principal: Principal,
@@ -420,22 +477,31 @@ async fn get_article(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ArticlePatchIn {
+    #[schema(value_type = Option<NameSchema>)]
     name: Option<String>,
+    #[schema(value_type = Option<UnitSchema>)]
     unit: Option<String>,
+    /// Refused (409) once the article has ledger rows.
+    #[schema(value_type = Option<ValuationSchema>)]
     valuation: Option<String>,
-    /// A decimal, as a JSON number or a string.
     #[serde(default)]
-    #[schema(value_type = Option<String>, example = "12.5")]
+    #[schema(value_type = Option<DecimalSchema>)]
     min_qty: Option<DecimalText>,
-    /// A decimal, as a JSON number or a string.
     #[serde(default)]
-    #[schema(value_type = Option<String>, example = "12.5")]
+    #[schema(value_type = Option<DecimalSchema>)]
     reorder_qty: Option<DecimalText>,
     allow_negative: Option<bool>,
     archived: Option<bool>,
 }
 
-#[utoipa::path(patch, path = "/api/v1/articles/{sku}", tag = "articles", params(("sku" = String, Path)), request_body = ArticlePatchIn, responses((status = 200, body = ArticleOut), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody), (status = 400, description = "the body is not JSON", body = super::openapi::ErrorBody), (status = 404, description = "not found", body = super::openapi::ErrorBody), (status = 409, description = "conflict: insufficient_stock, duplicate_sku, article_archived, ...", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(patch, path = "/api/v1/articles/{sku}", tag = "articles",
+    params(("sku" = SkuSchema, Path)),
+    request_body = ArticlePatchIn,
+    responses(
+        (status = 200, body = ArticleOut),
+        (status = 404, description = "not_found: no such article", body = super::openapi::ErrorBody),
+        (status = 409, description = "a change its state does not allow: valuation_locked (it has ledger rows), ...", body = super::openapi::ErrorBody),
+    ))]
 async fn patch_article(
     State(state): State<AppState>,
     principal: Principal,
@@ -462,7 +528,15 @@ async fn patch_article(
     Ok(Json(article.into()))
 }
 
-#[utoipa::path(delete, path = "/api/v1/articles/{sku}", tag = "articles", params(("sku" = String, Path)), responses((status = 204, description = "deleted (it had no ledger rows)"), (status = 200, description = "archived (it has ledger rows)", body = ArticleOut), (status = 404, description = "not found", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(delete, path = "/api/v1/articles/{sku}", tag = "articles",
+    params(("sku" = SkuSchema, Path)),
+    responses(
+        (status = 204, description = "deleted (it had no ledger rows)"),
+        (status = 200, description = "archived (it has ledger rows)", body = ArticleOut),
+        (status = 404, description = "not_found: no such article", body = super::openapi::ErrorBody),
+        (status = 409, description = "it cannot be deleted in its state", body = super::openapi::ErrorBody),
+        (status = 422, description = "the SKU is not a valid SKU", body = super::openapi::ErrorBody),
+    ))]
 async fn delete_article(
     State(state): State<AppState>,
     principal: Principal,
@@ -480,7 +554,9 @@ async fn delete_article(
 
 #[derive(Serialize, ToSchema)]
 struct ValuationOut {
+    #[schema(value_type = SkuSchema)]
     sku: String,
+    #[schema(value_type = ValuationSchema)]
     valuation: &'static str,
     #[schema(value_type = String, example = "12.5")]
     qty: Decimal,
@@ -491,6 +567,7 @@ struct ValuationOut {
 
 #[derive(Serialize, ToSchema)]
 struct WarehouseValuation {
+    #[schema(value_type = WarehouseCodeSchema)]
     warehouse: String,
     #[schema(value_type = String, example = "12.5")]
     qty: Decimal,
@@ -501,7 +578,13 @@ struct WarehouseValuation {
     layers: Vec<LayerOut>,
 }
 
-#[utoipa::path(get, path = "/api/v1/articles/{sku}/valuation", tag = "articles", params(("sku" = String, Path)), responses((status = 200, body = ValuationOut), (status = 404, description = "not found", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/articles/{sku}/valuation", tag = "articles",
+    params(("sku" = SkuSchema, Path)),
+    responses(
+        (status = 200, body = ValuationOut),
+        (status = 404, description = "not_found: no such article", body = super::openapi::ErrorBody),
+        (status = 422, description = "the SKU is not a valid SKU", body = super::openapi::ErrorBody),
+    ))]
 async fn valuation(
     State(state): State<AppState>,
     principal: Principal,
@@ -538,11 +621,17 @@ async fn valuation(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct WarehouseIn {
+    #[schema(value_type = WarehouseCodeSchema)]
     code: String,
+    #[schema(value_type = NameSchema)]
     name: String,
 }
 
-#[utoipa::path(post, path = "/api/v1/warehouses", tag = "warehouses", request_body = WarehouseIn, responses((status = 201, body = WarehouseOut), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody), (status = 400, description = "the body is not JSON", body = super::openapi::ErrorBody), (status = 409, description = "conflict: insufficient_stock, duplicate_sku, article_archived, ...", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/warehouses", tag = "warehouses", request_body = WarehouseIn,
+    responses(
+        (status = 201, body = WarehouseOut),
+        (status = 409, description = "duplicate_warehouse: a warehouse has this code", body = super::openapi::ErrorBody),
+    ))]
 async fn create_warehouse(
     State(state): State<AppState>,
     principal: Principal,
@@ -555,7 +644,16 @@ async fn create_warehouse(
     Ok((StatusCode::CREATED, Json(WarehouseOut::from(warehouse))).into_response())
 }
 
-#[utoipa::path(get, path = "/api/v1/warehouses", tag = "warehouses", params(("after" = Option<String>, Query, description = "the `next` of the previous page"), ("limit" = Option<u32>, Query, description = "1 to 1000, default 100"), ("archived" = Option<bool>, Query)), responses((status = 200, body = Page<WarehouseOut>), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/warehouses", tag = "warehouses",
+    params(
+        ("after" = Option<WarehouseCodeSchema>, Query, description = "the `next` of the previous page"),
+        ("limit" = Option<PageLimit>, Query, description = "1 to 1000, default 100"),
+        ("archived" = Option<bool>, Query, description = "include archived warehouses"),
+    ),
+    responses(
+        (status = 200, body = Page<WarehouseOut>),
+        (status = 422, description = "an invalid query parameter (named in `error.field`)", body = super::openapi::ErrorBody),
+    ))]
 async fn list_warehouses(
     State(state): State<AppState>,
     principal: Principal,
@@ -580,7 +678,13 @@ async fn list_warehouses(
     }))
 }
 
-#[utoipa::path(get, path = "/api/v1/warehouses/{code}", tag = "warehouses", params(("code" = String, Path)), responses((status = 200, body = WarehouseOut), (status = 404, description = "not found", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/warehouses/{code}", tag = "warehouses",
+    params(("code" = WarehouseCodeSchema, Path)),
+    responses(
+        (status = 200, body = WarehouseOut),
+        (status = 404, description = "not_found: no such warehouse", body = super::openapi::ErrorBody),
+        (status = 422, description = "the code is not a valid warehouse code", body = super::openapi::ErrorBody),
+    ))]
 async fn get_warehouse(
     State(state): State<AppState>,
     principal: Principal,
@@ -593,11 +697,19 @@ async fn get_warehouse(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct WarehousePatchIn {
+    #[schema(value_type = Option<NameSchema>)]
     name: Option<String>,
     archived: Option<bool>,
 }
 
-#[utoipa::path(patch, path = "/api/v1/warehouses/{code}", tag = "warehouses", params(("code" = String, Path)), request_body = WarehousePatchIn, responses((status = 200, body = WarehouseOut), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody), (status = 400, description = "the body is not JSON", body = super::openapi::ErrorBody), (status = 404, description = "not found", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(patch, path = "/api/v1/warehouses/{code}", tag = "warehouses",
+    params(("code" = WarehouseCodeSchema, Path)),
+    request_body = WarehousePatchIn,
+    responses(
+        (status = 200, body = WarehouseOut),
+        (status = 404, description = "not_found: no such warehouse", body = super::openapi::ErrorBody),
+        (status = 409, description = "a change its state does not allow (archiving a warehouse that holds stock, ...)", body = super::openapi::ErrorBody),
+    ))]
 async fn patch_warehouse(
     State(state): State<AppState>,
     principal: Principal,
@@ -616,7 +728,16 @@ async fn patch_warehouse(
 
 // ---- movements --------------------------------------------------------------------------------
 
-#[utoipa::path(post, path = "/api/v1/movements", tag = "movements", request_body = MovementIn, params(("Idempotency-Key" = Option<String>, Header, description = "repeat-safe posting")), responses((status = 201, body = MovementOut), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody), (status = 400, description = "the body is not JSON", body = super::openapi::ErrorBody), (status = 404, description = "not found", body = super::openapi::ErrorBody), (status = 409, description = "conflict: insufficient_stock, duplicate_sku, article_archived, ...", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/movements", tag = "movements", request_body = MovementIn,
+    params(
+        ("Idempotency-Key" = Option<IdempotencyKeySchema>, Header, description = "repeat-safe posting: a key new to each movement; the same request with the same key gets the first answer"),
+    ),
+    responses(
+        (status = 201, body = MovementOut),
+        (status = 404, description = "not_found: no such article or warehouse", body = super::openapi::ErrorBody),
+        (status = 409, description = "the ledger refuses it: insufficient_stock, article_archived, warehouse_archived, ...; or its Idempotency-Key is in use by a request still running", body = super::openapi::ErrorBody),
+        (status = 422, description = "an invalid field (named in `error.field`), out_of_range, or an Idempotency-Key used before for another request", body = super::openapi::ErrorBody),
+    ))]
 async fn post_movement(
     State(state): State<AppState>,
     principal: Principal,
@@ -665,6 +786,8 @@ fn created(body: Vec<u8>) -> Result<Response, ApiError> {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BatchIn {
+    #[serde(deserialize_with = "crate::input::objects")]
+    #[schema(schema_with = super::schema::batch_movements)]
     movements: Vec<MovementIn>,
 }
 
@@ -673,7 +796,16 @@ struct BatchOut {
     movements: Vec<MovementOut>,
 }
 
-#[utoipa::path(post, path = "/api/v1/movements/batch", tag = "movements", request_body = BatchIn, params(("Idempotency-Key" = Option<String>, Header)), responses((status = 201, body = BatchOut), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody), (status = 400, description = "the body is not JSON", body = super::openapi::ErrorBody), (status = 404, description = "not found", body = super::openapi::ErrorBody), (status = 409, description = "conflict: insufficient_stock, duplicate_sku, article_archived, ...", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/movements/batch", tag = "movements", request_body = BatchIn,
+    params(
+        ("Idempotency-Key" = Option<IdempotencyKeySchema>, Header, description = "repeat-safe posting: a key new to each batch"),
+    ),
+    responses(
+        (status = 201, body = BatchOut),
+        (status = 404, description = "not_found: no such article or warehouse", body = super::openapi::ErrorBody),
+        (status = 409, description = "the ledger refuses one of them (nothing is posted): insufficient_stock, ...; or its Idempotency-Key is in use by a request still running", body = super::openapi::ErrorBody),
+        (status = 422, description = "an invalid field (`movements[i].field`), or an Idempotency-Key used before for another request", body = super::openapi::ErrorBody),
+    ))]
 async fn post_batch(
     State(state): State<AppState>,
     principal: Principal,
@@ -710,7 +842,18 @@ async fn post_batch(
 
 // ---- reads ------------------------------------------------------------------------------------
 
-#[utoipa::path(get, path = "/api/v1/balances", tag = "stock", params(("sku" = Option<String>, Query), ("warehouse" = Option<String>, Query), ("level" = Option<String>, Query, description = "OUT_OF_STOCK, CRITICAL, LOW or NORMAL"), ("cursor" = Option<String>, Query, description = "the `next` of the previous page"), ("limit" = Option<u32>, Query, description = "1 to 1000, default 100")), responses((status = 200, body = Page<BalanceOut>), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody), (status = 400, description = "the body is not JSON", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/balances", tag = "stock",
+    params(
+        ("sku" = Option<SkuSchema>, Query),
+        ("warehouse" = Option<WarehouseCodeSchema>, Query),
+        ("level" = Option<AlertLevelSchema>, Query),
+        ("cursor" = Option<BalanceCursorSchema>, Query, description = "the `next` of the previous page"),
+        ("limit" = Option<PageLimit>, Query, description = "1 to 1000, default 100"),
+    ),
+    responses(
+        (status = 200, body = Page<BalanceOut>),
+        (status = 422, description = "an invalid query parameter (named in `error.field`)", body = super::openapi::ErrorBody),
+    ))]
 async fn balances(
     State(state): State<AppState>,
     principal: Principal,
@@ -781,7 +924,19 @@ fn time(field: &str, s: &str) -> Result<DateTime<Utc>, ApiError> {
         })
 }
 
-#[utoipa::path(get, path = "/api/v1/ledger", tag = "stock", params(("sku" = Option<String>, Query), ("warehouse" = Option<String>, Query), ("from" = Option<String>, Query, description = "RFC 3339 time or YYYY-MM-DD"), ("to" = Option<String>, Query), ("cursor" = Option<String>, Query, description = "the `next` of the previous page"), ("limit" = Option<u32>, Query, description = "1 to 1000, default 100")), responses((status = 200, body = LedgerOut), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody), (status = 400, description = "the body is not JSON", body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/ledger", tag = "stock",
+    params(
+        ("sku" = Option<SkuSchema>, Query),
+        ("warehouse" = Option<WarehouseCodeSchema>, Query),
+        ("from" = Option<TimeOrDateSchema>, Query, description = "posted at or after: an RFC 3339 time or a YYYY-MM-DD date"),
+        ("to" = Option<TimeOrDateSchema>, Query, description = "posted before: an RFC 3339 time or a YYYY-MM-DD date"),
+        ("cursor" = Option<CursorSchema>, Query, description = "the `next` of the previous page"),
+        ("limit" = Option<PageLimit>, Query, description = "1 to 1000, default 100"),
+    ),
+    responses(
+        (status = 200, body = LedgerOut),
+        (status = 422, description = "an invalid query parameter (named in `error.field`)", body = super::openapi::ErrorBody),
+    ))]
 async fn ledger(
     State(state): State<AppState>,
     principal: Principal,
@@ -818,7 +973,15 @@ struct RecentOut {
     next: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/v1/ledger/recent", tag = "stock", params(("before" = Option<i64>, Query, description = "the `next` of the previous page"), ("limit" = Option<u32>, Query, description = "1 to 1000, default 20")), responses((status = 200, body = RecentOut), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/ledger/recent", tag = "stock",
+    params(
+        ("before" = Option<IdCursorSchema>, Query, description = "the `next` of the previous page"),
+        ("limit" = Option<PageLimit>, Query, description = "1 to 1000, default 20"),
+    ),
+    responses(
+        (status = 200, body = RecentOut),
+        (status = 422, description = "an invalid query parameter (named in `error.field`)", body = super::openapi::ErrorBody),
+    ))]
 async fn recent_ledger(
     State(state): State<AppState>,
     principal: Principal,

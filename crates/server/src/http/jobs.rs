@@ -15,6 +15,10 @@ use super::ApiError;
 use super::auth::{Permission, Principal};
 use super::inventory::limit;
 use super::json::Json;
+#[allow(unused_imports)] // names used in the `utoipa` attributes only
+use super::schema::{
+    JobStateSchema, JobStatesSchema, PageLimit, PositiveIdSchema, TextFilterSchema,
+};
 use crate::app::AppState;
 
 #[derive(OpenApi)]
@@ -55,7 +59,7 @@ pub(super) struct JobOut {
     id: i64,
     queue: String,
     kind: String,
-    /// available, scheduled, running, retryable, completed, discarded or cancelled.
+    #[schema(value_type = JobStateSchema)]
     state: &'static str,
     priority: i16,
     attempt: i32,
@@ -119,11 +123,17 @@ fn job_id(s: &str) -> Result<i64, ApiError> {
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs",
-    params(("queue" = Option<String>, Query), ("state" = Option<String>, Query, description = "one or more states, comma-separated"),
-           ("kind" = Option<String>, Query), ("before" = Option<String>, Query, description = "the `next` of the previous page"),
-           ("limit" = Option<u32>, Query, description = "1 to 1000, default 50")),
-    responses((status = 200, body = JobsOut), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody),
-              (status = 401, description = "no valid token", body = super::openapi::ErrorBody)))]
+    params(
+        ("queue" = Option<TextFilterSchema>, Query),
+        ("state" = Option<JobStatesSchema>, Query, description = "one or more states, comma-separated"),
+        ("kind" = Option<TextFilterSchema>, Query),
+        ("before" = Option<PositiveIdSchema>, Query, description = "the `next` of the previous page"),
+        ("limit" = Option<PageLimit>, Query, description = "1 to 1000, default 50"),
+    ),
+    responses(
+        (status = 200, body = JobsOut),
+        (status = 422, description = "an invalid query parameter (named in `error.field`)", body = super::openapi::ErrorBody),
+    ))]
 async fn list_jobs(
     State(state): State<AppState>,
     principal: Principal,
@@ -154,8 +164,8 @@ async fn list_jobs(
         .transpose()?;
     let page = limit(&q, 50, 1000)?;
     let mut filter = ListFilter::default();
-    filter.queue = q.get("queue").cloned();
-    filter.kind = q.get("kind").cloned();
+    filter.queue = super::inventory::text_filter(&q, "queue")?;
+    filter.kind = super::inventory::text_filter(&q, "kind")?;
     filter.states = states;
     filter.before_id = before_id;
     filter.limit = Some(page);
@@ -172,8 +182,9 @@ async fn list_jobs(
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs/stats", tag = "jobs",
-    responses((status = 200, description = "`{\"queues\": [{\"queue\", \"counts\": {state: n}, \"oldest_available_seconds\"}]}`"),
-              (status = 401, description = "no valid token", body = super::openapi::ErrorBody)))]
+    responses(
+        (status = 200, description = "`{\"queues\": [{\"queue\", \"counts\": {state: n}, \"oldest_available_seconds\"}]}`", body = Object),
+    ))]
 async fn job_stats(
     State(state): State<AppState>,
     principal: Principal,
@@ -183,8 +194,12 @@ async fn job_stats(
     Ok(Json(crate::live::jobs_snapshot(&stats)))
 }
 
-#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path)),
-    responses((status = 200, body = JobOut), (status = 404, description = "no such job", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs",
+    params(("id" = i64, Path)),
+    responses(
+        (status = 200, body = JobOut),
+        (status = 404, description = "not_found: no such job", body = super::openapi::ErrorBody),
+    ))]
 async fn get_job(
     State(state): State<AppState>,
     principal: Principal,
@@ -200,10 +215,13 @@ async fn get_job(
     Ok(Json(JobOut::from(job)))
 }
 
-#[utoipa::path(post, path = "/api/v1/jobs/{id}/retry", tag = "jobs", params(("id" = i64, Path)),
-    responses((status = 200, body = JobOut), (status = 404, description = "no such job", body = super::openapi::ErrorBody),
-              (status = 409, description = "the job cannot be retried in its state", body = super::openapi::ErrorBody),
-              (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/retry", tag = "jobs",
+    params(("id" = i64, Path)),
+    responses(
+        (status = 200, body = JobOut),
+        (status = 404, description = "not_found: no such job", body = super::openapi::ErrorBody),
+        (status = 409, description = "wrong_state: the job cannot be retried in its state", body = super::openapi::ErrorBody),
+    ))]
 async fn retry_job(
     State(state): State<AppState>,
     principal: Principal,
@@ -215,10 +233,13 @@ async fn retry_job(
     Ok(Json(JobOut::from(job)))
 }
 
-#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = i64, Path)),
-    responses((status = 200, body = JobOut), (status = 404, description = "no such job", body = super::openapi::ErrorBody),
-              (status = 409, description = "the job is already finished", body = super::openapi::ErrorBody),
-              (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = i64, Path)),
+    responses(
+        (status = 200, body = JobOut),
+        (status = 404, description = "not_found: no such job", body = super::openapi::ErrorBody),
+        (status = 409, description = "wrong_state: the job is already finished", body = super::openapi::ErrorBody),
+    ))]
 async fn cancel_job(
     State(state): State<AppState>,
     principal: Principal,

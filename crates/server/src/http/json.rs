@@ -38,15 +38,18 @@ fn is_json(headers: &HeaderMap) -> bool {
 /// # Errors
 /// See above.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    crate::input::from_json(bytes, "").map_err(|e| match e {
-        JsonError::Malformed(m) => {
-            ApiError::malformed(format!("request body is not valid JSON: {m}"))
-        }
-        JsonError::Shape { field, message } if field.is_empty() => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
-        }
-        JsonError::Shape { field, message } => ApiError::unprocessable(field, message),
-    })
+    // Every request body is a JSON object.
+    crate::input::from_json::<crate::input::Object<T>>(bytes, "")
+        .map(|o| o.0)
+        .map_err(|e| match e {
+            JsonError::Malformed(m) => {
+                ApiError::malformed(format!("request body is not valid JSON: {m}"))
+            }
+            JsonError::Shape { field, message } if field.is_empty() => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+            }
+            JsonError::Shape { field, message } => ApiError::unprocessable(field, message),
+        })
 }
 
 impl<T, S> FromRequest<S> for Json<T>

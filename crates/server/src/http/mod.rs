@@ -15,6 +15,7 @@ pub mod json;
 mod notify;
 pub mod openapi;
 mod reports;
+pub(crate) mod schema;
 mod tokens;
 mod ws;
 

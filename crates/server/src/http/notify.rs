@@ -14,6 +14,11 @@ use utoipa::{OpenApi, ToSchema};
 use super::ApiError;
 use super::auth::{Permission, Principal};
 use super::json::Json;
+#[allow(unused_imports)] // names used in the `utoipa` attributes only
+use super::schema::{
+    AlertingLevelSchema, ChannelSchema, IdCursorSchema, PageLimit, RuleEventSchema, RuleInSchema,
+    RulePatchSchema,
+};
 use crate::app::AppState;
 use malaka_notify::{Channel, NewRule, Rule, RuleError, RuleInput};
 
@@ -32,7 +37,11 @@ pub(super) fn routes() -> Router<AppState> {
 
 impl From<RuleError> for ApiError {
     fn from(e: RuleError) -> Self {
-        ApiError::unprocessable(e.field, e.message)
+        if e.conflict {
+            ApiError::conflict("channel_mismatch", e.message).with_field(e.field)
+        } else {
+            ApiError::unprocessable(e.field, e.message)
+        }
     }
 }
 
@@ -79,6 +88,7 @@ impl From<RuleIn> for RuleInput {
 pub(super) struct RuleOut {
     id: i64,
     name: String,
+    #[schema(value_type = ChannelSchema)]
     channel: &'static str,
     /// For email.
     address: Option<String>,
@@ -88,7 +98,9 @@ pub(super) struct RuleOut {
     has_secret: bool,
     warehouses: Vec<String>,
     skus: Vec<String>,
+    #[schema(value_type = AlertingLevelSchema)]
     min_level: &'static str,
+    #[schema(value_type = Vec<RuleEventSchema>)]
     events: Vec<String>,
     enabled: bool,
     created_by: String,
@@ -138,9 +150,11 @@ fn missing(id: i64) -> ApiError {
     ApiError::not_found(format!("notification rule {id} not found"))
 }
 
-#[utoipa::path(post, path = "/api/v1/notification-rules", tag = "notifications", request_body = RuleIn,
-    responses((status = 201, body = RuleOut), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody),
-              (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/notification-rules", tag = "notifications", request_body = RuleInSchema,
+    responses(
+        (status = 201, body = RuleOut),
+        (status = 422, description = "an invalid field (named in `error.field`); a webhook URL naming a non-public address literally, unless the server allows private targets", body = super::openapi::ErrorBody),
+    ))]
 async fn create_rule(
     State(state): State<AppState>,
     principal: Principal,
@@ -159,8 +173,14 @@ async fn create_rule(
 }
 
 #[utoipa::path(get, path = "/api/v1/notification-rules", tag = "notifications",
-    params(("after" = Option<i64>, Query, description = "the `next` of the previous page"), ("limit" = Option<u32>, Query, description = "1 to 1000, default 100")),
-    responses((status = 200, body = RulesOut), (status = 403, description = "the role lacks the permission", body = super::openapi::ErrorBody)))]
+    params(
+        ("after" = Option<IdCursorSchema>, Query, description = "the `next` of the previous page"),
+        ("limit" = Option<PageLimit>, Query, description = "1 to 1000, default 100"),
+    ),
+    responses(
+        (status = 200, body = RulesOut),
+        (status = 422, description = "an invalid query parameter (named in `error.field`)", body = super::openapi::ErrorBody),
+    ))]
 async fn list_rules(
     State(state): State<AppState>,
     principal: Principal,
@@ -179,8 +199,12 @@ async fn list_rules(
     }))
 }
 
-#[utoipa::path(get, path = "/api/v1/notification-rules/{id}", tag = "notifications", params(("id" = i64, Path)),
-    responses((status = 200, body = RuleOut), (status = 404, description = "no such rule", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/notification-rules/{id}", tag = "notifications",
+    params(("id" = i64, Path)),
+    responses(
+        (status = 200, body = RuleOut),
+        (status = 404, description = "not_found: no such rule", body = super::openapi::ErrorBody),
+    ))]
 async fn get_rule(
     State(state): State<AppState>,
     principal: Principal,
@@ -197,9 +221,15 @@ async fn get_rule(
     Ok(Json(RuleOut::from(rule)))
 }
 
-#[utoipa::path(patch, path = "/api/v1/notification-rules/{id}", tag = "notifications", params(("id" = i64, Path)), request_body = RuleIn,
-    responses((status = 200, body = RuleOut), (status = 404, description = "no such rule", body = super::openapi::ErrorBody),
-              (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody)))]
+#[utoipa::path(patch, path = "/api/v1/notification-rules/{id}", tag = "notifications",
+    params(("id" = i64, Path)),
+    request_body = RulePatchSchema,
+    responses(
+        (status = 200, body = RuleOut),
+        (status = 404, description = "not_found: no such rule", body = super::openapi::ErrorBody),
+        (status = 409, description = "channel_mismatch: another `channel` than the rule's, `address` on a webhook rule, or `url`/`secret` on an email rule", body = super::openapi::ErrorBody),
+        (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody),
+    ))]
 async fn patch_rule(
     State(state): State<AppState>,
     principal: Principal,
@@ -219,8 +249,12 @@ async fn patch_rule(
     Ok(Json(RuleOut::from(rule)))
 }
 
-#[utoipa::path(delete, path = "/api/v1/notification-rules/{id}", tag = "notifications", params(("id" = i64, Path)),
-    responses((status = 204, description = "deleted"), (status = 404, description = "no such rule", body = super::openapi::ErrorBody)))]
+#[utoipa::path(delete, path = "/api/v1/notification-rules/{id}", tag = "notifications",
+    params(("id" = i64, Path)),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 404, description = "not_found: no such rule", body = super::openapi::ErrorBody),
+    ))]
 async fn delete_rule(
     State(state): State<AppState>,
     principal: Principal,

@@ -18,6 +18,11 @@ use super::ApiError;
 use super::auth::{Permission, Principal};
 use super::inventory::limit;
 use super::json::Json;
+#[allow(unused_imports)] // names used in the `utoipa` attributes only
+use super::schema::{
+    PageLimit, ReportFormatSchema, ReportKindSchema, ReportParamsSchema, ReportStateSchema,
+    TextFilterSchema,
+};
 use crate::app::AppState;
 use crate::auth::Role;
 use malaka_reports::{Format, Report, ReportError, ReportState, StoredParams};
@@ -58,14 +63,14 @@ impl From<ReportError> for ApiError {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ReportIn {
-    /// stock_balance, ledger, valuation, low_stock or ageing.
     #[serde(rename = "type")]
+    #[schema(value_type = ReportKindSchema)]
     kind: String,
-    /// `{sku?, warehouse?, from?, to?}` (from/to: RFC 3339, for the ledger).
-    #[serde(default)]
-    #[schema(value_type = Object)]
+    #[serde(default, deserialize_with = "crate::input::object")]
+    #[schema(value_type = ReportParamsSchema, required = false)]
     params: StoredParams,
-    /// csv (default) or json.
+    /// Default csv.
+    #[schema(value_type = Option<ReportFormatSchema>)]
     format: Option<String>,
 }
 
@@ -74,11 +79,13 @@ pub(super) struct ReportIn {
 pub(super) struct ReportOut {
     id: String,
     #[serde(rename = "type")]
+    #[schema(value_type = ReportKindSchema)]
     kind: &'static str,
-    #[schema(value_type = Object)]
+    #[schema(value_type = ReportParamsSchema)]
     params: StoredParams,
+    #[schema(value_type = ReportFormatSchema)]
     format: &'static str,
-    /// queued, running, completed, failed or cancelled.
+    #[schema(value_type = ReportStateSchema)]
     state: &'static str,
     /// Percent done.
     progress: i64,
@@ -134,8 +141,11 @@ fn not_found(id: &str) -> ApiError {
 }
 
 #[utoipa::path(post, path = "/api/v1/reports", tag = "reports", request_body = ReportIn,
-    responses((status = 202, body = ReportOut), (status = 422, description = "an invalid field (named in `error.field`)", body = super::openapi::ErrorBody),
-              (status = 429, description = "the token has its most reports queued or running (`too_many_reports`), or is over its rate limit", body = super::openapi::ErrorBody)))]
+    responses(
+        (status = 202, body = ReportOut),
+        (status = 422, description = "an invalid field (named in `error.field`; `params.from` after `params.to`, ...)", body = super::openapi::ErrorBody),
+        (status = 429, description = "too_many_reports: the token has its most reports queued or running; or rate_limited", body = super::openapi::ErrorBody),
+    ))]
 async fn request_report(
     State(state): State<AppState>,
     principal: Principal,
@@ -166,8 +176,15 @@ async fn request_report(
 }
 
 #[utoipa::path(get, path = "/api/v1/reports", tag = "reports",
-    params(("state" = Option<String>, Query), ("before" = Option<String>, Query), ("limit" = Option<u32>, Query, description = "1 to 1000, default 50")),
-    responses((status = 200, body = ReportsOut)))]
+    params(
+        ("state" = Option<ReportStateSchema>, Query),
+        ("before" = Option<TextFilterSchema>, Query, description = "the `next` of the previous page"),
+        ("limit" = Option<PageLimit>, Query, description = "1 to 1000, default 50"),
+    ),
+    responses(
+        (status = 200, body = ReportsOut),
+        (status = 422, description = "an invalid query parameter (named in `error.field`)", body = super::openapi::ErrorBody),
+    ))]
 async fn list_reports(
     State(state): State<AppState>,
     principal: Principal,
@@ -175,7 +192,7 @@ async fn list_reports(
 ) -> Result<Json<ReportsOut>, ApiError> {
     principal.require(Permission::Read)?;
     let st = match q.get("state").map(String::as_str) {
-        None | Some("") => None,
+        None => None,
         Some(s) => Some(
             ["queued", "running", "completed", "failed", "cancelled"]
                 .iter()
@@ -195,7 +212,11 @@ async fn list_reports(
     let page = limit(&q, 50, 1000)?;
     let items = state
         .reports()
-        .list(st, q.get("before").map(String::as_str), page)
+        .list(
+            st,
+            super::inventory::text_filter(&q, "before")?.as_deref(),
+            page,
+        )
         .await?;
     let next = (items.len() == page as usize)
         .then(|| items.last().map(|r| r.id.clone()))
@@ -206,8 +227,12 @@ async fn list_reports(
     }))
 }
 
-#[utoipa::path(get, path = "/api/v1/reports/{id}", tag = "reports", params(("id" = String, Path)),
-    responses((status = 200, body = ReportOut), (status = 404, description = "no such report", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/reports/{id}", tag = "reports",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, body = ReportOut),
+        (status = 404, description = "not_found: no such report", body = super::openapi::ErrorBody),
+    ))]
 async fn get_report(
     State(state): State<AppState>,
     principal: Principal,
@@ -222,10 +247,16 @@ async fn get_report(
     Ok(Json(ReportOut::from(r)))
 }
 
-#[utoipa::path(get, path = "/api/v1/reports/{id}/download", tag = "reports", params(("id" = String, Path)),
-    responses((status = 200, description = "the file (text/csv or application/json), streamed"),
-              (status = 404, description = "no such report", body = super::openapi::ErrorBody),
-              (status = 409, description = "not completed (yet)", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/reports/{id}/download", tag = "reports",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "the file, streamed", content(
+            (String = "text/csv"),
+            (Object = "application/json"),
+        )),
+        (status = 404, description = "not_found: no such report", body = super::openapi::ErrorBody),
+        (status = 409, description = "not_ready: not completed (yet)", body = super::openapi::ErrorBody),
+    ))]
 async fn download_report(
     State(state): State<AppState>,
     principal: Principal,
@@ -282,10 +313,13 @@ async fn download_report(
     Ok(resp)
 }
 
-#[utoipa::path(delete, path = "/api/v1/reports/{id}", tag = "reports", params(("id" = String, Path)),
-    responses((status = 204, description = "cancelled (if it had not finished) or deleted"),
-              (status = 403, description = "only the requester or an admin may", body = super::openapi::ErrorBody),
-              (status = 404, description = "no such report", body = super::openapi::ErrorBody)))]
+#[utoipa::path(delete, path = "/api/v1/reports/{id}", tag = "reports",
+    params(("id" = String, Path)),
+    responses(
+        (status = 204, description = "cancelled (if it had not finished) or deleted"),
+        (status = 403, description = "forbidden: only the token that asked for it, or an admin, may", body = super::openapi::ErrorBody),
+        (status = 404, description = "not_found: no such report", body = super::openapi::ErrorBody),
+    ))]
 async fn delete_report(
     State(state): State<AppState>,
     principal: Principal,

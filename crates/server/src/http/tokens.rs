@@ -14,6 +14,8 @@ use utoipa::{OpenApi, ToSchema};
 
 use super::ApiError;
 use super::json::Json;
+#[allow(unused_imports)] // names used in the `utoipa` attributes only
+use super::schema::{IdCursorSchema, PageLimit, PermissionSchema, RoleSchema, TokenNameSchema};
 use crate::app::AppState;
 use crate::auth::{Permission, Principal, Role, TokenInfo};
 
@@ -36,15 +38,18 @@ struct MeOut {
     id: i64,
     /// Token name.
     name: String,
-    /// admin, manager, clerk or viewer.
+    #[schema(value_type = RoleSchema)]
     role: &'static str,
     /// What the role may do.
+    #[schema(value_type = Vec<PermissionSchema>)]
     permissions: Vec<&'static str>,
 }
 
 /// Who the caller is: the token's id, name, role and permissions.
 #[utoipa::path(get, path = "/api/v1/me", tag = "tokens",
-    responses((status = 200, body = MeOut), (status = 401, description = "no valid token", body = super::openapi::ErrorBody)))]
+    responses(
+        (status = 200, body = MeOut),
+    ))]
 async fn me(principal: Principal) -> Json<MeOut> {
     Json(MeOut {
         id: principal.id,
@@ -61,10 +66,9 @@ async fn me(principal: Principal) -> Json<MeOut> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateToken {
-    #[serde(default)]
+    #[schema(value_type = TokenNameSchema)]
     name: String,
-    /// admin, manager, clerk or viewer.
-    #[serde(default)]
+    #[schema(value_type = RoleSchema)]
     role: String,
 }
 
@@ -72,7 +76,7 @@ struct CreateToken {
 struct Created {
     id: i64,
     name: String,
-    #[schema(value_type = String, example = "clerk")]
+    #[schema(value_type = RoleSchema)]
     role: Role,
     created_at: DateTime<Utc>,
     /// The secret: shown in this answer only (a replay of the request with its
@@ -82,14 +86,16 @@ struct Created {
 
 #[derive(Debug, Serialize, ToSchema)]
 struct TokenList {
-    /// id, name, role, created_at, last_used_at: never the secret.
-    #[schema(value_type = Vec<Object>)]
+    /// Never the secret.
     tokens: Vec<TokenInfo>,
     /// Pass as `after` for the next page; null on the last.
     next: Option<String>,
 }
 
-#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = CreateToken, responses((status = 201, description = "the token, shown once", body = Created), (status = 422, body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "not an admin", body = super::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = CreateToken,
+    responses(
+        (status = 201, description = "the token, shown once", body = Created),
+    ))]
 async fn create(
     State(state): State<AppState>,
     principal: Principal,
@@ -127,7 +133,15 @@ async fn create(
     Ok(response)
 }
 
-#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", params(("after" = Option<i64>, Query, description = "the `next` of the previous page"), ("limit" = Option<u32>, Query, description = "1 to 1000, default 100")), responses((status = 200, body = TokenList), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "not an admin", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens",
+    params(
+        ("after" = Option<IdCursorSchema>, Query, description = "the `next` of the previous page"),
+        ("limit" = Option<PageLimit>, Query, description = "1 to 1000, default 100"),
+    ),
+    responses(
+        (status = 200, body = TokenList),
+        (status = 422, description = "an invalid query parameter (named in `error.field`)", body = super::openapi::ErrorBody),
+    ))]
 async fn list(
     State(state): State<AppState>,
     principal: Principal,
@@ -143,7 +157,12 @@ async fn list(
     Ok(Json(TokenList { tokens, next }))
 }
 
-#[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens", params(("id" = i64, Path)), responses((status = 204, description = "revoked"), (status = 404, body = super::openapi::ErrorBody), (status = 401, description = "no valid token", body = super::openapi::ErrorBody), (status = 403, description = "not an admin", body = super::openapi::ErrorBody)))]
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens",
+    params(("id" = i64, Path)),
+    responses(
+        (status = 204, description = "revoked"),
+        (status = 404, description = "not_found: no such token", body = super::openapi::ErrorBody),
+    ))]
 async fn revoke(
     State(state): State<AppState>,
     principal: Principal,

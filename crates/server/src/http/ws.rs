@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message as Frame, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use axum::routing::{get, post};
 use chrono::Utc;
@@ -61,7 +62,9 @@ pub(super) struct TicketOut {
 
 /// A short-lived ticket to open `/api/v1/ws` with, for clients that cannot send headers.
 #[utoipa::path(post, path = "/api/v1/ws/ticket", tag = "live",
-    responses((status = 200, body = TicketOut), (status = 401, description = "no valid token", body = super::openapi::ErrorBody)))]
+    responses(
+        (status = 200, body = TicketOut),
+    ))]
 pub(super) async fn ticket(
     State(state): State<AppState>,
     principal: Principal,
@@ -140,16 +143,25 @@ async fn who(
 /// first), and `skus`, `warehouses`, `types` (comma-separated; the subscription until the client
 /// sends another).
 #[utoipa::path(get, path = "/api/v1/ws", tag = "live",
-    params(("ticket" = Option<String>, Query), ("since" = Option<i64>, Query), ("skus" = Option<String>, Query),
-           ("warehouses" = Option<String>, Query), ("types" = Option<String>, Query)),
-    responses((status = 101, description = "switching to WebSocket"), (status = 401, description = "no valid token or ticket", body = super::openapi::ErrorBody),
-              (status = 422, description = "an invalid query field", body = super::openapi::ErrorBody)))]
+    params(
+        ("ticket" = Option<String>, Query, description = "from `POST /ws/ticket`, for clients that cannot send headers"),
+        ("since" = Option<super::schema::SinceSchema>, Query, description = "the last message id received"),
+        ("skus" = Option<String>, Query, description = "comma-separated"),
+        ("warehouses" = Option<String>, Query, description = "comma-separated"),
+        ("types" = Option<super::schema::LiveTypesSchema>, Query, description = "comma-separated message types"),
+    ),
+    responses(
+        (status = 101, description = "switching to WebSocket"),
+        (status = 400, description = "websocket_required: not a WebSocket handshake", body = super::openapi::ErrorBody),
+        (status = 426, description = "upgrade_required: not a WebSocket handshake", body = super::openapi::ErrorBody),
+        (status = 422, description = "an invalid query parameter (named in `error.field`)", body = super::openapi::ErrorBody),
+    ))]
 pub(super) async fn connect(
     State(state): State<AppState>,
     Query(q): Query<ConnectQuery>,
     headers: HeaderMap,
     client: ClientAddr,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let principal = who(&state, &q, &headers, client).await?;
     principal.require(Permission::Read)?;
@@ -173,6 +185,15 @@ pub(super) async fn connect(
             format!("unknown message type {t:?}: use {}", TYPES.join(", ")),
         ));
     }
+    // Checked once the caller is known: a request that is no handshake gets a JSON answer.
+    let upgrade = upgrade.map_err(|r| {
+        let code = if r.status() == StatusCode::UPGRADE_REQUIRED {
+            "upgrade_required"
+        } else {
+            "websocket_required"
+        };
+        ApiError::new(r.status(), code, r.body_text())
+    })?;
     tracing::debug!(token = principal.id, "WebSocket client connecting");
     let slot = state.live().slots().acquire(principal.id);
     Ok(upgrade

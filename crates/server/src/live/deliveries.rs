@@ -56,6 +56,9 @@ pub enum FailureState {
 }
 
 impl FailureState {
+    /// Every state.
+    pub const ALL: [Self; 3] = [Self::Retrying, Self::Parked, Self::Resolved];
+
     /// The stored name.
     pub fn as_str(self) -> &'static str {
         match self {

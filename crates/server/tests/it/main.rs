@@ -5,6 +5,7 @@
 
 mod auth;
 mod common;
+mod contract;
 mod dashboard;
 mod events;
 mod health;

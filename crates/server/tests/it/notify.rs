@@ -181,7 +181,12 @@ async fn rules_are_managed_through_the_api() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 422);
+    // Another channel than the rule's conflicts with the rule as it is.
+    assert_eq!(r.status(), 409);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "channel_mismatch"
+    );
     let list: Value = app
         .get_as(&m, "/api/v1/notification-rules")
         .await

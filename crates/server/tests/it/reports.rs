@@ -819,3 +819,31 @@ async fn a_finished_report_is_announced_and_notified() {
     assert_eq!(notify[0]["payload"]["data"]["report_id"], r["id"]);
     app.stop().await;
 }
+
+/// A report deleted as it finishes: its job may already be gone, which is no error (Schemathesis
+/// found a 500 here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_a_report_as_it_finishes_is_no_error() {
+    let app = crate::common::spawn_app().await;
+    let token = app.admin_token().await;
+    for i in 0..30 {
+        let r = app
+            .post_json(
+                &token,
+                "/api/v1/reports",
+                &serde_json::json!({"type": "valuation", "format": "json"}),
+            )
+            .await;
+        assert_eq!(r.status(), 202);
+        let body: serde_json::Value = r.json().await.unwrap();
+        let id = body["id"].as_str().unwrap().to_owned();
+        if i % 3 == 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let d = app
+            .delete_as(&token, &format!("/api/v1/reports/{id}"))
+            .await;
+        assert_eq!(d.status(), 204, "{i}: {}", d.text().await.unwrap());
+    }
+    app.stop().await;
+}
