@@ -271,6 +271,16 @@ async fn retries_survive_a_restart_on_postgres() {
     retries_survive_a_restart(Backend::Postgres).await;
 }
 
+async fn min_cursor(app: &TestApp) -> i64 {
+    const Q: &str = "SELECT COALESCE(MIN(seq), 0) FROM malaka_listener_cursors";
+    match app.state.db() {
+        malaka_server::db::Database::Sqlite(p) => sqlx::query_scalar(Q).fetch_one(p).await.unwrap(),
+        malaka_server::db::Database::Postgres(p) => {
+            sqlx::query_scalar(Q).fetch_one(p).await.unwrap()
+        }
+    }
+}
+
 async fn sql(app: &TestApp, q: &str) {
     match app.state.db() {
         malaka_server::db::Database::Sqlite(p) => {
@@ -319,6 +329,14 @@ async fn pruning_keeps_what_a_reader_has_not_passed(backend: Backend) {
     .await;
     let last = outbox.last_seq().await.unwrap();
     assert!(last >= 6);
+    // The listeners write positions they passed in a hurry once caught up: wait for those
+    // writes, or one could land after the rewind below.
+    until(
+        Duration::from_secs(10),
+        "every listener's position saved",
+        async || min_cursor(&app).await >= last,
+    )
+    .await;
     // Every event is past the retention; the stock monitor has only read up to 2.
     sql(
         &app,
