@@ -930,6 +930,8 @@ pub struct Movement {
 pub struct Balance {
     /// Article.
     pub sku: Sku,
+    /// The article's name.
+    pub name: String,
     /// Warehouse.
     pub warehouse: WarehouseCode,
     /// Quantity.

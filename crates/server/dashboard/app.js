@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const state = { token: null, role: null, lastId: null, ws: null, retry: 0, alerts: new Map(), balanceTimer: null, balanceNext: null, failedTimer: null };
+const state = { token: null, role: null, lastId: null, ws: null, retry: 0, alerts: new Map(), balanceTimer: null, balanceNext: null, alertTimer: null, names: new Map(), failedTimer: null };
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -61,7 +61,8 @@ function balanceQuery() {
 function balanceRow(b, old) {
   const key = `${b.sku}\u0000${b.warehouse}`;
   const row = el("tr", { "data-key": key, "data-qty": b.qty, "data-level": b.level },
-    el("td", {}, b.sku), el("td", {}, b.warehouse), el("td", { class: "num" }, b.qty),
+    el("td", {}, el("span", { class: "sku" }, b.sku), " ", el("span", { class: "name" }, b.name)),
+    el("td", {}, b.warehouse), el("td", { class: "num" }, b.qty),
     el("td", { class: "num" }, b.min_qty), el("td", { class: "num" }, b.value), el("td", {}, level(b.level)));
   if (old.has(key) && old.get(key) !== b.qty) row.classList.add("flash");
   return row;
@@ -83,6 +84,7 @@ async function loadBalances() {
   const page = await fetchBalances(q);
   if (!page) return;
   const old = new Map([...body.rows].map((r) => [r.dataset.key, r.dataset.qty]));
+  for (const b of page.items) state.names.set(b.sku, b.name);
   body.replaceChildren(...page.items.map((b) => balanceRow(b, old)));
   state.balanceNext = page.next;
   $("#balances-more").hidden = !page.next;
@@ -95,6 +97,7 @@ async function moreBalances() {
   q.set("cursor", state.balanceNext);
   const page = await fetchBalances(q);
   if (!page) return;
+  for (const b of page.items) state.names.set(b.sku, b.name);
   $("#balances tbody").append(...page.items.map((b) => balanceRow(b, new Map())));
   state.balanceNext = page.next;
   $("#balances-more").hidden = !page.next;
@@ -113,7 +116,7 @@ function renderAlerts() {
   $("#alerts-feed").replaceChildren(...open.map((a) => {
     const li = el("li", { "data-alert-id": a.id, "data-level": a.level, class: a.fresh ? "flash" : "" },
       level(a.level),
-      el("span", { class: "what" }, `${a.sku} in ${a.warehouse}: ${a.qty} left (min ${a.min_qty})`),
+      el("span", { class: "what" }, alertText(a)),
       el("span", { class: "when" }, when(a.updated_at)));
     if (a.acknowledged_by) li.append(el("span", { class: "when" }, `ack ${a.acknowledged_by}`));
     else if (canAck) li.append(el("button", { class: "small ghost", onclick: () => ack(a.id) }, "Acknowledge"));
@@ -122,6 +125,20 @@ function renderAlerts() {
   }));
   $("#alerts-count").textContent = String(open.length);
   $("#alerts-empty").hidden = open.length > 0;
+}
+
+// What an alert says: the article with its name, the quantity now, and the one at which it
+// reached its level when that differs.
+function alertText(a) {
+  const name = a.name || state.names.get(a.sku);
+  const now = a.current_qty ?? a.qty;
+  const then = now !== a.qty ? `, ${a.qty} when it became ${a.level.replace(/_/g, " ")}` : "";
+  return `${a.sku}${name ? ` (${name})` : ""} in ${a.warehouse}: ${now} left${then} (min ${a.min_qty})`;
+}
+
+function alertsSoon() {
+  clearTimeout(state.alertTimer);
+  state.alertTimer = setTimeout(() => loadAlerts().catch(failed), 300);
 }
 
 async function loadAlerts() {
@@ -141,7 +158,8 @@ async function ack(id) {
 function onAlert(data) {
   const a = data.alert;
   const shown = {
-    id: a.id, sku: a.sku, warehouse: a.warehouse, level: a.level, qty: a.qty, min_qty: a.min_qty,
+    id: a.id, sku: a.sku, warehouse: a.warehouse, level: a.level, qty: a.qty, current_qty: a.qty, min_qty: a.min_qty,
+    name: state.alerts.get(a.id)?.name,
     updated_at: a.updated_at, acknowledged_by: a.acknowledged_by,
     state: a.cleared_at ? "closed" : "open", fresh: data.action !== "acknowledged",
   };
@@ -370,7 +388,7 @@ async function connect() {
     if (m.id != null) state.lastId = m.id;
     switch (m.type) {
       case "stock_alert": onAlert(m.data); balancesSoon(); break;
-      case "stock_changed": onMovement(m.data); break;
+      case "stock_changed": onMovement(m.data); if (state.alerts.size) alertsSoon(); break;
       case "job_update": renderQueues(m.data); jobsSoon(); break;
       case "report_ready": toast(`Report ready: ${(m.data.kind || "").replace(/_/g, " ")}`); loadReports().catch(failed); break;
       case "resync": state.lastId = null; loadAll().catch(failed); break;

@@ -46,6 +46,12 @@ pub struct Alert {
     pub acknowledged_by: Option<String>,
     /// When.
     pub acknowledged_at: Option<DateTime<Utc>>,
+    /// The balance's quantity now (read by lists, not carried in events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_qty: Option<Decimal>,
+    /// The article's name (read by lists, not carried in events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// What happened to an alert.
@@ -309,8 +315,12 @@ pub(crate) const ALERT_COLS: &str = "id, sku, warehouse, level, qty, min_qty, ra
 macro_rules! alerts_query {
     ($q:ident, $f:expr) => {{
         let f = $f;
+        // With the balance's quantity now and the article's name, each by its primary key.
         $q.push(format!(
-            "SELECT {} FROM inv_alerts WHERE 1 = 1",
+            "SELECT {}, (SELECT b.qty FROM inv_balances b WHERE b.sku = inv_alerts.sku \
+             AND b.warehouse = inv_alerts.warehouse) AS current_qty, \
+             (SELECT a.name FROM inv_articles a WHERE a.sku = inv_alerts.sku) AS name \
+             FROM inv_alerts WHERE 1 = 1",
             $crate::alerts::ALERT_COLS
         ));
         match f.open {

@@ -25,6 +25,17 @@ where
         cleared_at: r.try_get("cleared_at")?,
         acknowledged_by: r.try_get("acknowledged_by")?,
         acknowledged_at: r.try_get("acknowledged_at")?,
+        // Only lists select these two.
+        current_qty: match r.try_get::<Option<String>, _>("current_qty") {
+            Ok(Some(q)) => Some(dec("current_qty", &q)?),
+            Ok(None) | Err(sqlx::Error::ColumnNotFound(_)) => None,
+            Err(e) => return Err(e.into()),
+        },
+        name: match r.try_get::<Option<String>, _>("name") {
+            Ok(n) => n,
+            Err(sqlx::Error::ColumnNotFound(_)) => None,
+            Err(e) => return Err(e.into()),
+        },
     })
 }
 

@@ -31,7 +31,7 @@ macro_rules! balances_query {
     ($q:ident, $f:expr, $layers_json:expr) => {{
         let f = $f;
         $q.push(format!(
-            "SELECT b.sku, b.warehouse, b.qty, b.value, b.rate, {} AS layers, b.level, \
+            "SELECT b.sku, a.name, b.warehouse, b.qty, b.value, b.rate, {} AS layers, b.level, \
                     b.updated_at, a.min_qty \
              FROM inv_balances b JOIN inv_articles a ON a.sku = b.sku WHERE 1 = 1",
             $layers_json
@@ -103,6 +103,7 @@ pub(crate) async fn balances(
                 Ok(Balance {
                     sku: Sku::parse(&r.try_get::<String, _>("sku")?)
                         .map_err(|e| InventoryError::Corrupt(e.to_string()))?,
+                    name: r.try_get("name")?,
                     warehouse: WarehouseCode::parse(&r.try_get::<String, _>("warehouse")?)
                         .map_err(|e| InventoryError::Corrupt(e.to_string()))?,
                     qty: dec("qty", &r.try_get::<String, _>("qty")?)?,

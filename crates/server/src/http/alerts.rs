@@ -46,6 +46,12 @@ pub(super) struct AlertOut {
     qty: Decimal,
     #[schema(value_type = String, example = "10")]
     min_qty: Decimal,
+    /// The balance's quantity now (`qty` is the one at the alert's last level change); null
+    /// when the balance is gone.
+    #[schema(value_type = Option<String>, example = "3")]
+    current_qty: Option<Decimal>,
+    /// The article's name; null when the article is gone.
+    name: Option<String>,
     raised_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     cleared_at: Option<DateTime<Utc>>,
@@ -67,6 +73,8 @@ impl From<Alert> for AlertOut {
             },
             qty: a.qty.normalize(),
             min_qty: a.min_qty.normalize(),
+            current_qty: a.current_qty.map(|q| q.normalize()),
+            name: a.name,
             raised_at: a.raised_at,
             updated_at: a.updated_at,
             cleared_at: a.cleared_at,

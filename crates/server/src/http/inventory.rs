@@ -340,6 +340,8 @@ impl From<&Layer> for LayerOut {
 struct BalanceOut {
     #[schema(value_type = SkuSchema)]
     sku: String,
+    /// The article's name.
+    name: String,
     #[schema(value_type = WarehouseCodeSchema)]
     warehouse: String,
     #[schema(value_type = String, example = "12.5")]
@@ -359,6 +361,7 @@ impl From<&Balance> for BalanceOut {
     fn from(b: &Balance) -> Self {
         Self {
             sku: b.sku.to_string(),
+            name: b.name.clone(),
             warehouse: b.warehouse.to_string(),
             qty: b.qty.normalize(),
             value: b.value.normalize(),

@@ -56,6 +56,15 @@ try {
   result.alert_ms = Date.now() - posted;
   await page.waitForSelector('#balances tbody tr[data-level="CRITICAL"]', { timeout: 2000 });
   await page.waitForFunction(() => document.querySelector("#alerts-count").textContent === "1");
+  // Names beside SKUs; an open alert follows the balance's quantity as it moves on.
+  await page.waitForFunction(() => [...document.querySelectorAll("#balances tbody td .name")]
+    .some((e) => e.textContent === "Dashboard bolt"));
+  await api("POST", "/movements", { type: "issue", sku: "DASH-1", warehouse: "MAIN", qty: "1" });
+  await page.waitForFunction(() => {
+    const what = document.querySelector('#alerts-feed li[data-level="CRITICAL"] .what');
+    return what && what.textContent.startsWith("DASH-1 (Dashboard bolt) in MAIN: 2 left");
+  }, null, { timeout: 3000 });
+  result.alert_follows_balance = true;
   await page.waitForSelector("#movements tbody tr");
   // The jobs panel lists the discarded job with its error and retries it.
   await page.waitForSelector('#failed li[data-job-id] .err');

@@ -1928,3 +1928,29 @@ async fn the_outbox_holds_exactly_the_events_postings_caused(app: &TestApp) {
     assert_eq!(ledger_ids, posted_ids);
     assert_verified(app).await;
 }
+
+on_both!(lists_name_articles_and_alerts_show_the_quantity_now);
+async fn lists_name_articles_and_alerts_show_the_quantity_now(app: &TestApp) {
+    let t = app.admin_token().await;
+    warehouse(app, &t, "MAIN").await;
+    article(app, &t, "NAMED-1", json!({"min_qty": "10"})).await;
+    receipt(app, &t, "NAMED-1", "MAIN", "20", "1").await;
+    issue(app, &t, "NAMED-1", "MAIN", "12").await; // 8 left: LOW
+    issue(app, &t, "NAMED-1", "MAIN", "1").await; // 7 left: still LOW
+    let b = balance(app, &t, "NAMED-1", "MAIN").await.unwrap();
+    assert_eq!(b["name"], "Article NAMED-1");
+    // Alerts follow the postings through the outbox: wait for this one.
+    let mut v = Value::Null;
+    for _ in 0..100 {
+        v = get(app, &t, "/api/v1/alerts?state=open").await;
+        if v["items"][0]["current_qty"] == "7" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let a = &v["items"][0];
+    assert_eq!(a["sku"], "NAMED-1", "{v}");
+    assert_eq!(a["name"], "Article NAMED-1");
+    assert_eq!(a["level"], "LOW");
+    assert_eq!(d(&a["current_qty"]), n("7"), "the balance now: {a}");
+}
