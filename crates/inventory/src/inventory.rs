@@ -183,8 +183,11 @@ impl Inventory {
         after: Option<&Sku>,
         limit: u32,
         include_archived: bool,
+        search: Option<&str>,
     ) -> Result<Vec<Article>, InventoryError> {
-        self.storage.articles(after, limit, include_archived).await
+        self.storage
+            .articles(after, limit, include_archived, search)
+            .await
     }
 
     /// Changes an article; a new `min_qty` re-evaluates its levels (and writes their events).

@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const state = { token: null, role: null, lastId: null, ws: null, retry: 0, alerts: new Map(), balanceTimer: null, balanceNext: null, alertTimer: null, names: new Map(), failedTimer: null };
+const state = { token: null, role: null, lastId: null, ws: null, retry: 0, alerts: new Map(), balanceTimer: null, balanceNext: null, alertTimer: null, names: new Map(), posting: false, postKey: null, suggestTimer: null, failedTimer: null };
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -415,8 +415,93 @@ function failed(e) {
   else toast(e && e.message ? e.message : String(e));
 }
 
+// ---- posting -----------------------------------------------------------------------------------
+// One form for receipts, issues, transfers and counts, keyboard- and scanner-first: Enter posts,
+// and focus returns to the article for the next line. Each submission carries its own
+// Idempotency-Key (kept while it is retried), and the button is disabled while it is in flight,
+// so a double click or a retry posts once. An error naming a field is shown beside it.
+
+const mayPost = () => state.role !== null && state.role !== "viewer";
+
+function postShape() {
+  const type = $("#p-type").value;
+  $("#p-to-label").hidden = type !== "transfer";
+  $("#p-cost-label").hidden = type !== "receipt" && type !== "count";
+}
+
+async function loadPostForm() {
+  $("#post").hidden = !mayPost();
+  if (!mayPost()) return;
+  const page = await api("GET", "/warehouses?limit=1000");
+  const options = () => page.items.map((w) => el("option", { value: w.code }, `${w.code} ${w.name}`));
+  $("#p-warehouse").replaceChildren(...options());
+  $("#p-to").replaceChildren(...options());
+  postShape();
+}
+
+async function suggestArticles() {
+  const text = $("#p-sku").value.trim();
+  if (!text) return;
+  const page = await api("GET", `/articles?limit=20&q=${encodeURIComponent(text)}`);
+  $("#p-articles").replaceChildren(...page.items.map((a) => el("option", { value: a.sku }, a.name)));
+}
+
+function clearPostErrors() {
+  for (const e of document.querySelectorAll("#post-form .field-error")) e.textContent = "";
+  $("#post-error").textContent = "";
+}
+
+async function submitPost() {
+  if (state.posting) return; // one submission at a time: a double click posts once
+  clearPostErrors();
+  const type = $("#p-type").value;
+  const body = { type, sku: $("#p-sku").value.trim(), warehouse: $("#p-warehouse").value, qty: $("#p-qty").value.trim() };
+  if (type === "transfer") body.to_warehouse = $("#p-to").value;
+  const cost = $("#p-cost").value.trim();
+  if ((type === "receipt" || type === "count") && cost) body.unit_cost = cost;
+  const ref = $("#p-ref").value.trim();
+  if (ref) body.reference = ref;
+  const key = JSON.stringify(body);
+  if (!state.postKey || state.postKey.body !== key) state.postKey = { body: key, id: crypto.randomUUID() };
+  state.posting = true;
+  $("#p-submit").disabled = true;
+  try {
+    const r = await fetch("/api/v1/movements", {
+      method: "POST",
+      headers: { Authorization: `Bearer ${state.token}`, "Content-Type": "application/json", "Idempotency-Key": state.postKey.id },
+      body: key,
+    });
+    const data = await r.json().catch(() => null);
+    if (!r.ok) {
+      const err = (data && data.error) || {};
+      const field = err.field && document.querySelector(`#post-form .field-error[data-field="${err.field}"]`);
+      (field || $("#post-error")).textContent = err.message || `HTTP ${r.status}`;
+      if (r.status >= 400 && r.status < 500) state.postKey = null; // refused: a new attempt is a new posting
+      return;
+    }
+    state.postKey = null;
+    toast(`Posted: ${type} of ${body.qty} ${body.sku} in ${body.warehouse}`);
+    $("#p-qty").value = "";
+    $("#p-sku").value = "";
+    $("#p-sku").focus();
+  } catch (e) {
+    $("#post-error").textContent = `Not sent (${e.message}); press Enter to try again.`;
+  } finally {
+    state.posting = false;
+    $("#p-submit").disabled = false;
+  }
+}
+
+$("#p-type").addEventListener("change", postShape);
+$("#p-sku").addEventListener("input", () => { clearTimeout(state.suggestTimer); state.suggestTimer = setTimeout(() => suggestArticles().catch(failed), 150); });
+$("#post-form").addEventListener("submit", (ev) => { ev.preventDefault(); submitPost(); });
+// A scanner types the SKU and Enter: with no quantity yet, Enter moves on to it.
+$("#p-sku").addEventListener("keydown", (ev) => {
+  if (ev.key === "Enter" && !$("#p-qty").value.trim()) { ev.preventDefault(); $("#p-qty").focus(); }
+});
+
 async function loadAll() {
-  await Promise.all([loadBalances(), loadAlerts(), loadJobs(), loadMovements(), loadReports(), loadIntegrations()]);
+  await Promise.all([loadBalances(), loadAlerts(), loadJobs(), loadMovements(), loadReports(), loadIntegrations(), loadPostForm()]);
 }
 
 async function signIn(token) {

@@ -84,8 +84,9 @@ impl Storage for SqliteStorage {
         after: Option<&Sku>,
         limit: u32,
         include_archived: bool,
+        search: Option<&str>,
     ) -> Result<Vec<Article>, InventoryError> {
-        articles(&self.pool, after, limit, include_archived).await
+        articles(&self.pool, after, limit, include_archived, search).await
     }
 
     async fn update_article(
@@ -250,6 +251,7 @@ async fn articles(
     after: Option<&Sku>,
     limit: u32,
     include_archived: bool,
+    search: Option<&str>,
 ) -> Result<Vec<Article>, InventoryError> {
     let mut q = sqlx::QueryBuilder::new(format!(
         "SELECT {ARTICLE_COLS} FROM inv_articles WHERE 1 = 1"
@@ -259,6 +261,15 @@ async fn articles(
     }
     if !include_archived {
         q.push(" AND NOT archived");
+    }
+    if let Some(text) = search {
+        // A SKU starting with the text (the primary key serves it) or a name holding it.
+        let text = super::like_escape(text);
+        q.push(" AND (sku LIKE ")
+            .push_bind(format!("{text}%"))
+            .push(" ESCAPE '\\' OR name LIKE ")
+            .push_bind(format!("%{text}%"))
+            .push(" ESCAPE '\\')");
     }
     q.push(" ORDER BY sku LIMIT ").push_bind(i64::from(limit));
     let rows = q.build().fetch_all(pool).await?;

@@ -29,8 +29,8 @@ use super::idempotency::IdempotencyKey;
 #[allow(unused_imports)] // names used in the `utoipa` attributes only
 use super::schema::{
     AlertLevelSchema, BalanceCursorSchema, CursorSchema, DecimalSchema, IdCursorSchema,
-    IdempotencyKeySchema, MovementKindSchema, NameSchema, PageLimit, SkuSchema, TimeOrDateSchema,
-    UnitSchema, ValuationSchema, WarehouseCodeSchema,
+    IdempotencyKeySchema, MovementKindSchema, NameSchema, PageLimit, SkuSchema, TextFilterSchema,
+    TimeOrDateSchema, UnitSchema, ValuationSchema, WarehouseCodeSchema,
 };
 use crate::app::AppState;
 use crate::input::{DecimalText, MovementIn};
@@ -435,6 +435,7 @@ struct Page<T: ToSchema> {
         ("after" = Option<SkuSchema>, Query, description = "the `next` of the previous page"),
         ("limit" = Option<PageLimit>, Query, description = "1 to 1000, default 100"),
         ("archived" = Option<bool>, Query, description = "include archived articles"),
+        ("q" = Option<TextFilterSchema>, Query, description = "only articles whose SKU starts with this text or whose name holds it (case-insensitive)"),
     ),
     responses(
         (status = 200, body = Page<ArticleOut>),
@@ -450,7 +451,12 @@ async fn list_articles(
     let limit = limit(&q, 100, 1000)?;
     let items = state
         .inventory()
-        .articles(after.as_ref(), limit, flag(&q, "archived")?)
+        .articles(
+            after.as_ref(),
+            limit,
+            flag(&q, "archived")?,
+            text_filter(&q, "q")?.as_deref().filter(|t| !t.is_empty()),
+        )
         .await?;
     let next = (items.len() == limit as usize)
         .then(|| items.last().map(|a| a.sku.to_string()))

@@ -65,6 +65,42 @@ try {
     return what && what.textContent.startsWith("DASH-1 (Dashboard bolt) in MAIN: 2 left");
   }, null, { timeout: 3000 });
   result.alert_follows_balance = true;
+
+  // Posting from the keyboard, as a scanner would: the SKU and Enter, the quantity and Enter.
+  const ledgerRows = async () => (await api("GET", "/ledger?sku=DASH-1&limit=1000")).items.length;
+  await page.waitForSelector("#post:not([hidden])");
+  const before = await ledgerRows();
+  await page.selectOption("#p-type", "receipt");
+  await page.fill("#p-cost", "0.5");
+  await page.focus("#p-sku");
+  await page.keyboard.type("DASH-1");
+  await page.keyboard.press("Enter");
+  if (!(await page.evaluate(() => document.activeElement.id === "p-qty"))) throw new Error("Enter in the article field did not move to the quantity");
+  await page.keyboard.type("5");
+  await page.keyboard.press("Enter");
+  await page.waitForFunction(() => document.querySelector("#toast").textContent.startsWith("Posted"));
+  if (!(await page.evaluate(() => document.activeElement.id === "p-sku"))) throw new Error("focus did not return to the article field");
+  if ((await ledgerRows()) !== before + 1) throw new Error("the receipt was not posted once");
+  result.posted_from_keyboard = true;
+  // An issue beyond the stock is refused, saying what is available.
+  await page.selectOption("#p-type", "issue");
+  await page.fill("#p-sku", "DASH-1");
+  await page.fill("#p-qty", "1000");
+  await page.click("#p-submit");
+  await page.waitForFunction(() => [...document.querySelectorAll("#post-form .error")].some((e) => e.textContent.includes("available")));
+  if ((await ledgerRows()) !== before + 1) throw new Error("a refused issue wrote something");
+  result.refusal_shown = true;
+  // The browser logs the refused request (409); that one was expected.
+  for (let i = errors.length - 1; i >= 0; i--) if (errors[i].includes("409 (Conflict)")) errors.splice(i, 1);
+  // A double click posts once (a receipt: the stock stays LOW, so no alert toast hides ours,
+  // nor the inbox replay's below).
+  await page.selectOption("#p-type", "receipt");
+  await page.fill("#p-qty", "1");
+  await page.dblclick("#p-submit");
+  await page.waitForFunction(() => document.querySelector("#toast").textContent.startsWith("Posted: receipt of 1"));
+  await page.waitForTimeout(300);
+  if ((await ledgerRows()) !== before + 2) throw new Error(`a double click posted ${(await ledgerRows()) - before - 1} times`);
+  result.double_click_posts_once = true;
   await page.waitForSelector("#movements tbody tr");
   // The jobs panel lists the discarded job with its error and retries it.
   await page.waitForSelector('#failed li[data-job-id] .err');

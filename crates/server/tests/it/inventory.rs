@@ -1954,3 +1954,50 @@ async fn lists_name_articles_and_alerts_show_the_quantity_now(app: &TestApp) {
     assert_eq!(a["level"], "LOW");
     assert_eq!(d(&a["current_qty"]), n("7"), "the balance now: {a}");
 }
+
+on_both!(articles_are_found_by_sku_prefix_or_name);
+async fn articles_are_found_by_sku_prefix_or_name(app: &TestApp) {
+    let t = app.admin_token().await;
+    for (sku, name) in [
+        ("BOLT-M8", "Hex bolt M8"),
+        ("BOLT-M10", "Hex bolt M10"),
+        ("NUT-M8", "Nut for bolts"),
+        ("WASHER_1", "Washer 100% steel"),
+    ] {
+        let (s, v) = post(
+            app,
+            &t,
+            "/api/v1/articles",
+            &json!({"sku": sku, "name": name}),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let skus = |v: Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["sku"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        skus(get(app, &t, "/api/v1/articles?q=BOLT").await),
+        ["BOLT-M10", "BOLT-M8", "NUT-M8"],
+        "SKUs starting with it, names holding it (any case)"
+    );
+    assert_eq!(
+        skus(get(app, &t, "/api/v1/articles?q=m8").await),
+        ["BOLT-M8"]
+    );
+    // LIKE's wildcards are plain characters here.
+    assert_eq!(
+        skus(get(app, &t, "/api/v1/articles?q=%25").await),
+        ["WASHER_1"]
+    );
+    assert!(skus(get(app, &t, "/api/v1/articles?q=BOLT_M8").await).is_empty());
+    assert_eq!(
+        skus(get(app, &t, "/api/v1/articles?q=WASHER_").await),
+        ["WASHER_1"]
+    );
+}
