@@ -1,10 +1,10 @@
 // Drives the dashboard in headless Chromium: sign in with a token, check the panels, post a
 // movement through the API, and wait for its alert to appear without a reload (within 1 s).
-// Usage: node dashboard.mjs BASE_URL TOKEN SCREENSHOT_DIR
+// Usage: node dashboard.mjs BASE_URL TOKEN SCREENSHOT_DIR [VIEWER_TOKEN]
 // Prints one JSON line with what it measured; exits non-zero on any failure.
 import { chromium } from "playwright-core";
 
-const [base, token, shots] = process.argv.slice(2);
+const [base, token, shots, viewerToken] = process.argv.slice(2);
 if (!base || !token || !shots) {
   console.error("usage: node dashboard.mjs BASE_URL TOKEN SCREENSHOT_DIR");
   process.exit(2);
@@ -135,6 +135,24 @@ try {
   if (overflow > 0) throw new Error(`the page is ${overflow}px wider than a phone screen`);
   await page.screenshot({ path: `${shots}/dashboard-phone.png`, fullPage: true });
   if (errors.length) throw new Error(`page errors: ${errors.join("; ")}`);
+
+  // A viewer is offered nothing it may not do: no posting form, no Acknowledge, no Retry.
+  if (viewerToken) {
+    const viewer = await (await browser.newContext({ viewport: { width: 1280, height: 800 } })).newPage();
+    await viewer.goto(base);
+    await viewer.fill("#token", viewerToken);
+    await viewer.click("#signin-form button");
+    await viewer.waitForSelector("#app:not([hidden])");
+    await viewer.waitForSelector('#balances tbody tr');
+    const offered = await viewer.evaluate(() => ({
+      post: !document.querySelector("#post").hidden,
+      ack: document.querySelectorAll("#alerts-feed button").length,
+      retry: document.querySelectorAll("#failed button, #waiting button").length,
+    }));
+    if (offered.post || offered.ack || offered.retry) throw new Error(`a viewer is offered ${JSON.stringify(offered)}`);
+    await viewer.screenshot({ path: `${shots}/dashboard-viewer.png`, fullPage: true });
+    result.viewer_sees_no_forms = true;
+  }
   console.log(JSON.stringify(result));
 } catch (e) {
   if (page) await page.screenshot({ path: `${shots}/dashboard-failure.png`, fullPage: true }).catch(() => {});

@@ -123,6 +123,7 @@ async fn the_dashboard_shows_a_new_alert_without_a_reload() {
         .arg(format!("http://{}", app.addr))
         .arg(&t)
         .arg(&shots)
+        .arg(app.token(malaka_server::auth::Role::Viewer).await)
         .output()
         .await
         .expect("run node");
