@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const state = { token: null, role: null, lastId: null, ws: null, retry: 0, alerts: new Map(), balanceTimer: null, balanceNext: null, alertTimer: null, names: new Map(), posting: false, postKey: null, suggestTimer: null, failedTimer: null };
+const state = { token: null, role: null, lastId: null, ws: null, retry: 0, alerts: new Map(), balanceTimer: null, balanceNext: null, alertTimer: null, names: new Map(), posting: false, postKey: null, batchKey: null, suggestTimer: null, failedTimer: null };
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -492,6 +492,63 @@ async function submitPost() {
   }
 }
 
+// Many lines as one batch (POST /movements/batch, all or nothing): a line's error is shown with
+// its line number; one naming no field marks the lines of the article it names.
+function batchLines() {
+  const type = $("#p-type").value;
+  const lines = $("#b-lines").value.split("\n").map((l) => l.trim()).filter((l) => l);
+  return lines.map((l) => {
+    const [sku, qty, cost] = l.split(/[\s,;]+/);
+    const m = { type, sku, warehouse: $("#p-warehouse").value, qty: qty || "1" };
+    if (type === "transfer") m.to_warehouse = $("#p-to").value;
+    if ((type === "receipt" || type === "count") && (cost || $("#p-cost").value.trim())) m.unit_cost = cost || $("#p-cost").value.trim();
+    const ref = $("#p-ref").value.trim();
+    if (ref) m.reference = ref;
+    return m;
+  });
+}
+
+async function submitBatch() {
+  if (state.posting) return;
+  $("#b-errors").replaceChildren();
+  const movements = batchLines();
+  if (!movements.length) return;
+  const key = JSON.stringify({ movements });
+  if (!state.batchKey || state.batchKey.body !== key) state.batchKey = { body: key, id: crypto.randomUUID() };
+  state.posting = true;
+  $("#b-submit").disabled = true;
+  try {
+    const r = await fetch("/api/v1/movements/batch", {
+      method: "POST",
+      headers: { Authorization: `Bearer ${state.token}`, "Content-Type": "application/json", "Idempotency-Key": state.batchKey.id },
+      body: key,
+    });
+    const data = await r.json().catch(() => null);
+    if (!r.ok) {
+      const err = (data && data.error) || {};
+      const at = /^movements\[(\d+)\]/.exec(err.field || "");
+      const lines = at ? [Number(at[1])]
+        : movements.map((m, i) => ((err.message || "").includes(` ${m.sku} `) ? i : -1)).filter((i) => i >= 0);
+      const items = lines.length
+        ? lines.map((i) => el("li", { "data-line": i + 1 }, `Line ${i + 1} (${movements[i].sku}): ${err.message}`))
+        : [el("li", {}, err.message || `HTTP ${r.status}`)];
+      $("#b-errors").replaceChildren(...items, el("li", {}, "Nothing was posted."));
+      if (r.status >= 400 && r.status < 500) state.batchKey = null;
+      return;
+    }
+    state.batchKey = null;
+    toast(`Posted ${movements.length} lines`);
+    $("#b-lines").value = "";
+    $("#b-lines").focus();
+  } catch (e) {
+    $("#b-errors").replaceChildren(el("li", {}, `Not sent (${e.message}); try again.`));
+  } finally {
+    state.posting = false;
+    $("#b-submit").disabled = false;
+  }
+}
+
+$("#b-submit").addEventListener("click", () => submitBatch());
 $("#p-type").addEventListener("change", postShape);
 $("#p-sku").addEventListener("input", () => { clearTimeout(state.suggestTimer); state.suggestTimer = setTimeout(() => suggestArticles().catch(failed), 150); });
 $("#post-form").addEventListener("submit", (ev) => { ev.preventDefault(); submitPost(); });
