@@ -2,7 +2,20 @@
 // movement through the API, and wait for its alert to appear without a reload (within 1 s).
 // Usage: node dashboard.mjs BASE_URL TOKEN SCREENSHOT_DIR [VIEWER_TOKEN]
 // Prints one JSON line with what it measured; exits non-zero on any failure.
+import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import { chromium } from "playwright-core";
+
+// axe-core, evaluated in the page through the DevTools protocol (the page's CSP allows no
+// injected script tags).
+const axeSource = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
+async function accessible(p, where) {
+  await p.evaluate(axeSource);
+  const found = await p.evaluate(async () => (await axe.run(document, { resultTypes: ["violations"] })).violations
+    .filter((v) => v.impact === "serious" || v.impact === "critical")
+    .map((v) => `${v.id} (${v.impact}): ${v.nodes.slice(0, 3).map((n) => n.target.join(" ")).join(", ")}`));
+  if (found.length) throw new Error(`axe-core on ${where}: ${found.join("; ")}`);
+}
 
 const [base, token, shots, viewerToken] = process.argv.slice(2);
 if (!base || !token || !shots) {
@@ -35,6 +48,8 @@ try {
   page.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); });
 
   await page.goto(base);
+  await page.waitForSelector("#signin:not([hidden])");
+  await accessible(page, "the sign-in page");
   // A wrong token is refused with a message.
   await page.fill("#token", "mlk_wrong");
   await page.click("#signin-form button");
@@ -142,6 +157,8 @@ try {
   await page.click('#reports li[data-state="completed"] button');
   const file = await download;
   result.report_download = file.suggestedFilename();
+  await accessible(page, "the dashboard");
+  result.accessible = true;
   await page.screenshot({ path: `${shots}/dashboard.png`, fullPage: true });
 
   // Readable on a phone: one column, nothing wider than the screen.
@@ -166,6 +183,7 @@ try {
       retry: document.querySelectorAll("#failed button, #waiting button").length,
     }));
     if (offered.post || offered.ack || offered.retry) throw new Error(`a viewer is offered ${JSON.stringify(offered)}`);
+    await accessible(viewer, "the dashboard as a viewer");
     await viewer.screenshot({ path: `${shots}/dashboard-viewer.png`, fullPage: true });
     result.viewer_sees_no_forms = true;
   }
