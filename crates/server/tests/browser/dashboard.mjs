@@ -41,7 +41,7 @@ const browser = await chromium.launch({
 const result = {};
 let page;
 try {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const context = await browser.newContext({ viewport: { width: 1366, height: 768 } });
   page = await context.newPage();
   const errors = [];
   page.on("pageerror", (e) => errors.push(String(e)));
@@ -159,19 +159,19 @@ try {
   result.report_download = file.suggestedFilename();
   await accessible(page, "the dashboard");
   result.accessible = true;
-  await page.screenshot({ path: `${shots}/dashboard.png`, fullPage: true });
+  await page.screenshot({ path: `${shots}/dashboard-1366.png`, fullPage: true });
 
   // Readable on a phone: one column, nothing wider than the screen.
   await page.setViewportSize({ width: 390, height: 844 });
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   result.phone_overflow_px = overflow;
   if (overflow > 0) throw new Error(`the page is ${overflow}px wider than a phone screen`);
-  await page.screenshot({ path: `${shots}/dashboard-phone.png`, fullPage: true });
+  await page.screenshot({ path: `${shots}/dashboard-390.png`, fullPage: true });
   if (errors.length) throw new Error(`page errors: ${errors.join("; ")}`);
 
   // A viewer is offered nothing it may not do: no posting form, no Acknowledge, no Retry.
   if (viewerToken) {
-    const viewer = await (await browser.newContext({ viewport: { width: 1280, height: 800 } })).newPage();
+    const viewer = await (await browser.newContext({ viewport: { width: 1366, height: 768 } })).newPage();
     await viewer.goto(base);
     await viewer.fill("#token", viewerToken);
     await viewer.click("#signin-form button");

@@ -149,7 +149,13 @@ async fn the_dashboard_shows_a_new_alert_without_a_reload() {
         malaka_inventory::InboxState::Processed,
         "replayed from the page"
     );
-    assert!(shots.join("dashboard.png").exists());
+    for shot in [
+        "dashboard-1366.png",
+        "dashboard-390.png",
+        "dashboard-viewer.png",
+    ] {
+        assert!(shots.join(shot).exists(), "{shot}");
+    }
     // The retry from the page reached the queue: the job ran again (and, its kind still
     // unknown, failed again).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
