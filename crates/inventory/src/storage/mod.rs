@@ -228,15 +228,3 @@ pub(crate) const ARTICLE_COLS: &str = "sku, name, unit, valuation, min_qty, reor
 
 pub(crate) const INBOX_COLS: &str = "id, source, message_id, kind, payload, state, attempts, \
     errors, movements, received_at, updated_at";
-
-/// `text` with LIKE's wildcards (and the escape character) escaped by `\`.
-pub(crate) fn like_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}

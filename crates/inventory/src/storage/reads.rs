@@ -1,4 +1,4 @@
-//! Reads that are the same SQL on both backends (balances, the ledger, the outbox, `verify`),
+//! Reads that are the same SQL on both backends (the lists, the outbox, `verify`),
 //! written once over a [`Database`].
 
 use std::collections::BTreeMap;
@@ -7,12 +7,13 @@ use malaka_db::{Database, on_pool};
 use rust_decimal::Decimal;
 use sqlx::Row;
 
-use super::{dec, ledger_of, stored};
+use super::{ARTICLE_COLS, INBOX_COLS, article_of, dec, inbox_of, ledger_of, stored, warehouse_of};
 use crate::error::InventoryError;
+use crate::inbox::{InboxFilter, InboxRecord};
 use crate::inventory::{Discrepancy, LedgerPage, OutboxEvent, VerifyReport};
 use crate::types::{
-    AlertLevel, Balance, BalanceFilter, LedgerCursor, LedgerFilter, LedgerRow, Sku,
-    ValuationMethod, WarehouseCode,
+    AlertLevel, Article, Balance, BalanceFilter, LedgerCursor, LedgerFilter, LedgerRow, Sku,
+    ValuationMethod, Warehouse, WarehouseCode,
 };
 
 /// Appends `AND column = value` for each filter given, so each query shape names only the
@@ -162,6 +163,100 @@ pub(crate) async fn recent_ledger(
         q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit.clamp(1, 1000)));
         let rows = q.build().fetch_all(pool).await?;
         rows.iter().map(ledger_of).collect()
+    })
+}
+
+/// A page of articles by SKU: after `after`, archived ones when asked, and when `search` is
+/// given only those whose SKU starts with it or whose name holds it (any case).
+pub(crate) async fn articles(
+    db: &Database,
+    after: Option<&Sku>,
+    limit: u32,
+    include_archived: bool,
+    search: Option<&str>,
+) -> Result<Vec<Article>, InventoryError> {
+    // SQLite's LIKE ignores ASCII case; PostgreSQL needs ILIKE.
+    let like = match db {
+        Database::Sqlite(_) => "LIKE",
+        Database::Postgres(_) => "ILIKE",
+    };
+    on_pool!(db, pool => {
+        let mut q = sqlx::QueryBuilder::new(format!("SELECT {ARTICLE_COLS} FROM inv_articles WHERE 1 = 1"));
+        if let Some(s) = after {
+            q.push(" AND sku > ").push_bind(s.as_str());
+        }
+        if !include_archived {
+            q.push(" AND NOT archived");
+        }
+        if let Some(text) = search {
+            let text = like_escape(text);
+            q.push(format!(" AND (sku {like} "))
+                .push_bind(format!("{text}%"))
+                .push(format!(" ESCAPE '\\' OR name {like} "))
+                .push_bind(format!("%{text}%"))
+                .push(" ESCAPE '\\')");
+        }
+        q.push(" ORDER BY sku LIMIT ").push_bind(i64::from(limit));
+        let rows = q.build().fetch_all(pool).await?;
+        rows.iter().map(article_of).collect()
+    })
+}
+
+/// `text` with LIKE's wildcards (and the escape character) escaped by `\`.
+fn like_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A page of warehouses by code, after `after`.
+pub(crate) async fn warehouses(
+    db: &Database,
+    after: Option<&WarehouseCode>,
+    limit: u32,
+    include_archived: bool,
+) -> Result<Vec<Warehouse>, InventoryError> {
+    on_pool!(db, pool => {
+        let mut q = sqlx::QueryBuilder::new(
+            "SELECT code, name, archived, created_at, updated_at FROM inv_warehouses WHERE 1 = 1",
+        );
+        if let Some(c) = after {
+            q.push(" AND code > ").push_bind(c.as_str());
+        }
+        if !include_archived {
+            q.push(" AND NOT archived");
+        }
+        q.push(" ORDER BY code LIMIT ").push_bind(i64::from(limit));
+        let rows = q.build().fetch_all(pool).await?;
+        rows.iter().map(warehouse_of).collect()
+    })
+}
+
+/// Inbox records matching `f`, newest first.
+pub(crate) async fn inbox_list(
+    db: &Database,
+    f: &InboxFilter,
+) -> Result<Vec<InboxRecord>, InventoryError> {
+    on_pool!(db, pool => {
+        let mut q = sqlx::QueryBuilder::new(format!("SELECT {INBOX_COLS} FROM malaka_inbox WHERE 1 = 1"));
+        if let Some(v) = f.state {
+            q.push(" AND state = ").push_bind(v.as_str());
+        }
+        if let Some(v) = f.source.as_deref() {
+            q.push(" AND source = ").push_bind(v);
+        }
+        if let Some(v) = f.before {
+            q.push(" AND id < ").push_bind(v);
+        }
+        q.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(f.limit.unwrap_or(100).clamp(1, 1000)));
+        let rows = q.build().fetch_all(pool).await?;
+        rows.iter().map(inbox_of).collect()
     })
 }
 

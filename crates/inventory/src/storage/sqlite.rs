@@ -86,7 +86,7 @@ impl Storage for SqliteStorage {
         include_archived: bool,
         search: Option<&str>,
     ) -> Result<Vec<Article>, InventoryError> {
-        articles(&self.pool, after, limit, include_archived, search).await
+        super::reads::articles(&self.database(), after, limit, include_archived, search).await
     }
 
     async fn update_article(
@@ -120,7 +120,7 @@ impl Storage for SqliteStorage {
         limit: u32,
         include_archived: bool,
     ) -> Result<Vec<Warehouse>, InventoryError> {
-        warehouses(&self.pool, after, limit, include_archived).await
+        super::reads::warehouses(&self.database(), after, limit, include_archived).await
     }
 
     async fn update_warehouse(
@@ -164,7 +164,7 @@ impl Storage for SqliteStorage {
     }
 
     async fn inbox_list(&self, f: &InboxFilter) -> Result<Vec<InboxRecord>, InventoryError> {
-        inbox_list(&self.pool, f).await
+        super::reads::inbox_list(&self.database(), f).await
     }
 
     async fn inbox_reopen(&self, id: i64, was: InboxState) -> Result<(), InventoryError> {
@@ -244,36 +244,6 @@ async fn article(pool: &SqlitePool, sku: &Sku) -> Result<Article, InventoryError
             key: sku.to_string(),
         }),
     }
-}
-
-async fn articles(
-    pool: &SqlitePool,
-    after: Option<&Sku>,
-    limit: u32,
-    include_archived: bool,
-    search: Option<&str>,
-) -> Result<Vec<Article>, InventoryError> {
-    let mut q = sqlx::QueryBuilder::new(format!(
-        "SELECT {ARTICLE_COLS} FROM inv_articles WHERE 1 = 1"
-    ));
-    if let Some(s) = after {
-        q.push(" AND sku > ").push_bind(s.as_str());
-    }
-    if !include_archived {
-        q.push(" AND NOT archived");
-    }
-    if let Some(text) = search {
-        // A SKU starting with the text (the primary key serves it) or a name holding it.
-        let text = super::like_escape(text);
-        q.push(" AND (sku LIKE ")
-            .push_bind(format!("{text}%"))
-            .push(" ESCAPE '\\' OR name LIKE ")
-            .push_bind(format!("%{text}%"))
-            .push(" ESCAPE '\\')");
-    }
-    q.push(" ORDER BY sku LIMIT ").push_bind(i64::from(limit));
-    let rows = q.build().fetch_all(pool).await?;
-    rows.iter().map(article_of).collect()
 }
 
 async fn update_article(
@@ -463,26 +433,6 @@ async fn warehouse(pool: &SqlitePool, code: &WarehouseCode) -> Result<Warehouse,
     }
 }
 
-async fn warehouses(
-    pool: &SqlitePool,
-    after: Option<&WarehouseCode>,
-    limit: u32,
-    include_archived: bool,
-) -> Result<Vec<Warehouse>, InventoryError> {
-    let mut q = sqlx::QueryBuilder::new(
-        "SELECT code, name, archived, created_at, updated_at FROM inv_warehouses WHERE 1 = 1",
-    );
-    if let Some(c) = after {
-        q.push(" AND code > ").push_bind(c.as_str());
-    }
-    if !include_archived {
-        q.push(" AND NOT archived");
-    }
-    q.push(" ORDER BY code LIMIT ").push_bind(i64::from(limit));
-    let rows = q.build().fetch_all(pool).await?;
-    rows.iter().map(warehouse_of).collect()
-}
-
 async fn update_warehouse(
     pool: &SqlitePool,
     code: &WarehouseCode,
@@ -654,27 +604,6 @@ async fn inbox_get(pool: &SqlitePool, id: i64) -> Result<Option<InboxRecord>, In
     .fetch_optional(pool)
     .await?;
     row.as_ref().map(inbox_of).transpose()
-}
-
-async fn inbox_list(
-    pool: &SqlitePool,
-    f: &InboxFilter,
-) -> Result<Vec<InboxRecord>, InventoryError> {
-    let mut q =
-        sqlx::QueryBuilder::new(format!("SELECT {INBOX_COLS} FROM malaka_inbox WHERE 1 = 1"));
-    if let Some(v) = f.state {
-        q.push(" AND state = ").push_bind(v.as_str());
-    }
-    if let Some(v) = f.source.as_deref() {
-        q.push(" AND source = ").push_bind(v);
-    }
-    if let Some(v) = f.before {
-        q.push(" AND id < ").push_bind(v);
-    }
-    q.push(" ORDER BY id DESC LIMIT ")
-        .push_bind(i64::from(f.limit.unwrap_or(100).clamp(1, 1000)));
-    let rows = q.build().fetch_all(pool).await?;
-    rows.iter().map(inbox_of).collect()
 }
 
 async fn inbox_reopen(pool: &SqlitePool, id: i64, was: InboxState) -> Result<(), InventoryError> {
