@@ -151,11 +151,7 @@ async fn list_alerts(
         limit: Some(page),
     };
     let alerts = state.live().alerts().list(&filter).await?;
-    let next = if alerts.len() == page as usize {
-        alerts.last().map(|a| a.id.to_string())
-    } else {
-        None
-    };
+    let next = super::inventory::next_cursor(&alerts, page, |a| a.id.to_string());
     Ok(Json(AlertsOut {
         items: alerts.into_iter().map(AlertOut::from).collect(),
         next,

@@ -151,9 +151,7 @@ async fn list_inbox(
         limit: Some(limit),
     };
     let items = state.inventory().inbox_list(&filter).await?;
-    let next = (items.len() == limit as usize)
-        .then(|| items.last().map(|r| r.id.to_string()))
-        .flatten();
+    let next = super::inventory::next_cursor(&items, limit, |r| r.id.to_string());
     Ok(Json(InboxPage {
         items: items.into_iter().map(InboxOut::from).collect(),
         next,
@@ -277,9 +275,7 @@ async fn list_failures(
         limit,
     };
     let items = state.live().deliveries().failures(&filter).await?;
-    let next = (items.len() == limit as usize)
-        .then(|| items.last().map(|f| f.id.to_string()))
-        .flatten();
+    let next = super::inventory::next_cursor(&items, limit, |f| f.id.to_string());
     Ok(Json(FailurePage {
         items: items.into_iter().map(FailureOut::from).collect(),
         next,

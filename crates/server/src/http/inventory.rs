@@ -113,6 +113,20 @@ fn code(s: &str) -> Result<WarehouseCode, ApiError> {
     Ok(WarehouseCode::parse(s)?)
 }
 
+/// The `next` of a page asked for `limit` rows: the last row's key when the page is full (more
+/// may follow), none when it is short.
+pub(super) fn next_cursor<T>(
+    items: &[T],
+    limit: u32,
+    key: impl FnOnce(&T) -> String,
+) -> Option<String> {
+    if items.len() == limit as usize {
+        items.last().map(key)
+    } else {
+        None
+    }
+}
+
 /// An id cursor (`after` or `before`): a non-negative integer.
 pub(super) fn id_cursor(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, ApiError> {
     q.get(name)
@@ -458,9 +472,7 @@ async fn list_articles(
             text_filter(&q, "q")?.as_deref().filter(|t| !t.is_empty()),
         )
         .await?;
-    let next = (items.len() == limit as usize)
-        .then(|| items.last().map(|a| a.sku.to_string()))
-        .flatten();
+    let next = next_cursor(&items, limit, |a| a.sku.to_string());
     Ok(Json(Page {
         items: items.into_iter().map(ArticleOut::from).collect(),
         next,
@@ -678,9 +690,7 @@ async fn list_warehouses(
         .inventory()
         .warehouses(after.as_ref(), limit, flag(&q, "archived")?)
         .await?;
-    let next = (items.len() == limit as usize)
-        .then(|| items.last().map(|w| w.code.to_string()))
-        .flatten();
+    let next = next_cursor(&items, limit, |w| w.code.to_string());
     Ok(Json(Page {
         items: items.into_iter().map(WarehouseOut::from).collect(),
         next,
@@ -885,7 +895,7 @@ async fn balances(
             .transpose()?,
         limit: Some(limit(&q, 100, 1000)?),
     };
-    let page = filter.limit.unwrap_or(100) as usize;
+    let page = filter.limit.unwrap_or(100);
     let inventory = state.inventory().clone();
     let generation = state.balance_generation().await;
     let rows = state
@@ -895,17 +905,13 @@ async fn balances(
         })
         .await
         .map_err(|e: Arc<InventoryError>| ApiError::internal(e))?;
-    let next = (rows.len() == page)
-        .then(|| {
-            rows.last().map(|b| {
-                BalanceCursor {
-                    sku: b.sku.clone(),
-                    warehouse: b.warehouse.clone(),
-                }
-                .to_string()
-            })
-        })
-        .flatten();
+    let next = next_cursor(&rows, page, |b| {
+        BalanceCursor {
+            sku: b.sku.clone(),
+            warehouse: b.warehouse.clone(),
+        }
+        .to_string()
+    });
     Ok(Json(Page {
         items: rows.iter().map(BalanceOut::from).collect(),
         next,
@@ -1002,9 +1008,7 @@ async fn recent_ledger(
         .inventory()
         .recent_ledger(id_cursor(&q, "before")?, limit)
         .await?;
-    let next = (rows.len() == limit as usize)
-        .then(|| rows.last().map(|r| r.id.to_string()))
-        .flatten();
+    let next = next_cursor(&rows, limit, |r| r.id.to_string());
     Ok(Json(RecentOut {
         items: rows.into_iter().map(LedgerRowOut::from).collect(),
         next,

@@ -170,11 +170,7 @@ async fn list_jobs(
     filter.before_id = before_id;
     filter.limit = Some(page);
     let jobs = state.jobs().list(&filter).await?;
-    let next = if jobs.len() == page as usize {
-        jobs.last().map(|j| j.id.to_string())
-    } else {
-        None
-    };
+    let next = super::inventory::next_cursor(&jobs, page, |j| j.id.to_string());
     Ok(Json(JobsOut {
         items: jobs.into_iter().map(JobOut::from).collect(),
         next,

@@ -190,9 +190,7 @@ async fn list_rules(
     let limit = super::inventory::limit(&q, 100, 1000)?;
     let after = super::inventory::id_cursor(&q, "after")?;
     let rules = state.notifier().rules().page(after, limit).await?;
-    let next = (rules.len() == limit as usize)
-        .then(|| rules.last().map(|r| r.id.to_string()))
-        .flatten();
+    let next = super::inventory::next_cursor(&rules, limit, |r| r.id.to_string());
     Ok(Json(RulesOut {
         items: rules.into_iter().map(RuleOut::from).collect(),
         next,

@@ -218,9 +218,7 @@ async fn list_reports(
             page,
         )
         .await?;
-    let next = (items.len() == page as usize)
-        .then(|| items.last().map(|r| r.id.clone()))
-        .flatten();
+    let next = super::inventory::next_cursor(&items, page, |r| r.id.clone());
     Ok(Json(ReportsOut {
         items: items.into_iter().map(ReportOut::from).collect(),
         next,

@@ -151,9 +151,7 @@ async fn list(
     let limit = super::inventory::limit(&q, 100, 1000)?;
     let after = super::inventory::id_cursor(&q, "after")?;
     let tokens = state.auth().tokens.page(after, limit).await?;
-    let next = (tokens.len() == limit as usize)
-        .then(|| tokens.last().map(|t| t.id.to_string()))
-        .flatten();
+    let next = super::inventory::next_cursor(&tokens, limit, |t| t.id.to_string());
     Ok(Json(TokenList { tokens, next }))
 }
 
