@@ -372,16 +372,7 @@ async fn measure(
     poster: &Node,
     listener: &Node,
 ) -> Result<Figures, MovementsBenchError> {
-    let token = poster
-        .state
-        .auth()
-        .tokens
-        .create("bench alerts", malaka_server::auth::Role::Admin)
-        .await
-        .map_err(|e| MovementsBenchError::Setup(format!("token: {e}")))?
-        .token
-        .expose()
-        .to_owned();
+    let token = crate::movements::admin_token(&poster.state, "bench alerts").await?;
     // Two warehouses and 64 articles with stock, for the background load.
     catalog(poster.state.inventory(), ARTICLES).await?;
     let mut client = Client {

@@ -27,9 +27,9 @@ use std::time::{Duration, Instant};
 use crate::Figures;
 use crate::jobs::Backend;
 use crate::movements::{MovementsBenchError, fresh_database};
+use malaka_server::Config;
 use malaka_server::db::Database;
 use malaka_server::db::DatabaseExt as _;
-use malaka_server::{Application, Config};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -79,25 +79,10 @@ async fn serve_and_measure(
         sqlx::query("ANALYZE").execute(pool).await?;
     }
     db.close().await;
-    let app = Application::build(config).await?;
-    let addr = app
-        .local_addr()
-        .map_err(|e| err("server address")(e.to_string()))?;
-    let state = app.state().clone();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until(async move {
-        let _ = stopped.await;
-    }));
-    let measured = measure(b, &state, addr).await;
-    drop(state);
-    let _already_stopped = stop.send(());
-    let finished = tokio::time::timeout(config.shutdown_timeout * 2, server)
-        .await
-        .map_err(|_| err("server")("it did not stop in time".into()))?
-        .map_err(|e| err("server task")(e.to_string()))?;
-    let figures = measured?;
-    finished?;
-    Ok(figures)
+    crate::movements::with_server(config, |state, addr| async move {
+        measure(b, &state, addr).await
+    })
+    .await
 }
 
 /// Alerts, jobs and reports, written directly (as their services would leave them).
@@ -272,15 +257,7 @@ async fn measure(
     state: &malaka_server::AppState,
     addr: std::net::SocketAddr,
 ) -> Result<Figures, MovementsBenchError> {
-    let token = state
-        .auth()
-        .tokens
-        .create("bench lists", malaka_server::auth::Role::Admin)
-        .await
-        .map_err(|e| err("bench token")(e.to_string()))?
-        .token
-        .expose()
-        .to_owned();
+    let token = crate::movements::admin_token(state, "bench lists").await?;
     let client = Client {
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(60))

@@ -647,6 +647,40 @@ async fn serve_and_measure(
     b: &MovementsBench,
     config: &Config,
 ) -> Result<Figures, MovementsBenchError> {
+    with_server(config, |state, addr| async move {
+        measure(b, &state, addr, config).await
+    })
+    .await
+}
+
+/// A new admin token on the server of `state`, named `name`: what a benchmark's HTTP client
+/// signs in with.
+pub(crate) async fn admin_token(
+    state: &malaka_server::AppState,
+    name: &str,
+) -> Result<String, MovementsBenchError> {
+    Ok(state
+        .auth()
+        .tokens
+        .create(name, malaka_server::auth::Role::Admin)
+        .await
+        .map_err(|e| MovementsBenchError::Setup(format!("bench token: {e}")))?
+        .token
+        .expose()
+        .to_owned())
+}
+
+/// Runs the server of `config` in this process while `measure` runs against it (given its state
+/// and address), then stops the server and waits for it to end. The measurement's error comes
+/// first, then the server's.
+pub(crate) async fn with_server<F, Fut>(
+    config: &Config,
+    measure: F,
+) -> Result<Figures, MovementsBenchError>
+where
+    F: FnOnce(malaka_server::AppState, std::net::SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = Result<Figures, MovementsBenchError>>,
+{
     let app = Application::build(config).await?;
     let addr = app
         .local_addr()
@@ -654,10 +688,10 @@ async fn serve_and_measure(
     let state = app.state().clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async move {
-        let _ = stopped.await;
+        // A message or a dropped sender: either way, stop.
+        let _stop = stopped.await;
     }));
-    let measured = measure(b, &state, addr, config).await;
-    drop(state);
+    let measured = measure(state, addr).await;
     // The server task waits on this; if it already ended, there is nothing to stop.
     let _already_stopped = stop.send(());
     let finished = tokio::time::timeout(config.shutdown_timeout * 2, server)
@@ -677,15 +711,7 @@ async fn measure(
 ) -> Result<Figures, MovementsBenchError> {
     let inventory = state.inventory().clone();
     catalog(&inventory, b.articles).await?;
-    let token = state
-        .auth()
-        .tokens
-        .create("bench movements", malaka_server::auth::Role::Admin)
-        .await
-        .map_err(|e| MovementsBenchError::Setup(format!("bench token: {e}")))?
-        .token
-        .expose()
-        .to_owned();
+    let token = admin_token(state, "bench movements").await?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(b.clients)
         .timeout(Duration::from_secs(60))

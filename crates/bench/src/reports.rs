@@ -38,9 +38,9 @@ use rust_decimal::Decimal;
 use crate::Figures;
 use crate::jobs::Backend;
 use crate::movements::{MovementsBenchError, fresh_database};
+use malaka_server::Config;
 use malaka_server::db::Database;
 use malaka_server::db::DatabaseExt as _;
-use malaka_server::{Application, Config};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -119,25 +119,10 @@ async fn serve_and_measure(
         b.rows as f64 / t0.elapsed().as_secs_f64(),
     );
     db.close().await;
-    let app = Application::build(config).await?;
-    let addr = app
-        .local_addr()
-        .map_err(|e| err("server address")(e.to_string()))?;
-    let state = app.state().clone();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until(async move {
-        let _ = stopped.await;
-    }));
-    let measured = measure(b, &state, addr, f).await;
-    drop(state);
-    let _already_stopped = stop.send(());
-    let finished = tokio::time::timeout(config.shutdown_timeout * 2, server)
-        .await
-        .map_err(|_| err("server")("it did not stop in time".into()))?
-        .map_err(|e| err("server task")(e.to_string()))?;
-    let figures = measured?;
-    finished?;
-    Ok(figures)
+    crate::movements::with_server(config, |state, addr| async move {
+        measure(b, &state, addr, f).await
+    })
+    .await
 }
 
 /// An HTTP client of the server under test.
@@ -231,15 +216,7 @@ async fn measure(
     addr: std::net::SocketAddr,
     mut f: Figures,
 ) -> Result<Figures, MovementsBenchError> {
-    let token = state
-        .auth()
-        .tokens
-        .create("bench reports", malaka_server::auth::Role::Admin)
-        .await
-        .map_err(|e| err("bench token")(e.to_string()))?
-        .token
-        .expose()
-        .to_owned();
+    let token = crate::movements::admin_token(state, "bench reports").await?;
     let client = Client {
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(600))
