@@ -310,6 +310,43 @@ impl Alerts {
 pub(crate) const ALERT_COLS: &str = "id, sku, warehouse, level, qty, min_qty, raised_at, \
      updated_at, cleared_at, acknowledged_by, acknowledged_at";
 
+/// An [`Alert`] from a row of [`ALERT_COLS`] (and, from a list, `current_qty` and `name`).
+pub(crate) fn alert_of<R: sqlx::Row>(r: &R) -> Result<Alert, InventoryError>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> DateTime<Utc>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<DateTime<Utc>>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(Alert {
+        id: r.try_get("id")?,
+        sku: r.try_get("sku")?,
+        warehouse: r.try_get("warehouse")?,
+        level: AlertLevel::from_str(&r.try_get::<String, _>("level")?)
+            .map_err(|e| InventoryError::Corrupt(e.to_string()))?,
+        qty: dec("qty", &r.try_get::<String, _>("qty")?)?,
+        min_qty: dec("min_qty", &r.try_get::<String, _>("min_qty")?)?,
+        raised_at: r.try_get("raised_at")?,
+        updated_at: r.try_get("updated_at")?,
+        cleared_at: r.try_get("cleared_at")?,
+        acknowledged_by: r.try_get("acknowledged_by")?,
+        acknowledged_at: r.try_get("acknowledged_at")?,
+        // Only lists select these two.
+        current_qty: match r.try_get::<Option<String>, _>("current_qty") {
+            Ok(Some(q)) => Some(dec("current_qty", &q)?),
+            Ok(None) | Err(sqlx::Error::ColumnNotFound(_)) => None,
+            Err(e) => return Err(e.into()),
+        },
+        name: match r.try_get::<Option<String>, _>("name") {
+            Ok(n) => n,
+            Err(sqlx::Error::ColumnNotFound(_)) => None,
+            Err(e) => return Err(e.into()),
+        },
+    })
+}
+
 /// Pushes the list query for filter `$f` onto `$q`: only the filters given, so each shape reads
 /// its index (shared by both backends' `list` and by `plan::explain`).
 macro_rules! alerts_query {

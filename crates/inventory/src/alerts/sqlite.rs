@@ -3,42 +3,6 @@
 use super::*;
 use sqlx::Row;
 
-fn alert_of<R: Row>(r: &R) -> Result<Alert, InventoryError>
-where
-    for<'a> &'a str: sqlx::ColumnIndex<R>,
-    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> DateTime<Utc>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> Option<DateTime<Utc>>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-{
-    Ok(Alert {
-        id: r.try_get("id")?,
-        sku: r.try_get("sku")?,
-        warehouse: r.try_get("warehouse")?,
-        level: AlertLevel::from_str(&r.try_get::<String, _>("level")?)
-            .map_err(|e| InventoryError::Corrupt(e.to_string()))?,
-        qty: dec("qty", &r.try_get::<String, _>("qty")?)?,
-        min_qty: dec("min_qty", &r.try_get::<String, _>("min_qty")?)?,
-        raised_at: r.try_get("raised_at")?,
-        updated_at: r.try_get("updated_at")?,
-        cleared_at: r.try_get("cleared_at")?,
-        acknowledged_by: r.try_get("acknowledged_by")?,
-        acknowledged_at: r.try_get("acknowledged_at")?,
-        // Only lists select these two.
-        current_qty: match r.try_get::<Option<String>, _>("current_qty") {
-            Ok(Some(q)) => Some(dec("current_qty", &q)?),
-            Ok(None) | Err(sqlx::Error::ColumnNotFound(_)) => None,
-            Err(e) => return Err(e.into()),
-        },
-        name: match r.try_get::<Option<String>, _>("name") {
-            Ok(n) => n,
-            Err(sqlx::Error::ColumnNotFound(_)) => None,
-            Err(e) => return Err(e.into()),
-        },
-    })
-}
-
 use super::ALERT_COLS;
 
 /// Moves the alert of (sku, warehouse) to `to` as of watermark `event`.
