@@ -53,6 +53,16 @@ pub enum InventoryError {
         /// Quantity asked for.
         requested: Decimal,
     },
+    /// One movement of a batch was refused (any of the refusals above); `index` is its place
+    /// in the batch, from 0. Nothing of the batch was posted. A single posting's refusal is
+    /// never wrapped.
+    #[error("movement {index}: {source}")]
+    InBatch {
+        /// The refused movement's place in the batch, from 0.
+        index: usize,
+        /// Why it was refused.
+        source: Box<InventoryError>,
+    },
     /// A stored value could not be read back (a bug or a hand-edited database).
     #[error("corrupt stored value: {0}")]
     Corrupt(String),
@@ -80,7 +90,7 @@ impl InventoryError {
     /// a failure of the database.
     pub fn is_refusal(&self) -> bool {
         matches!(
-            self,
+            self.root(),
             Self::Invalid { .. }
                 | Self::OutOfRange { .. }
                 | Self::NotFound { .. }
@@ -92,7 +102,7 @@ impl InventoryError {
     /// A failure of the database itself (unreachable, disk full, I/O, locked, pool exhausted)
     /// that the same request may get past later, as opposed to one of the request's own making.
     pub fn is_transient(&self) -> bool {
-        match self {
+        match self.root() {
             Self::Unavailable(_) => true,
             Self::Database(e) => is_transient_db(e),
             _ => false,
@@ -117,6 +127,37 @@ impl InventoryError {
                 message,
             },
             other => other,
+        }
+    }
+
+    /// The refusal itself, without the batch position `InBatch` adds.
+    pub fn root(&self) -> &Self {
+        match self {
+            Self::InBatch { source, .. } => source.root(),
+            other => other,
+        }
+    }
+
+    /// The refusal itself, owned: `InBatch` unwrapped (a batch of one is a single posting).
+    #[must_use]
+    pub fn into_root(self) -> Self {
+        match self {
+            Self::InBatch { source, .. } => source.into_root(),
+            other => other,
+        }
+    }
+
+    /// `self` as the refusal of the movement at `index` of a batch: refusals are wrapped in
+    /// `InBatch` (once), failures of the database are not.
+    #[must_use]
+    pub fn at(self, index: usize) -> Self {
+        match self {
+            e @ Self::InBatch { .. } => e,
+            e if e.is_refusal() => Self::InBatch {
+                index,
+                source: Box::new(e),
+            },
+            e => e,
         }
     }
 

@@ -285,7 +285,10 @@ impl Inventory {
     /// `NotFound`, `InsufficientStock`, `Conflict` (archived) or a database error; nothing is
     /// written then.
     pub async fn post(&self, m: &NewMovement, by: &str) -> Result<Movement, InventoryError> {
-        let mut out = self.post_batch(std::slice::from_ref(m), by).await?;
+        let mut out = self
+            .post_batch(std::slice::from_ref(m), by)
+            .await
+            .map_err(InventoryError::into_root)?;
         out.pop()
             .ok_or_else(|| InventoryError::Corrupt("a posting returned no movement".into()))
     }
@@ -297,7 +300,11 @@ impl Inventory {
     /// As [`Self::post`].
     pub async fn post_alone(&self, m: &NewMovement, by: &str) -> Result<Movement, InventoryError> {
         let ms = std::slice::from_ref(m);
-        let mut out = self.storage.post_batch(ms, by, None, None).await?;
+        let mut out = self
+            .storage
+            .post_batch(ms, by, None, None)
+            .await
+            .map_err(InventoryError::into_root)?;
         out.pop()
             .ok_or_else(|| InventoryError::Corrupt("a posting returned no movement".into()))
     }
@@ -305,7 +312,7 @@ impl Inventory {
     /// Posts up to [`MAX_BATCH`] movements in one transaction: all or nothing.
     ///
     /// # Errors
-    /// As [`Self::post`]; an `Invalid` error's field is prefixed with the movement's index.
+    /// As [`Self::post`]; a refusal names the refused movement: `InBatch { index, .. }`.
     pub async fn post_batch(
         &self,
         ms: &[NewMovement],

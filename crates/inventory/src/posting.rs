@@ -335,7 +335,7 @@ pub(crate) fn plan_all<'a>(
         .filter_map(|k| session.work.get(k).map(|w| (k.clone(), w.clone())))
         .collect();
     let mut planned = Vec::with_capacity(ms.len());
-    for m in ms {
+    for (index, m) in ms.iter().enumerate() {
         let step = (|| {
             let f = session
                 .facts
@@ -378,7 +378,7 @@ pub(crate) fn plan_all<'a>(
                 for (k, w) in snapshot {
                     session.work.insert(k, w);
                 }
-                return Err(e);
+                return Err(e.at(index));
             }
         }
     }

@@ -127,6 +127,9 @@ pub fn movements_of(e: &Envelope) -> Result<Option<Vec<NewMovement>>, InventoryE
 /// A refusal as the inbox records it: the field at fault first (`data.lines[1].qty: ...`).
 fn describe(e: &InventoryError) -> String {
     match e {
+        InventoryError::InBatch { index, source } => {
+            format!("data.lines[{index}]: {}", describe(source))
+        }
         InventoryError::Invalid { field, message }
         | InventoryError::OutOfRange { field, message }
             if !field.is_empty() && !message.starts_with(field.as_str()) =>
@@ -156,7 +159,7 @@ pub enum Handled {
 /// Refusals that can change with time: a command refused so waits and tries again.
 fn can_change(e: &InventoryError) -> bool {
     matches!(
-        e,
+        e.root(),
         InventoryError::InsufficientStock { .. } | InventoryError::NotFound { .. }
     )
 }
@@ -277,7 +280,10 @@ impl Commands {
             Ok(Some(ms)) => ms,
         };
         let by = format!("sqs:{}", entry.source);
-        match self.inventory.post_batch_from(&ms, &by, Some(&entry)).await {
+        let posted = self.inventory.post_batch_from(&ms, &by, Some(&entry)).await;
+        // A command of one movement has no lines to point at.
+        let posted = posted.map_err(|e| if ms.len() == 1 { e.into_root() } else { e });
+        match posted {
             Ok(posted) => {
                 (self.balances_changed)();
                 metrics::counter!("malaka_sqs_postings_total").increment(posted.len() as u64);

@@ -693,7 +693,7 @@ pub(crate) async fn post_in(
     // Articles and warehouses: they exist and take movements.
     let mut keys: Vec<(Sku, WarehouseCode)> = Vec::new();
     let mut codes: Vec<WarehouseCode> = Vec::new();
-    for m in ms {
+    for (index, m) in ms.iter().enumerate() {
         keys.push((m.sku.clone(), m.warehouse.clone()));
         codes.push(m.warehouse.clone());
         if let Some(to) = &m.to_warehouse {
@@ -716,13 +716,15 @@ pub(crate) async fn post_in(
             return Err(InventoryError::NotFound {
                 what: "article",
                 key: m.sku.to_string(),
-            });
+            }
+            .at(index));
         };
         if row.try_get::<bool, _>("archived")? {
             return Err(InventoryError::Conflict {
                 code: "article_archived",
                 message: format!("article {} is archived and takes no movements", m.sku),
-            });
+            }
+            .at(index));
         }
         session.facts.insert(
             m.sku.clone(),
@@ -744,18 +746,25 @@ pub(crate) async fn post_in(
                 .bind(code.as_str())
                 .fetch_optional(&mut *conn)
                 .await?;
+        // The first movement naming it is the one refused.
+        let index = ms
+            .iter()
+            .position(|m| m.warehouse == *code || m.to_warehouse.as_ref() == Some(code))
+            .unwrap_or(0);
         match archived {
             None => {
                 return Err(InventoryError::NotFound {
                     what: "warehouse",
                     key: code.to_string(),
-                });
+                }
+                .at(index));
             }
             Some(true) => {
                 return Err(InventoryError::Conflict {
                     code: "warehouse_archived",
                     message: format!("warehouse {code} is archived and takes no movements"),
-                });
+                }
+                .at(index));
             }
             Some(false) => {
                 session.warehouses.insert(code.clone());

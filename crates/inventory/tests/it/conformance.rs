@@ -5,7 +5,8 @@
 use std::str::FromStr;
 
 use malaka_inventory::{
-    Balance, BalanceFilter, Database, Inventory, NewArticle, NewMovement, Outbox, WarehouseCode,
+    Balance, BalanceFilter, Database, Inventory, InventoryError, NewArticle, NewMovement, Outbox,
+    WarehouseCode,
 };
 use rust_decimal::Decimal;
 use sqlx::postgres::PgPoolOptions;
@@ -359,6 +360,42 @@ async fn fifo_layers_are_consumed_oldest_first_and_each_use_is_recorded(f: &Fixt
         .sum();
     assert_eq!(used, d(out), "the records are what the issue was valued at");
     assert_eq!(uses.last().unwrap(), &("1".to_owned(), "36".to_owned()));
+    f.agrees().await;
+}
+
+on_both!(a_refused_batch_names_the_refused_movement);
+async fn a_refused_batch_names_the_refused_movement(f: &Fixture) {
+    f.setup(&[("F", "fifo", 0)]).await;
+    let batch = [
+        movement("receipt", "F", None, 4, Some(2)),
+        movement("issue", "F", None, 3, None),
+        movement("receipt", "F", None, 1, Some(7)),
+        movement("issue", "F", None, 3, None),
+    ];
+    match f.inv.post_batch(&batch, "test").await {
+        Err(InventoryError::InBatch { index: 3, source }) => assert!(
+            matches!(*source, InventoryError::InsufficientStock { available, .. } if available == d(2)),
+            "{source}"
+        ),
+        other => panic!("expected movement 3 refused, got {other:?}"),
+    }
+    assert!(f.balance("F", "W").await.is_none(), "nothing of it posted");
+    let unknown = [
+        movement("receipt", "F", None, 4, Some(2)),
+        movement("transfer", "F", Some("NOWHERE"), 1, None),
+    ];
+    let e = f.inv.post_batch(&unknown, "test").await.unwrap_err();
+    assert!(
+        matches!(&e, InventoryError::InBatch { index: 1, source } if matches!(**source, InventoryError::NotFound { what: "warehouse", .. })),
+        "{e:?}"
+    );
+    assert!(e.is_refusal() && !e.is_transient());
+    // One movement alone is never wrapped.
+    let e = f.inv.post(&batch[1], "test").await.unwrap_err();
+    assert!(
+        matches!(e, InventoryError::InsufficientStock { .. }),
+        "{e:?}"
+    );
     f.agrees().await;
 }
 

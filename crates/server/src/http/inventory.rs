@@ -771,9 +771,55 @@ async fn post_movement(
     let posted = state
         .inventory()
         .post_batch_with(std::slice::from_ref(&m), &principal.name, None, hook)
-        .await;
+        .await
+        .map_err(InventoryError::into_root);
     state.balances_changed();
     created(movement_body(&posted?)?)
+}
+
+/// A batch's refusal with the field of the refused movement named (`movements[3].qty`,
+/// `movements[3].sku`, `movements[3].to_warehouse`), so a client can mark that line.
+fn refused_line(e: InventoryError, ms: &[malaka_inventory::NewMovement]) -> ApiError {
+    let InventoryError::InBatch { index, source } = e else {
+        return e.into();
+    };
+    let field = match (&*source, ms.get(index)) {
+        (
+            InventoryError::NotFound {
+                what: "article", ..
+            },
+            _,
+        ) => Some("sku"),
+        (
+            InventoryError::Conflict {
+                code: "article_archived",
+                ..
+            },
+            _,
+        ) => Some("sku"),
+        (InventoryError::NotFound { key, .. }, Some(m))
+            if m.to_warehouse
+                .as_ref()
+                .is_some_and(|w| w.as_str() == key.as_str())
+                && m.warehouse.as_str() != key.as_str() =>
+        {
+            Some("to_warehouse")
+        }
+        (InventoryError::NotFound { .. }, _) => Some("warehouse"),
+        (
+            InventoryError::Conflict {
+                code: "warehouse_archived",
+                ..
+            },
+            _,
+        ) => Some("warehouse"),
+        _ => None,
+    };
+    let mut err = ApiError::from(*source);
+    if let Some(f) = field {
+        err = err.with_field(f);
+    }
+    err.in_field(&format!("movements[{index}]"))
 }
 
 /// The answer to `POST /movements`: the one movement posted.
@@ -821,8 +867,8 @@ struct BatchOut {
     ),
     responses(
         (status = 201, body = BatchOut),
-        (status = 404, description = "not_found: no such article or warehouse", body = super::openapi::ErrorBody),
-        (status = 409, description = "the ledger refuses one of them (nothing is posted): insufficient_stock, ...; or its Idempotency-Key is in use by a request still running", body = super::openapi::ErrorBody),
+        (status = 404, description = "not_found: no such article or warehouse (`error.field` names the movement's: `movements[i].sku`)", body = super::openapi::ErrorBody),
+        (status = 409, description = "the ledger refuses one of them (nothing is posted; `error.field` names it, `movements[i].qty`): insufficient_stock, ...; or its Idempotency-Key is in use by a request still running", body = super::openapi::ErrorBody),
         (status = 422, description = "an invalid field (`movements[i].field`), or an Idempotency-Key used before for another request", body = super::openapi::ErrorBody),
     ))]
 async fn post_batch(
@@ -856,7 +902,8 @@ async fn post_batch(
         .post_batch_with(&parsed, &principal.name, None, hook)
         .await;
     state.balances_changed();
-    created(batch_body(&posted?)?)
+    let posted = posted.map_err(|e| refused_line(e, &parsed))?;
+    created(batch_body(&posted)?)
 }
 
 // ---- reads ------------------------------------------------------------------------------------

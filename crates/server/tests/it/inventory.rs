@@ -703,6 +703,36 @@ async fn a_batch_is_all_or_nothing(app: &TestApp) {
     .await;
     assert_eq!(s, 409, "{v}");
     assert_eq!(error(&v)["code"], "insufficient_stock");
+    assert_eq!(
+        error(&v)["field"],
+        "movements[2].qty",
+        "the refused line is named"
+    );
+    assert!(
+        error(&v)["message"]
+            .as_str()
+            .unwrap()
+            .contains("5 available"),
+        "{v}"
+    );
+    // The line refused is the one that runs out, not the first of its article.
+    let (s, v) = post(
+        app,
+        &admin,
+        "/api/v1/movements/batch",
+        &json!({"movements": [
+            good("B-1", "5"),
+            {"type": "issue", "sku": "B-1", "warehouse": "W1", "qty": "3"},
+            good("B-2", "1"),
+            {"type": "issue", "sku": "B-1", "warehouse": "W1", "qty": "3"},
+        ]}),
+    )
+    .await;
+    assert_eq!(
+        (s, error(&v)["field"].clone()),
+        (StatusCode::CONFLICT, json!("movements[3].qty")),
+        "{v}"
+    );
     let (s, v) = post(
         app,
         &admin,
@@ -711,6 +741,32 @@ async fn a_batch_is_all_or_nothing(app: &TestApp) {
     )
     .await;
     assert_eq!(s, 404, "{v}");
+    assert_eq!(error(&v)["field"], "movements[1].sku", "{v}");
+    let (s, v) = post(
+        app,
+        &admin,
+        "/api/v1/movements/batch",
+        &json!({"movements": [
+            good("B-1", "5"),
+            {"type": "transfer", "sku": "B-1", "warehouse": "W1", "to_warehouse": "NOWH", "qty": "1"},
+        ]}),
+    )
+    .await;
+    assert_eq!(s, 404, "{v}");
+    assert_eq!(error(&v)["field"], "movements[1].to_warehouse", "{v}");
+    // A single posting's refusal names no line.
+    let (s, v) = post(
+        app,
+        &admin,
+        "/api/v1/movements",
+        &json!({"type": "issue", "sku": "B-1", "warehouse": "W1", "qty": "1"}),
+    )
+    .await;
+    assert_eq!(
+        (s, error(&v)["field"].clone()),
+        (StatusCode::CONFLICT, json!("qty")),
+        "{v}"
+    );
     assert_eq!(ledger_len(app, &admin).await, 0);
     assert!(outbox(app).await.is_empty());
     assert!(
