@@ -1,22 +1,59 @@
-//! The web dashboard at `/`: three files compiled into the binary (no CDN, works offline). It
-//! signs in with an API token and uses only the public API and `/api/v1/ws`.
+//! The web dashboard at `/`: static files compiled into the binary (no CDN, no build step, works
+//! offline). `index.html` is the shell; `js/main.js` routes `#/...` to one ES module per page
+//! under `js/pages/`. It signs in with an API token and uses only the public API and
+//! `/api/v1/ws`.
 
 use axum::Router;
-use axum::http::{HeaderName, HeaderValue, header};
-use axum::response::IntoResponse;
+use axum::extract::Path;
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::app::AppState;
 
 const INDEX: &str = include_str!("../../dashboard/index.html");
-const SCRIPT: &str = include_str!("../../dashboard/app.js");
-const STYLE: &str = include_str!("../../dashboard/app.css");
+
+/// Every file under `/dashboard/`: its path there, content type and contents. A new page is a
+/// module in `dashboard/js/pages/`, a line here and a route in `js/main.js`.
+const FILES: &[(&str, &str, &str)] = &[
+    ("app.css", CSS, include_str!("../../dashboard/app.css")),
+    ("js/core.js", JS, include_str!("../../dashboard/js/core.js")),
+    ("js/main.js", JS, include_str!("../../dashboard/js/main.js")),
+    (
+        "js/pages/overview.js",
+        JS,
+        include_str!("../../dashboard/js/pages/overview.js"),
+    ),
+    (
+        "js/pages/post.js",
+        JS,
+        include_str!("../../dashboard/js/pages/post.js"),
+    ),
+    (
+        "js/pages/articles.js",
+        JS,
+        include_str!("../../dashboard/js/pages/articles.js"),
+    ),
+    (
+        "js/pages/article.js",
+        JS,
+        include_str!("../../dashboard/js/pages/article.js"),
+    ),
+    (
+        "js/pages/warehouses.js",
+        JS,
+        include_str!("../../dashboard/js/pages/warehouses.js"),
+    ),
+];
+
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
 
 /// Scripts and styles from this server only; connections to this server (and its WebSocket).
 const POLICY: &str = "default-src 'self'; img-src 'self' data:; connect-src 'self'; \
                       frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
-fn file(content_type: &'static str, body: &'static str) -> impl IntoResponse {
+fn file(content_type: &'static str, body: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
@@ -32,6 +69,14 @@ fn file(content_type: &'static str, body: &'static str) -> impl IntoResponse {
         ],
         body,
     )
+        .into_response()
+}
+
+async fn asset(Path(path): Path<String>) -> Response {
+    match FILES.iter().find(|(p, _, _)| *p == path) {
+        Some((_, content_type, body)) => file(content_type, body),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 pub(super) fn routes() -> Router<AppState> {
@@ -40,12 +85,38 @@ pub(super) fn routes() -> Router<AppState> {
             "/",
             get(|| async { file("text/html; charset=utf-8", INDEX) }),
         )
-        .route(
-            "/dashboard/app.js",
-            get(|| async { file("text/javascript; charset=utf-8", SCRIPT) }),
-        )
-        .route(
-            "/dashboard/app.css",
-            get(|| async { file("text/css; charset=utf-8", STYLE) }),
-        )
+        .route("/dashboard/{*path}", get(asset))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FILES;
+
+    /// Every module a served file imports is served too.
+    #[test]
+    fn every_import_is_served() {
+        for (path, _, body) in FILES {
+            let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
+            for line in body.lines().filter(|l| l.starts_with("import ")) {
+                let Some(spec) = line.split('"').nth(1) else {
+                    continue;
+                };
+                let mut parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
+                for seg in spec.split('/') {
+                    match seg {
+                        "." => {}
+                        ".." => {
+                            parts.pop();
+                        }
+                        s => parts.push(s),
+                    }
+                }
+                let target = parts.join("/");
+                assert!(
+                    FILES.iter().any(|(p, _, _)| *p == target),
+                    "{path} imports {spec} ({target}), which is not served"
+                );
+            }
+        }
+    }
 }

@@ -90,7 +90,14 @@ impl From<InventoryError> for ApiError {
             }
             InventoryError::NotFound { .. } => ApiError::not_found(e.to_string()),
             InventoryError::Conflict { code, message } => {
-                ApiError::new(StatusCode::CONFLICT, code, message)
+                let e = ApiError::new(StatusCode::CONFLICT, code, message);
+                // The field a person would change, so a form can show it there.
+                match code {
+                    "duplicate_sku" => e.with_field("sku"),
+                    "duplicate_warehouse" => e.with_field("code"),
+                    "valuation_locked" => e.with_field("valuation"),
+                    _ => e,
+                }
             }
             InventoryError::InsufficientStock { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "insufficient_stock", e.to_string())

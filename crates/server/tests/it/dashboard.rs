@@ -149,13 +149,18 @@ async fn the_dashboard_shows_a_new_alert_without_a_reload() {
         malaka_inventory::InboxState::Processed,
         "replayed from the page"
     );
-    for shot in [
-        "dashboard-1366.png",
-        "dashboard-390.png",
-        "dashboard-viewer.png",
-    ] {
-        assert!(shots.join(shot).exists(), "{shot}");
+    for page in ["dashboard", "warehouses", "articles", "post", "article"] {
+        for width in [1366, 390] {
+            let shot = format!("{page}-{width}.png");
+            assert!(shots.join(&shot).exists(), "{shot}");
+        }
     }
+    assert!(shots.join("dashboard-viewer.png").exists());
+    assert_eq!(
+        result["article_page"]["ledger"].as_array().map(Vec::len),
+        Some(6),
+        "{result}"
+    );
     // The retry from the page reached the queue: the job ran again (and, its kind still
     // unknown, failed again).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
