@@ -4,7 +4,8 @@
 //! autovacuum would soon run): `--rows` ledger rows through the reports
 //! suite's bulk path (500 articles in 2 warehouses over 120 days, the balances they leave),
 //! 100,000 alerts (one open per balance in alert, the rest cleared), 100,000 jobs on a queue no
-//! worker serves (5 kinds), and 10,000 reports (completed, failed, cancelled).
+//! worker serves (5 kinds), 10,000 reports (completed, failed, cancelled) and 100,000 more
+//! articles (`ART-000000`..., hardware names) for the article search shapes.
 //!
 //! Each shape is timed as a client walks it: the first page and then four more by the `next`
 //! cursor, 40 walks (200 requests) after 10 warm-up requests, one request at a time. A time runs
@@ -20,7 +21,9 @@
 //! Figures (milliseconds): `<shape>_p50_ms`, `<shape>_p99_ms` for `ledger_by_article`,
 //! `ledger_by_warehouse`, `ledger_by_dates` (one day), `ledger_all`, `balances_by_level`,
 //! `balances_all`, `alerts_open`, `alerts_by_level`, `jobs_by_state`, `jobs_by_kind`,
-//! `reports_by_state`; `worst_p99_ms` (target below 20); `ledger_rows`.
+//! `reports_by_state`, and the article searches `articles_search_sku` (a SKU prefix),
+//! `articles_search_name` (a word of many names) and `articles_search_none` (text no article
+//! holds); `worst_p99_ms` (target below 20); `ledger_rows`.
 
 use std::time::{Duration, Instant};
 
@@ -122,6 +125,34 @@ async fn seed_others(db: &Database, config: &Config, n: usize) -> Result<(), Mov
                 .bind(now + chrono::Duration::days(7))
                 .execute(&mut *tx)
                 .await?;
+            }
+            // Articles for the search shapes: `ART-000000`..., named like a hardware catalogue.
+            let words = ["bolt", "nut", "screw", "washer", "bracket", "hinge", "spring", "valve",
+                         "pipe", "cable", "clamp", "gasket", "bearing", "seal", "filter"];
+            for start in (0..n).step_by(1000) {
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO inv_articles (sku, name, unit, valuation, min_qty, reorder_qty, \
+                     allow_negative, archived, created_at, updated_at) ",
+                );
+                q.push_values(start..n.min(start + 1000), |mut row, i| {
+                    row.push_bind(format!("ART-{i:06}"))
+                        .push_bind(format!(
+                            "{} {} M{} {}mm",
+                            words[i % 15],
+                            words[(i / 15) % 15],
+                            i % 40,
+                            i % 997
+                        ))
+                        .push_bind("pcs")
+                        .push_bind("moving_average")
+                        .push_bind("0")
+                        .push_bind("0")
+                        .push_bind(false)
+                        .push_bind(false)
+                        .push_bind(now)
+                        .push_bind(now);
+                });
+                q.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
         }};
@@ -327,6 +358,26 @@ async fn measure(
             "jobs_by_kind",
             "/api/v1/jobs?kind=k3".into(),
             "before",
+            false,
+        ),
+        // Article search as the dashboard types it (20 suggestions): a SKU prefix, a word of
+        // many names, and text no article holds (every article read unless an index answers).
+        (
+            "articles_search_sku",
+            "/api/v1/articles?q=ART-0999&limit=20".into(),
+            "after",
+            false,
+        ),
+        (
+            "articles_search_name",
+            "/api/v1/articles?q=hinge%20valve&limit=20".into(),
+            "after",
+            false,
+        ),
+        (
+            "articles_search_none",
+            "/api/v1/articles?q=no%20such%20thing&limit=20".into(),
+            "after",
             false,
         ),
         (

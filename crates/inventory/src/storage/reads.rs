@@ -175,10 +175,11 @@ pub(crate) async fn articles(
     include_archived: bool,
     search: Option<&str>,
 ) -> Result<Vec<Article>, InventoryError> {
-    // SQLite's LIKE ignores ASCII case; PostgreSQL needs ILIKE.
-    let like = match db {
-        Database::Sqlite(_) => "LIKE",
-        Database::Postgres(_) => "ILIKE",
+    // SQLite's LIKE ignores ASCII case; PostgreSQL needs ILIKE, and for the SKU prefix the
+    // form its b-tree over lower(sku) answers (SKUs are ASCII: the same matches).
+    let (like, sku_like, close) = match db {
+        Database::Sqlite(_) => ("LIKE", "sku LIKE ", ""),
+        Database::Postgres(_) => ("ILIKE", "lower(sku) LIKE lower(", ")"),
     };
     on_pool!(db, pool => {
         let mut q = sqlx::QueryBuilder::new(format!("SELECT {ARTICLE_COLS} FROM inv_articles WHERE 1 = 1"));
@@ -189,17 +190,37 @@ pub(crate) async fn articles(
             q.push(" AND NOT archived");
         }
         if let Some(text) = search {
+            // SQLite: the trigram index names the candidates (a superset: the text anywhere in
+            // the SKU or the name), the LIKEs below keep the exact ones. It needs 3 characters;
+            // shorter text is common and fills a page early in SKU order.
+            if matches!(db, Database::Sqlite(_)) && text.chars().count() >= 3 {
+                q.push(
+                    " AND sku IN (SELECT r.sku FROM inv_article_search s \
+                     JOIN inv_article_search_rows r ON r.id = s.rowid \
+                     WHERE inv_article_search MATCH ",
+                )
+                .push_bind(fts_phrase(text))
+                .push(")");
+            }
             let text = like_escape(text);
-            q.push(format!(" AND (sku {like} "))
+            q.push(format!(" AND ({sku_like}"))
                 .push_bind(format!("{text}%"))
-                .push(format!(" ESCAPE '\\' OR name {like} "))
+                .push(format!("{close} ESCAPE '\\' OR name {like} "))
                 .push_bind(format!("%{text}%"))
                 .push(" ESCAPE '\\')");
         }
         q.push(" ORDER BY sku LIMIT ").push_bind(i64::from(limit));
-        let rows = q.build().fetch_all(pool).await?;
+        // Planned for its own text each time: a statement kept prepared on PostgreSQL soon gets
+        // a generic plan, which cannot use a trigram index for a pattern it does not know.
+        let rows = q.build().persistent(search.is_none()).fetch_all(pool).await?;
         rows.iter().map(article_of).collect()
     })
+}
+
+/// `text` as one FTS5 phrase: in double quotes, a double quote doubled. With the trigram
+/// tokenizer a phrase matches wherever the text occurs, in any case.
+fn fts_phrase(text: &str) -> String {
+    format!("\"{}\"", text.replace('"', "\"\""))
 }
 
 /// `text` with LIKE's wildcards (and the escape character) escaped by `\`.

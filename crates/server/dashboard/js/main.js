@@ -41,16 +41,20 @@ async function show() {
     const here = target === path || (target !== "" && path.startsWith(`${target}/`));
     if (here) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
   }
-  const handle = { leave: null, onEvent: null };
+  const handle = { leave: null, onEvent: null, focus: null };
   current = { page, handle };
   try {
     Object.assign(handle, (await page.mount(root, params)) || {});
   } catch (e) {
     failed(e);
   }
-  // Focus the page's heading, so a keyboard or screen reader user starts at the new page.
-  const h = root.querySelector("h2");
-  if (h && show.moved) { h.tabIndex = -1; h.focus({ preventScroll: true }); }
+  // Focus where the page's work starts (the posting page: the article field, for a scanner), or
+  // its heading, so a keyboard or screen reader user starts at the new page.
+  const h = handle.focus || root.querySelector("h2");
+  if (h && show.moved) {
+    if (!handle.focus) h.tabIndex = -1;
+    h.focus({ preventScroll: true });
+  }
   show.moved = true;
 }
 

@@ -278,6 +278,14 @@ try {
   result.article_page = art;
   // Its alert (SIDE counted to 2, its minimum: LOW) is listed.
   await page.waitForSelector("#art-alerts li[data-alert-id]");
+  // Filtered by dates: from tomorrow there is nothing; cleared, everything again.
+  const tomorrow = new Date(Date.now() + 86400000).toISOString().slice(0, 10);
+  await page.fill("#l-from", tomorrow);
+  await page.dispatchEvent("#l-from", "change");
+  await page.waitForSelector("#art-ledger-empty:not([hidden])");
+  await page.fill("#l-from", "");
+  await page.dispatchEvent("#l-from", "change");
+  await page.waitForFunction(() => [...document.querySelectorAll("#art-ledger tbody tr")].length === 6);
   // Filtered by warehouse: only SIDE's rows.
   await page.selectOption("#l-warehouse", "SIDE");
   await page.waitForFunction(() => [...document.querySelectorAll("#art-ledger tbody tr")].length === 2);

@@ -2056,4 +2056,46 @@ async fn articles_are_found_by_sku_prefix_or_name(app: &TestApp) {
         skus(get(app, &t, "/api/v1/articles?q=WASHER_").await),
         ["WASHER_1"]
     );
+    // Text of 3 characters or more goes through the search index (SQLite's trigram index,
+    // PostgreSQL's trigram indexes): the same answers, kept current by renames and deletes.
+    assert_eq!(
+        skus(get(app, &t, "/api/v1/articles?q=hex%20BOLT").await),
+        ["BOLT-M10", "BOLT-M8"]
+    );
+    assert!(
+        skus(get(app, &t, "/api/v1/articles?q=M8%20").await).is_empty(),
+        "a SKU must start with it"
+    );
+    let (s, v) = call(
+        app,
+        Method::PATCH,
+        Some(&t),
+        "/api/v1/articles/NUT-M8",
+        Some(&json!({"name": "Lock nut \"nylon\""})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        skus(get(app, &t, "/api/v1/articles?q=bolts").await),
+        Vec::<String>::new(),
+        "the old name is gone from the index"
+    );
+    assert_eq!(
+        skus(get(app, &t, "/api/v1/articles?q=%22NYLON%22").await),
+        ["NUT-M8"],
+        "the new one is found, quotes and all"
+    );
+    let (s, _) = call(
+        app,
+        Method::DELETE,
+        Some(&t),
+        "/api/v1/articles/BOLT-M10",
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    assert_eq!(
+        skus(get(app, &t, "/api/v1/articles?q=hex%20bolt").await),
+        ["BOLT-M8"]
+    );
 }

@@ -174,11 +174,9 @@ export default {
             el("li", {}, "Nothing was posted."));
           selectLine(line);
         } else {
-          // A field of the form above (the warehouse, the type) or the batch as a whole.
-          if (e.field && form.querySelector(`[data-error-for="${CSS.escape(e.field.replace(/^movements\[\d+\]\./, ""))}"]`)) {
-            showError(form, { ...e, message: e.message, field: e.field.replace(/^movements\[\d+\]\./, "") });
-          }
-          errors.replaceChildren(el("li", {}, e.message || "Failed"), el("li", {}, "Nothing was posted."));
+          // The batch as a whole (too many lines), or not sent at all.
+          const message = e.status ? e.message : `Not sent (${e.message}); try again.`;
+          errors.replaceChildren(el("li", {}, message), e.status ? el("li", {}, "Nothing was posted.") : "");
         }
         return;
       }
@@ -186,6 +184,6 @@ export default {
       $("#b-lines", root).value = "";
       $("#b-lines", root).focus();
     });
-    return {};
+    return { focus: $("#p-sku", root) };
   },
 };
