@@ -248,7 +248,8 @@ impl Inventory {
         self.storage.warehouse(code).await
     }
 
-    /// A page of warehouses by code: up to `limit` after `after`.
+    /// A page of warehouses by code: up to `limit` after `after`; archived ones only if asked;
+    /// with `search`, those whose code starts with it or whose name holds it (any case).
     ///
     /// # Errors
     /// A database error.
@@ -257,9 +258,10 @@ impl Inventory {
         after: Option<&WarehouseCode>,
         limit: u32,
         include_archived: bool,
+        search: Option<&str>,
     ) -> Result<Vec<Warehouse>, InventoryError> {
         self.storage
-            .warehouses(after, limit.clamp(1, 1000), include_archived)
+            .warehouses(after, limit.clamp(1, 1000), include_archived, search)
             .await
     }
 

@@ -64,6 +64,7 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         after: Option<&WarehouseCode>,
         limit: u32,
         include_archived: bool,
+        search: Option<&str>,
     ) -> Result<Vec<Warehouse>, InventoryError>;
     /// Renames, archives or restores a warehouse.
     async fn update_warehouse(

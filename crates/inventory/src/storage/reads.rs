@@ -241,7 +241,13 @@ pub(crate) async fn warehouses(
     after: Option<&WarehouseCode>,
     limit: u32,
     include_archived: bool,
+    search: Option<&str>,
 ) -> Result<Vec<Warehouse>, InventoryError> {
+    // A business has tens or hundreds of warehouses: a read of them all is cheap.
+    let like = match db {
+        Database::Sqlite(_) => "LIKE",
+        Database::Postgres(_) => "ILIKE",
+    };
     on_pool!(db, pool => {
         let mut q = sqlx::QueryBuilder::new(
             "SELECT code, name, archived, created_at, updated_at FROM inv_warehouses WHERE 1 = 1",
@@ -251,6 +257,14 @@ pub(crate) async fn warehouses(
         }
         if !include_archived {
             q.push(" AND NOT archived");
+        }
+        if let Some(text) = search {
+            let text = like_escape(text);
+            q.push(format!(" AND (code {like} "))
+                .push_bind(format!("{text}%"))
+                .push(format!(" ESCAPE '\\' OR name {like} "))
+                .push_bind(format!("%{text}%"))
+                .push(" ESCAPE '\\')");
         }
         q.push(" ORDER BY code LIMIT ").push_bind(i64::from(limit));
         let rows = q.build().fetch_all(pool).await?;

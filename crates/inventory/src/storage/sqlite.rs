@@ -119,8 +119,9 @@ impl Storage for SqliteStorage {
         after: Option<&WarehouseCode>,
         limit: u32,
         include_archived: bool,
+        search: Option<&str>,
     ) -> Result<Vec<Warehouse>, InventoryError> {
-        super::reads::warehouses(&self.database(), after, limit, include_archived).await
+        super::reads::warehouses(&self.database(), after, limit, include_archived, search).await
     }
 
     async fn update_warehouse(

@@ -677,6 +677,7 @@ async fn create_warehouse(
         ("after" = Option<WarehouseCodeSchema>, Query, description = "the `next` of the previous page"),
         ("limit" = Option<PageLimit>, Query, description = "1 to 1000, default 100"),
         ("archived" = Option<bool>, Query, description = "include archived warehouses"),
+        ("q" = Option<TextFilterSchema>, Query, description = "only warehouses whose code starts with this text or whose name holds it (case-insensitive)"),
     ),
     responses(
         (status = 200, body = Page<WarehouseOut>),
@@ -695,7 +696,12 @@ async fn list_warehouses(
     let limit = limit(&q, 100, 1000)?;
     let items = state
         .inventory()
-        .warehouses(after.as_ref(), limit, flag(&q, "archived")?)
+        .warehouses(
+            after.as_ref(),
+            limit,
+            flag(&q, "archived")?,
+            text_filter(&q, "q")?.as_deref().filter(|t| !t.is_empty()),
+        )
         .await?;
     let next = next_cursor(&items, limit, |w| w.code.to_string());
     Ok(Json(Page {

@@ -131,6 +131,11 @@ try {
   await page.fill('#warehouses tbody tr[data-code="SIDE"] input', "Side store (north)");
   await page.keyboard.press("Enter");
   await page.waitForFunction(() => document.querySelector('#warehouses tbody tr[data-code="SIDE"]')?.textContent.includes("north"));
+  // Found by a word of its name.
+  await page.fill("#w-q", "NORTH");
+  await page.waitForFunction(() => [...document.querySelectorAll("#warehouses tbody tr")].map((r) => r.dataset.code).join() === "SIDE");
+  await page.fill("#w-q", "");
+  await page.waitForSelector('#warehouses tbody tr[data-code="MAIN"]');
   expectRefusals();
   await check(page, "warehouses", "the warehouses page");
 

@@ -2011,6 +2011,47 @@ async fn lists_name_articles_and_alerts_show_the_quantity_now(app: &TestApp) {
     assert_eq!(d(&a["current_qty"]), n("7"), "the balance now: {a}");
 }
 
+on_both!(warehouses_are_found_by_code_prefix_or_name);
+async fn warehouses_are_found_by_code_prefix_or_name(app: &TestApp) {
+    let t = app.admin_token().await;
+    for (code, name) in [
+        ("NORTH", "Main store"),
+        ("SOUTH-1", "Store north of the river"),
+        ("X_1", "Cold room 100%"),
+    ] {
+        let (s, v) = post(
+            app,
+            &t,
+            "/api/v1/warehouses",
+            &json!({"code": code, "name": name}),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let codes = |v: Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["code"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        codes(get(app, &t, "/api/v1/warehouses?q=north").await),
+        ["NORTH", "SOUTH-1"],
+        "codes starting with it, names holding it (any case)"
+    );
+    assert_eq!(
+        codes(get(app, &t, "/api/v1/warehouses?q=sou").await),
+        ["SOUTH-1"]
+    );
+    assert_eq!(
+        codes(get(app, &t, "/api/v1/warehouses?q=%25").await),
+        ["X_1"]
+    );
+    assert!(codes(get(app, &t, "/api/v1/warehouses?q=orth%20of%20x").await).is_empty());
+}
+
 on_both!(articles_are_found_by_sku_prefix_or_name);
 async fn articles_are_found_by_sku_prefix_or_name(app: &TestApp) {
     let t = app.admin_token().await;

@@ -1,7 +1,8 @@
-// Warehouses (`#/warehouses`): the list (paged, archived ones on request), and for managers
+// Warehouses (`#/warehouses`): search by code or name, the list (paged, archived ones on
+// request), and for managers
 // and admins create, rename and archive.
 
-import { $, api, el, failed, toast, field, values, once, showError, clearErrors, pager, may } from "../core.js";
+import { $, api, el, failed, toast, field, values, once, showError, clearErrors, pager, debounce, may } from "../core.js";
 
 const MARKUP = `
 <h2 class="page-title">Warehouses</h2>
@@ -10,7 +11,10 @@ const MARKUP = `
 </section>
 <section class="card" aria-labelledby="warehouses-list-h">
   <h3 id="warehouses-list-h" class="visually-hidden">All warehouses</h3>
-  <form class="filters" id="warehouses-filters"><label class="check"><input id="w-archived" type="checkbox"> Archived too</label></form>
+  <form class="filters" id="warehouses-filters" role="search">
+    <input id="w-q" type="search" placeholder="Code or name" aria-label="Search warehouses by code or name" autocomplete="off">
+    <label class="check"><input id="w-archived" type="checkbox"> Archived too</label>
+  </form>
   <div class="scroll" tabindex="0" role="region" aria-label="Warehouses table">
     <table id="warehouses"><thead><tr><th>Code</th><th>Name</th><th>State</th><th><span class="visually-hidden">Actions</span></th></tr></thead><tbody></tbody></table>
   </div>
@@ -68,6 +72,8 @@ export default {
       load: (after) => {
         const q = new URLSearchParams({ limit: "100" });
         if ($("#w-archived", root).checked) q.set("archived", "true");
+        const text = $("#w-q", root).value.trim();
+        if (text) q.set("q", text);
         if (after) q.set("after", after);
         return api("GET", `/warehouses?${q}`);
       },
@@ -77,7 +83,9 @@ export default {
         $("#warehouses-empty", root).hidden = tbody.rows.length > 0;
       },
     });
-    $("#w-archived", root).addEventListener("change", () => reload().catch(failed));
+    const research = debounce(() => reload().catch(failed), 150);
+    $("#w-archived", root).addEventListener("change", research);
+    $("#w-q", root).addEventListener("input", research);
     $("#warehouses-filters", root).addEventListener("submit", (ev) => ev.preventDefault());
 
     if (may.catalog()) {
