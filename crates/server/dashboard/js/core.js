@@ -30,7 +30,10 @@ export function toast(text) {
   toast.timer = setTimeout(() => { t.hidden = true; }, 4000);
 }
 
-/** An API error: `status`, and the body's `code`, `field` and `message`. */
+/**
+ * An API error: `status`, and the body's `code`, `field` and `message`; `errors` lists every
+ * error when the request had several (each unreadable line of a batch), else just this one.
+ */
 export class ApiError extends Error {
   constructor(status, body) {
     const e = (body && body.error) || {};
@@ -38,6 +41,7 @@ export class ApiError extends Error {
     this.status = status;
     this.code = e.code || null;
     this.field = e.field || null;
+    this.errors = Array.isArray(e.errors) && e.errors.length ? e.errors : [{ code: this.code, field: this.field, message: this.message }];
   }
 }
 

@@ -6,13 +6,17 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-/// An error answer: `{"error": {"code", "message", "field"?}}`.
+/// An error answer: `{"error": {"code", "message", "field"?, "errors"?}}`; `errors` lists every
+/// field at fault when a request has several (the lines of a batch), the first of them repeated
+/// in `code`, `message` and `field`.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
     field: Option<String>,
+    /// Every error, when there are several.
+    errors: Vec<(&'static str, String, Option<String>)>,
     /// For 5xx: what went wrong, logged and never sent.
     internal: Option<String>,
     /// Headers sent with the answer (`WWW-Authenticate`, `Retry-After`).
@@ -30,6 +34,8 @@ struct Detail<'a> {
     message: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<Detail<'a>>,
 }
 
 impl ApiError {
@@ -40,6 +46,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            errors: Vec::new(),
             internal: None,
             headers: Vec::new(),
         }
@@ -186,6 +193,23 @@ impl ApiError {
         self
     }
 
+    /// One answer for several errors of the same request (each line of a batch that cannot be
+    /// read): the first gives the status, code, message and field, and `errors` lists them all.
+    /// None when `errors` is empty.
+    pub fn all(errors: Vec<ApiError>) -> Option<Self> {
+        let mut iter = errors.into_iter();
+        let first = iter.next()?;
+        let mut listed = vec![(first.code, first.message.clone(), first.field.clone())];
+        listed.extend(iter.map(|e| (e.code, e.message, e.field)));
+        if listed.len() == 1 {
+            return Some(first);
+        }
+        Some(Self {
+            errors: listed,
+            ..first
+        })
+    }
+
     /// The field at fault, if any.
     pub fn field(&self) -> Option<&str> {
         self.field.as_deref()
@@ -202,6 +226,16 @@ impl IntoResponse for ApiError {
                 code: self.code,
                 message: &self.message,
                 field: self.field.as_deref(),
+                errors: self
+                    .errors
+                    .iter()
+                    .map(|(code, message, field)| Detail {
+                        code,
+                        message,
+                        field: field.as_deref(),
+                        errors: Vec::new(),
+                    })
+                    .collect(),
             },
         };
         let mut response = (self.status, Json(body)).into_response();

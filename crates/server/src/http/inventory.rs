@@ -902,12 +902,17 @@ async fn post_batch(
             ),
         ));
     }
+    // Every line is read, and every unreadable one named, so a person fixes them in one go.
     let mut parsed = Vec::with_capacity(b.movements.len());
+    let mut unreadable = Vec::new();
     for (i, m) in b.movements.iter().enumerate() {
-        parsed.push(
-            m.parse(None)
-                .map_err(|e| ApiError::from(e).in_field(&format!("movements[{i}]")))?,
-        );
+        match m.parse(None) {
+            Ok(m) => parsed.push(m),
+            Err(e) => unreadable.push(ApiError::from(e).in_field(&format!("movements[{i}]"))),
+        }
+    }
+    if let Some(e) = ApiError::all(unreadable) {
+        return Err(e);
     }
     let hook = key.map(|Extension(k)| k.hook(StatusCode::CREATED, batch_body));
     let posted = state

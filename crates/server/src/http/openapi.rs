@@ -36,6 +36,25 @@ struct ErrorDetail {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(required = false)]
     field: Option<String>,
+    /// Every error, when the request has several (each unreadable line of a batch); the first
+    /// is the one above. Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false)]
+    errors: Option<Vec<FieldError>>,
+}
+
+/// One of several errors of a request.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct FieldError {
+    /// Machine-readable: `invalid`, `out_of_range`, ...
+    code: String,
+    /// For a person.
+    message: String,
+    /// The field at fault (`movements[3].qty`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false)]
+    field: Option<String>,
 }
 
 /// An answer with an [`ErrorBody`].
@@ -345,6 +364,11 @@ mod tests {
             serde_json::json!(["type", "sku", "warehouse", "qty", "unit_cost"])
         );
         assert_eq!(schemas["ErrorBody"]["additionalProperties"], false);
+        assert_eq!(
+            schemas["ErrorDetail"]["properties"]["errors"]["items"]["$ref"],
+            "#/components/schemas/FieldError"
+        );
+        assert!(schemas["FieldError"]["properties"]["field"].is_object());
     }
 
     /// Every operation lists the answers any operation can give, with the error body.

@@ -253,11 +253,16 @@ try {
   // The bad line is selected in the text area.
   const selected = await page.evaluate(() => { const t = document.querySelector("#b-lines"); return t.value.slice(t.selectionStart, t.selectionEnd); });
   if (selected !== "NOPE-9 0.01 0.5") throw new Error(`the bad line is not selected: ${selected}`);
-  // A line that is not a number is named too.
+  // Lines that cannot be read are all named at once (a quantity that is not a number on line
+  // 17, a bad SKU on line 30), the first selected.
   lines[16] = "DASH-1 lots 0.5";
+  lines[29] = "bad!sku 1 0.5";
   await page.fill("#b-lines", lines.join("\n"));
   await page.click("#b-submit");
   await page.waitForSelector('#b-errors li[data-line="17"][data-field="qty"]');
+  await page.waitForSelector('#b-errors li[data-line="30"][data-field="sku"]');
+  if ((await ledger("sku=DASH-1")).length !== before40) throw new Error("a batch with bad lines wrote something");
+  lines[29] = "DASH-1 0.01 0.5";
   expectRefusals();
   lines[16] = "DASH-1 0.01 0.5";
   await page.fill("#b-lines", lines.join("\n"));

@@ -671,6 +671,37 @@ async fn a_batch_is_all_or_nothing(app: &TestApp) {
     )
     .await;
     assert_invalid(s, &v, "movements[3].qty", "bad qty in a batch");
+    assert!(error(&v).get("errors").is_none(), "one error: {v}");
+    // Every unreadable line is named at once, the first also in `field`.
+    let (s, v) = post(
+        app,
+        &admin,
+        "/api/v1/movements/batch",
+        &json!({"movements": [
+            good("B-1", "1"),
+            {"type": "issue", "sku": "B-1", "warehouse": "W1", "qty": "lots"},
+            good("B-1", "1"),
+            {"type": "receipt", "sku": "no good", "warehouse": "W1", "qty": "1", "unit_cost": "1"},
+            {"type": "receipt", "sku": "B-1", "warehouse": "W1", "qty": "0", "unit_cost": "1"},
+        ]}),
+    )
+    .await;
+    assert_invalid(s, &v, "movements[1].qty", "three bad lines");
+    let all: Vec<(&str, &str)> = error(&v)["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["field"].as_str().unwrap(), e["code"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        all,
+        [
+            ("movements[1].qty", "invalid"),
+            ("movements[3].sku", "invalid"),
+            ("movements[4].qty", "invalid")
+        ],
+        "{v}"
+    );
     let (s, v) = post(
         app,
         &admin,

@@ -166,13 +166,18 @@ export default {
       if (r.error) {
         const e = r.error;
         if (e.status === 401) { failed(e); return; }
-        const at = /^movements\[(\d+)\](?:\.(\w+))?/.exec(e.field || "");
-        if (at && lines[Number(at[1])]) {
-          const { line, m } = lines[Number(at[1])];
-          const message = e.message.replace(/^movements\[\d+\]: /, "");
-          errors.replaceChildren(el("li", { "data-line": line, "data-field": at[2] || "" }, `Line ${line} (${m.sku}): ${message}`),
-            el("li", {}, "Nothing was posted."));
-          selectLine(line);
+        // Each line at fault (every unreadable one, or the one the ledger refused), by its line
+        // number in the text area; the first is selected.
+        const marked = (e.errors || []).map((x) => {
+          const at = /^movements\[(\d+)\](?:\.(\w+))?/.exec(x.field || "");
+          const found = at && lines[Number(at[1])];
+          if (!found) return null;
+          const message = (x.message || "").replace(/^movements\[\d+\]: /, "");
+          return el("li", { "data-line": found.line, "data-field": at[2] || "" }, `Line ${found.line} (${found.m.sku}): ${message}`);
+        }).filter((x) => x);
+        if (marked.length) {
+          errors.replaceChildren(...marked, el("li", {}, "Nothing was posted."));
+          selectLine(Number(marked[0].dataset.line));
         } else {
           // The batch as a whole (too many lines), or not sent at all.
           const message = e.status ? e.message : `Not sent (${e.message}); try again.`;
