@@ -13,15 +13,18 @@ use serde::Serialize;
 pub struct ApiError {
     status: StatusCode,
     code: &'static str,
-    message: String,
+    message: Box<str>,
     field: Option<String>,
-    /// Every error, when there are several.
-    errors: Vec<(&'static str, String, Option<String>)>,
+    /// Every error, when there are several (boxed: rare, and an `ApiError` is returned often).
+    errors: Option<Box<[Listed]>>,
     /// For 5xx: what went wrong, logged and never sent.
-    internal: Option<String>,
+    internal: Option<Box<str>>,
     /// Headers sent with the answer (`WWW-Authenticate`, `Retry-After`).
     headers: Vec<(HeaderName, HeaderValue)>,
 }
+
+/// One of several errors: code, message, field.
+type Listed = (&'static str, String, Option<String>);
 
 #[derive(Serialize)]
 struct Body<'a> {
@@ -44,9 +47,9 @@ impl ApiError {
         Self {
             status,
             code,
-            message: message.into(),
+            message: message.into().into_boxed_str(),
             field: None,
-            errors: Vec::new(),
+            errors: None,
             internal: None,
             headers: Vec::new(),
         }
@@ -142,7 +145,7 @@ impl ApiError {
     /// sent.
     pub fn unavailable_retry(cause: impl std::fmt::Display) -> Self {
         Self {
-            internal: Some(cause.to_string()),
+            internal: Some(cause.to_string().into()),
             ..Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -155,7 +158,7 @@ impl ApiError {
     /// 500: the cause is logged, the client gets a generic message.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         Self {
-            internal: Some(cause.to_string()),
+            internal: Some(cause.to_string().into()),
             ..Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -189,7 +192,7 @@ impl ApiError {
             Some(f) => format!("{prefix}.{f}"),
             None => prefix.to_owned(),
         });
-        self.message = format!("{prefix}: {}", self.message);
+        self.message = format!("{prefix}: {}", self.message).into_boxed_str();
         self
     }
 
@@ -199,13 +202,13 @@ impl ApiError {
     pub fn all(errors: Vec<ApiError>) -> Option<Self> {
         let mut iter = errors.into_iter();
         let first = iter.next()?;
-        let mut listed = vec![(first.code, first.message.clone(), first.field.clone())];
-        listed.extend(iter.map(|e| (e.code, e.message, e.field)));
+        let mut listed = vec![(first.code, first.message.to_string(), first.field.clone())];
+        listed.extend(iter.map(|e| (e.code, e.message.into_string(), e.field)));
         if listed.len() == 1 {
             return Some(first);
         }
         Some(Self {
-            errors: listed,
+            errors: Some(listed.into_boxed_slice()),
             ..first
         })
     }
@@ -229,6 +232,7 @@ impl IntoResponse for ApiError {
                 errors: self
                     .errors
                     .iter()
+                    .flat_map(|all| all.iter())
                     .map(|(code, message, field)| Detail {
                         code,
                         message,
