@@ -27,6 +27,9 @@ use crate::types::{
 /// commit ledger rows, balances, layers and outbox events together.
 #[async_trait]
 pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
+    /// The database, for the reads that are the same on both backends (`reads.rs`), which the
+    /// provided methods below run.
+    fn database(&self) -> malaka_db::Database;
     /// Applies the inventory's migrations.
     async fn migrate(&self) -> Result<(), InventoryError>;
     /// Creates an article (`duplicate_sku` when it exists).
@@ -40,7 +43,9 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         limit: u32,
         include_archived: bool,
         search: Option<&str>,
-    ) -> Result<Vec<Article>, InventoryError>;
+    ) -> Result<Vec<Article>, InventoryError> {
+        reads::articles(&self.database(), after, limit, include_archived, search).await
+    }
     /// Changes an article; a new minimum re-evaluates its levels (with their events).
     async fn update_article(
         &self,
@@ -65,7 +70,9 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         limit: u32,
         include_archived: bool,
         search: Option<&str>,
-    ) -> Result<Vec<Warehouse>, InventoryError>;
+    ) -> Result<Vec<Warehouse>, InventoryError> {
+        reads::warehouses(&self.database(), after, limit, include_archived, search).await
+    }
     /// Renames, archives or restores a warehouse.
     async fn update_warehouse(
         &self,
@@ -97,7 +104,9 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// An inbox record by id.
     async fn inbox_get(&self, id: i64) -> Result<Option<InboxRecord>, InventoryError>;
     /// Inbox records, newest first.
-    async fn inbox_list(&self, f: &InboxFilter) -> Result<Vec<InboxRecord>, InventoryError>;
+    async fn inbox_list(&self, f: &InboxFilter) -> Result<Vec<InboxRecord>, InventoryError> {
+        reads::inbox_list(&self.database(), f).await
+    }
     /// Makes a record in state `was` `retrying` again.
     async fn inbox_reopen(&self, id: i64, was: InboxState) -> Result<(), InventoryError>;
     /// Deletes final records received before `before`.
@@ -105,19 +114,29 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// The balances' generation (SQLite; 0 on PostgreSQL).
     async fn generation(&self) -> Result<i64, InventoryError>;
     /// Balances matching a filter, with their open layers.
-    async fn balances(&self, f: &BalanceFilter) -> Result<Vec<Balance>, InventoryError>;
+    async fn balances(&self, f: &BalanceFilter) -> Result<Vec<Balance>, InventoryError> {
+        reads::balances(&self.database(), f).await
+    }
     /// One page of ledger rows.
-    async fn ledger(&self, f: &LedgerFilter) -> Result<LedgerPage, InventoryError>;
+    async fn ledger(&self, f: &LedgerFilter) -> Result<LedgerPage, InventoryError> {
+        reads::ledger(&self.database(), f).await
+    }
     /// The newest ledger rows.
     async fn recent_ledger(
         &self,
         before: Option<i64>,
         limit: u32,
-    ) -> Result<Vec<LedgerRow>, InventoryError>;
+    ) -> Result<Vec<LedgerRow>, InventoryError> {
+        reads::recent_ledger(&self.database(), before, limit).await
+    }
     /// Outbox events after `after`.
-    async fn outbox(&self, after: i64, limit: u32) -> Result<Vec<OutboxEvent>, InventoryError>;
+    async fn outbox(&self, after: i64, limit: u32) -> Result<Vec<OutboxEvent>, InventoryError> {
+        reads::outbox(&self.database(), after, limit).await
+    }
     /// Recomputes every balance from the ledger (and its layers) and reports differences.
-    async fn verify(&self) -> Result<VerifyReport, InventoryError>;
+    async fn verify(&self) -> Result<VerifyReport, InventoryError> {
+        reads::verify(&self.database()).await
+    }
 }
 
 /// A stored decimal read back (a bad one is `Corrupt`, naming the field).

@@ -17,18 +17,16 @@ use super::{
 };
 use crate::error::InventoryError;
 use crate::inbox::{
-    Disposition, InboxAttempt, InboxEntry, InboxFilter, InboxRecord, InboxState, Recorded,
-    next_state,
+    Disposition, InboxAttempt, InboxEntry, InboxRecord, InboxState, Recorded, next_state,
 };
-use crate::inventory::{LedgerPage, OutboxEvent, VerifyReport};
 use crate::posting::{
     ArticleFacts, LAYERS_PER_READ, LayerWindow, PostingHook, Session, Working, demands,
     movement_event, plan_all,
 };
 use crate::topics::{TOPIC_LEVEL_CHANGED, TOPIC_MOVEMENT_POSTED};
 use crate::types::{
-    AlertLevel, Article, ArticlePatch, Balance, BalanceFilter, Layer, LedgerFilter, LedgerRow,
-    Movement, NewArticle, NewMovement, Sku, Warehouse, WarehouseCode,
+    AlertLevel, Article, ArticlePatch, Layer, LedgerRow, Movement, NewArticle, NewMovement, Sku,
+    Warehouse, WarehouseCode,
 };
 use crate::valuation::Stock;
 
@@ -50,11 +48,6 @@ impl SqliteStorage {
         Self { pool }
     }
 
-    /// The database (for the reads both backends share).
-    fn database(&self) -> malaka_db::Database {
-        malaka_db::Database::Sqlite(self.pool.clone())
-    }
-
     /// The pool.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
@@ -63,6 +56,10 @@ impl SqliteStorage {
 
 #[async_trait]
 impl Storage for SqliteStorage {
+    fn database(&self) -> malaka_db::Database {
+        malaka_db::Database::Sqlite(self.pool.clone())
+    }
+
     async fn migrate(&self) -> Result<(), InventoryError> {
         let mut m = sqlx::migrate!("./migrations/sqlite");
         // The other crates' migrations share the table.
@@ -77,16 +74,6 @@ impl Storage for SqliteStorage {
 
     async fn article(&self, sku: &Sku) -> Result<Article, InventoryError> {
         article(&self.pool, sku).await
-    }
-
-    async fn articles(
-        &self,
-        after: Option<&Sku>,
-        limit: u32,
-        include_archived: bool,
-        search: Option<&str>,
-    ) -> Result<Vec<Article>, InventoryError> {
-        super::reads::articles(&self.database(), after, limit, include_archived, search).await
     }
 
     async fn update_article(
@@ -112,16 +99,6 @@ impl Storage for SqliteStorage {
 
     async fn warehouse(&self, code: &WarehouseCode) -> Result<Warehouse, InventoryError> {
         warehouse(&self.pool, code).await
-    }
-
-    async fn warehouses(
-        &self,
-        after: Option<&WarehouseCode>,
-        limit: u32,
-        include_archived: bool,
-        search: Option<&str>,
-    ) -> Result<Vec<Warehouse>, InventoryError> {
-        super::reads::warehouses(&self.database(), after, limit, include_archived, search).await
     }
 
     async fn update_warehouse(
@@ -164,10 +141,6 @@ impl Storage for SqliteStorage {
         inbox_get(&self.pool, id).await
     }
 
-    async fn inbox_list(&self, f: &InboxFilter) -> Result<Vec<InboxRecord>, InventoryError> {
-        super::reads::inbox_list(&self.database(), f).await
-    }
-
     async fn inbox_reopen(&self, id: i64, was: InboxState) -> Result<(), InventoryError> {
         inbox_reopen(&self.pool, id, was).await
     }
@@ -178,30 +151,6 @@ impl Storage for SqliteStorage {
 
     async fn generation(&self) -> Result<i64, InventoryError> {
         generation(&self.pool).await
-    }
-
-    async fn balances(&self, f: &BalanceFilter) -> Result<Vec<Balance>, InventoryError> {
-        super::reads::balances(&self.database(), f).await
-    }
-
-    async fn ledger(&self, f: &LedgerFilter) -> Result<LedgerPage, InventoryError> {
-        super::reads::ledger(&self.database(), f).await
-    }
-
-    async fn recent_ledger(
-        &self,
-        before: Option<i64>,
-        limit: u32,
-    ) -> Result<Vec<LedgerRow>, InventoryError> {
-        super::reads::recent_ledger(&self.database(), before, limit).await
-    }
-
-    async fn outbox(&self, after: i64, limit: u32) -> Result<Vec<OutboxEvent>, InventoryError> {
-        super::reads::outbox(&self.database(), after, limit).await
-    }
-
-    async fn verify(&self) -> Result<VerifyReport, InventoryError> {
-        super::reads::verify(&self.database()).await
     }
 }
 
