@@ -177,9 +177,7 @@ pub async fn alerts_suite(b: &AlertsBench) -> Result<Figures, MovementsBenchErro
     live.ws_max_per_token = live.ws_max_per_token.max(room);
     live.ws_max_connections = live.ws_max_connections.max(room);
     let result = run(b, &fresh.config).await;
-    if let Some((admin, name)) = &fresh.pg {
-        malaka_db::fresh::drop_database(admin, name).await;
-    }
+    fresh.remove().await;
     result
 }
 

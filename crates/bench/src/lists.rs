@@ -60,9 +60,7 @@ fn err(what: &str) -> impl Fn(String) -> MovementsBenchError + '_ {
 pub async fn lists_suite(b: &ListsBench) -> Result<Figures, MovementsBenchError> {
     let fresh = fresh_database(b.backend, b.database_url.as_deref()).await?;
     let result = serve_and_measure(b, &fresh.config).await;
-    if let Some((admin, name)) = &fresh.pg {
-        malaka_db::fresh::drop_database(admin, name).await;
-    }
+    fresh.remove().await;
     result
 }
 

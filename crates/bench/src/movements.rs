@@ -382,6 +382,15 @@ pub(crate) struct Fresh {
     _dir: tempfile::TempDir,
 }
 
+impl Fresh {
+    /// Drops the PostgreSQL database made for the run (the SQLite folder goes with `self`).
+    pub(crate) async fn remove(&self) {
+        if let Some((admin, name)) = &self.pg {
+            malaka_db::fresh::drop_database(admin, name).await;
+        }
+    }
+}
+
 async fn fresh(b: &MovementsBench) -> Result<Fresh, MovementsBenchError> {
     fresh_database(b.backend, b.database_url.as_deref()).await
 }
@@ -587,16 +596,12 @@ pub async fn movements_suite(b: &MovementsBench) -> Result<Figures, MovementsBen
     }
     let served = fresh(b).await?;
     let result = serve_and_measure(b, &served.config).await;
-    if let Some((admin, name)) = &served.pg {
-        malaka_db::fresh::drop_database(admin, name).await;
-    }
+    served.remove().await;
     let mut figures = result?;
     // The ceiling, on a database of its own.
     let ceiling = fresh(b).await?;
     let measured = ceiling_per_sec(b, &ceiling.config).await;
-    if let Some((admin, name)) = &ceiling.pg {
-        malaka_db::fresh::drop_database(admin, name).await;
-    }
+    ceiling.remove().await;
     let (ceiling_rate, ceiling_movements) = measured?;
     let rate = figures.get("movements_per_sec").unwrap_or(0.0);
     figures.push("ceiling_per_sec", ceiling_rate);

@@ -115,9 +115,7 @@ async fn receiver(count: Arc<AtomicUsize>) -> std::io::Result<u16> {
 pub async fn notify_suite(b: &NotifyBench) -> Result<Figures, MovementsBenchError> {
     let fresh = fresh_database(b.backend, b.database_url.as_deref()).await?;
     let result = run(b, fresh.config.clone()).await;
-    if let Some((admin, name)) = &fresh.pg {
-        malaka_db::fresh::drop_database(admin, name).await;
-    }
+    fresh.remove().await;
     result
 }
 

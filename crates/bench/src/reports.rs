@@ -85,9 +85,7 @@ fn peak_rss_mb() -> f64 {
 pub async fn reports_suite(b: &ReportsBench) -> Result<Figures, MovementsBenchError> {
     let fresh = fresh_database(b.backend, b.database_url.as_deref()).await?;
     let result = serve_and_measure(b, &fresh.config).await;
-    if let Some((admin, name)) = &fresh.pg {
-        malaka_db::fresh::drop_database(admin, name).await;
-    }
+    fresh.remove().await;
     result
 }
 

@@ -75,9 +75,7 @@ fn err(what: &str) -> impl Fn(String) -> MovementsBenchError + '_ {
 pub async fn sqs_suite(b: &SqsBench) -> Result<Figures, MovementsBenchError> {
     let fresh = fresh_database(b.backend, b.database_url.as_deref()).await?;
     let result = run(b, fresh.config.clone()).await;
-    if let Some((admin, name)) = &fresh.pg {
-        malaka_db::fresh::drop_database(admin, name).await;
-    }
+    fresh.remove().await;
     result
 }
 
