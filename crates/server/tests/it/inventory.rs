@@ -96,6 +96,16 @@ async fn article(app: &TestApp, token: &str, sku: &str, extra: Value) -> Value {
     v
 }
 
+/// The `key` of each item of a page, in order.
+fn keys(page: &Value, key: &str) -> Vec<String> {
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i[key].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// Posts a movement and expects 201.
 async fn posted(app: &TestApp, token: &str, body: Value) -> Value {
     let (s, v) = post(app, token, "/api/v1/movements", &body).await;
@@ -2059,14 +2069,7 @@ async fn warehouses_are_found_by_code_prefix_or_name(app: &TestApp) {
         .await;
         assert_eq!(s, 201, "{v}");
     }
-    let codes = |v: Value| -> Vec<String> {
-        v["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|w| w["code"].as_str().unwrap().to_owned())
-            .collect()
-    };
+    let codes = |v: Value| keys(&v, "code");
     assert_eq!(
         codes(get(app, &t, "/api/v1/warehouses?q=north").await),
         ["NORTH", "SOUTH-1"],
@@ -2092,23 +2095,9 @@ async fn articles_are_found_by_sku_prefix_or_name(app: &TestApp) {
         ("NUT-M8", "Nut for bolts"),
         ("WASHER_1", "Washer 100% steel"),
     ] {
-        let (s, v) = post(
-            app,
-            &t,
-            "/api/v1/articles",
-            &json!({"sku": sku, "name": name}),
-        )
-        .await;
-        assert_eq!(s, 201, "{v}");
+        article(app, &t, sku, json!({"name": name})).await;
     }
-    let skus = |v: Value| -> Vec<String> {
-        v["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a["sku"].as_str().unwrap().to_owned())
-            .collect()
-    };
+    let skus = |v: Value| keys(&v, "sku");
     assert_eq!(
         skus(get(app, &t, "/api/v1/articles?q=BOLT").await),
         ["BOLT-M10", "BOLT-M8", "NUT-M8"],
@@ -2138,12 +2127,11 @@ async fn articles_are_found_by_sku_prefix_or_name(app: &TestApp) {
         skus(get(app, &t, "/api/v1/articles?q=M8%20").await).is_empty(),
         "a SKU must start with it"
     );
-    let (s, v) = call(
+    let (s, v) = patch(
         app,
-        Method::PATCH,
-        Some(&t),
+        &t,
         "/api/v1/articles/NUT-M8",
-        Some(&json!({"name": "Lock nut \"nylon\""})),
+        &json!({"name": "Lock nut \"nylon\""}),
     )
     .await;
     assert_eq!(s, 200, "{v}");
