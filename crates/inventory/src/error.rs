@@ -60,6 +60,9 @@ pub enum InventoryError {
     InBatch {
         /// The refused movement's place in the batch, from 0.
         index: usize,
+        /// The movement's field at fault when the refusal does not name one itself: `sku` (an
+        /// unknown or archived article), `warehouse` or `to_warehouse`.
+        field: Option<&'static str>,
         /// Why it was refused.
         source: Box<InventoryError>,
     },
@@ -147,14 +150,16 @@ impl InventoryError {
         }
     }
 
-    /// `self` as the refusal of the movement at `index` of a batch: refusals are wrapped in
-    /// `InBatch` (once), failures of the database are not.
+    /// `self` as the refusal of the movement at `index` of a batch, naming its `field` at fault
+    /// where the refusal names none: refusals are wrapped in `InBatch` (once), failures of the
+    /// database are not.
     #[must_use]
-    pub fn at(self, index: usize) -> Self {
+    pub fn at(self, index: usize, field: Option<&'static str>) -> Self {
         match self {
             e @ Self::InBatch { .. } => e,
             e if e.is_refusal() => Self::InBatch {
                 index,
+                field,
                 source: Box::new(e),
             },
             e => e,

@@ -378,11 +378,28 @@ pub(crate) fn plan_all<'a>(
                 for (k, w) in snapshot {
                     session.work.insert(k, w);
                 }
-                return Err(e.at(index));
+                return Err(e.at(index, None));
             }
         }
     }
     Ok(planned)
+}
+
+/// The first movement of `ms` naming warehouse `code`, and as which field: the movement a
+/// refusal of that warehouse (unknown, archived) is reported against.
+pub(crate) fn naming(ms: &[NewMovement], code: &WarehouseCode) -> (usize, &'static str) {
+    ms.iter()
+        .enumerate()
+        .find_map(|(i, m)| {
+            if m.warehouse == *code {
+                Some((i, "warehouse"))
+            } else if m.to_warehouse.as_ref() == Some(code) {
+                Some((i, "to_warehouse"))
+            } else {
+                None
+            }
+        })
+        .unwrap_or((0, "warehouse"))
 }
 
 /// The error for a posting whose figures would leave the limits.

@@ -127,7 +127,7 @@ pub fn movements_of(e: &Envelope) -> Result<Option<Vec<NewMovement>>, InventoryE
 /// A refusal as the inbox records it: the field at fault first (`data.lines[1].qty: ...`).
 fn describe(e: &InventoryError) -> String {
     match e {
-        InventoryError::InBatch { index, source } => {
+        InventoryError::InBatch { index, source, .. } => {
             format!("data.lines[{index}]: {}", describe(source))
         }
         InventoryError::Invalid { field, message }

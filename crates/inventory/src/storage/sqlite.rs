@@ -21,7 +21,7 @@ use crate::inbox::{
 };
 use crate::posting::{
     ArticleFacts, LAYERS_PER_READ, LayerWindow, PostingHook, Session, Working, demands,
-    movement_event, plan_all,
+    movement_event, naming, plan_all,
 };
 use crate::topics::{TOPIC_LEVEL_CHANGED, TOPIC_MOVEMENT_POSTED};
 use crate::types::{
@@ -671,14 +671,14 @@ pub(crate) async fn post_in(
                 what: "article",
                 key: m.sku.to_string(),
             }
-            .at(index));
+            .at(index, Some("sku")));
         };
         if row.try_get::<bool, _>("archived")? {
             return Err(InventoryError::Conflict {
                 code: "article_archived",
                 message: format!("article {} is archived and takes no movements", m.sku),
             }
-            .at(index));
+            .at(index, Some("sku")));
         }
         session.facts.insert(
             m.sku.clone(),
@@ -701,24 +701,21 @@ pub(crate) async fn post_in(
                 .fetch_optional(&mut *conn)
                 .await?;
         // The first movement naming it is the one refused.
-        let index = ms
-            .iter()
-            .position(|m| m.warehouse == *code || m.to_warehouse.as_ref() == Some(code))
-            .unwrap_or(0);
+        let (index, field) = naming(ms, code);
         match archived {
             None => {
                 return Err(InventoryError::NotFound {
                     what: "warehouse",
                     key: code.to_string(),
                 }
-                .at(index));
+                .at(index, Some(field)));
             }
             Some(true) => {
                 return Err(InventoryError::Conflict {
                     code: "warehouse_archived",
                     message: format!("warehouse {code} is archived and takes no movements"),
                 }
-                .at(index));
+                .at(index, Some(field)));
             }
             Some(false) => {
                 session.warehouses.insert(code.clone());

@@ -373,7 +373,9 @@ async fn a_refused_batch_names_the_refused_movement(f: &Fixture) {
         movement("issue", "F", None, 3, None),
     ];
     match f.inv.post_batch(&batch, "test").await {
-        Err(InventoryError::InBatch { index: 3, source }) => assert!(
+        Err(InventoryError::InBatch {
+            index: 3, source, ..
+        }) => assert!(
             matches!(*source, InventoryError::InsufficientStock { available, .. } if available == d(2)),
             "{source}"
         ),
@@ -386,7 +388,7 @@ async fn a_refused_batch_names_the_refused_movement(f: &Fixture) {
     ];
     let e = f.inv.post_batch(&unknown, "test").await.unwrap_err();
     assert!(
-        matches!(&e, InventoryError::InBatch { index: 1, source } if matches!(**source, InventoryError::NotFound { what: "warehouse", .. })),
+        matches!(&e, InventoryError::InBatch { index: 1, source, .. } if matches!(**source, InventoryError::NotFound { what: "warehouse", .. })),
         "{e:?}"
     );
     assert!(e.is_refusal() && !e.is_transient());

@@ -792,41 +792,14 @@ async fn post_movement(
 
 /// A batch's refusal with the field of the refused movement named (`movements[3].qty`,
 /// `movements[3].sku`, `movements[3].to_warehouse`), so a client can mark that line.
-fn refused_line(e: InventoryError, ms: &[malaka_inventory::NewMovement]) -> ApiError {
-    let InventoryError::InBatch { index, source } = e else {
+fn refused_line(e: InventoryError) -> ApiError {
+    let InventoryError::InBatch {
+        index,
+        field,
+        source,
+    } = e
+    else {
         return e.into();
-    };
-    let field = match (&*source, ms.get(index)) {
-        (
-            InventoryError::NotFound {
-                what: "article", ..
-            },
-            _,
-        ) => Some("sku"),
-        (
-            InventoryError::Conflict {
-                code: "article_archived",
-                ..
-            },
-            _,
-        ) => Some("sku"),
-        (InventoryError::NotFound { key, .. }, Some(m))
-            if m.to_warehouse
-                .as_ref()
-                .is_some_and(|w| w.as_str() == key.as_str())
-                && m.warehouse.as_str() != key.as_str() =>
-        {
-            Some("to_warehouse")
-        }
-        (InventoryError::NotFound { .. }, _) => Some("warehouse"),
-        (
-            InventoryError::Conflict {
-                code: "warehouse_archived",
-                ..
-            },
-            _,
-        ) => Some("warehouse"),
-        _ => None,
     };
     let mut err = ApiError::from(*source);
     if let Some(f) = field {
@@ -920,7 +893,7 @@ async fn post_batch(
         .post_batch_with(&parsed, &principal.name, None, hook)
         .await;
     state.balances_changed();
-    let posted = posted.map_err(|e| refused_line(e, &parsed))?;
+    let posted = posted.map_err(refused_line)?;
     created(batch_body(&posted)?)
 }
 
