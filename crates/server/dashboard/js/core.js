@@ -103,6 +103,9 @@ export function once() {
   };
 }
 
+/** What to tell a person about a failed request: the API's message, or that it was not sent. */
+export const describe = (e) => (e instanceof ApiError ? e.message : `Not sent (${e.message}); try again.`);
+
 /**
  * Shows an error beside the field it names (an element `[data-field="name"]` in `form`), or in
  * the form's `[data-field=""]` when it names none there. Returns the element that shows it.
@@ -111,7 +114,7 @@ export function showError(form, e) {
   clearErrors(form);
   const field = e.field && form.querySelector(`[data-error-for="${CSS.escape(e.field)}"]`);
   const target = field || form.querySelector('[data-error-for=""]');
-  const message = e instanceof ApiError || !e.message ? e.message || "Failed" : `Not sent (${e.message}); try again.`;
+  const message = describe(e);
   if (target) target.textContent = message;
   else toast(message);
   const input = field && form.querySelector(`[name="${CSS.escape(e.field)}"]`);

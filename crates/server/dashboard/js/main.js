@@ -21,7 +21,7 @@ const live = { ws: null, lastId: null, retry: 0 };
 let current = null; // { page, handle }
 
 function route() {
-  const path = decodeURI(location.hash.replace(/^#\/?/, "")).split("?")[0];
+  const path = location.hash.replace(/^#\/?/, "").split("?")[0];
   for (const [re, page] of routes) {
     const m = re.exec(path);
     if (m) return { page, params: m.slice(1).map(decodeURIComponent), path };

@@ -13,41 +13,25 @@ use crate::app::AppState;
 
 const INDEX: &str = include_str!("../../dashboard/index.html");
 
-/// Every file under `/dashboard/`: its path there, content type and contents. A new page is a
-/// module in `dashboard/js/pages/`, a line here and a route in `js/main.js`.
-const FILES: &[(&str, &str, &str)] = &[
-    ("app.css", CSS, include_str!("../../dashboard/app.css")),
-    ("js/core.js", JS, include_str!("../../dashboard/js/core.js")),
-    ("js/main.js", JS, include_str!("../../dashboard/js/main.js")),
-    (
-        "js/pages/overview.js",
-        JS,
-        include_str!("../../dashboard/js/pages/overview.js"),
-    ),
-    (
-        "js/pages/post.js",
-        JS,
-        include_str!("../../dashboard/js/pages/post.js"),
-    ),
-    (
-        "js/pages/articles.js",
-        JS,
-        include_str!("../../dashboard/js/pages/articles.js"),
-    ),
-    (
-        "js/pages/article.js",
-        JS,
-        include_str!("../../dashboard/js/pages/article.js"),
-    ),
-    (
-        "js/pages/warehouses.js",
-        JS,
-        include_str!("../../dashboard/js/pages/warehouses.js"),
-    ),
-];
+/// `(path, contents)` of files under `dashboard/`, compiled in.
+macro_rules! files {
+    ($($path:literal),* $(,)?) => {
+        &[$(($path, include_str!(concat!("../../dashboard/", $path)))),*]
+    };
+}
 
-const JS: &str = "text/javascript; charset=utf-8";
-const CSS: &str = "text/css; charset=utf-8";
+/// Every file under `/dashboard/`. A new page is a module in `dashboard/js/pages/`, a line
+/// here and a route in `js/main.js`.
+const FILES: &[(&str, &str)] = files![
+    "app.css",
+    "js/core.js",
+    "js/main.js",
+    "js/pages/overview.js",
+    "js/pages/post.js",
+    "js/pages/articles.js",
+    "js/pages/article.js",
+    "js/pages/warehouses.js",
+];
 
 /// Scripts and styles from this server only; connections to this server (and its WebSocket).
 const POLICY: &str = "default-src 'self'; img-src 'self' data:; connect-src 'self'; \
@@ -73,8 +57,9 @@ fn file(content_type: &'static str, body: &'static str) -> Response {
 }
 
 async fn asset(Path(path): Path<String>) -> Response {
-    match FILES.iter().find(|(p, _, _)| *p == path) {
-        Some((_, content_type, body)) => file(content_type, body),
+    match FILES.iter().find(|(p, _)| *p == path) {
+        Some((p, body)) if p.ends_with(".css") => file("text/css; charset=utf-8", body),
+        Some((_, body)) => file("text/javascript; charset=utf-8", body),
         None => StatusCode::NOT_FOUND.into_response(),
     }
 }
@@ -95,7 +80,7 @@ mod tests {
     /// Every module a served file imports is served too.
     #[test]
     fn every_import_is_served() {
-        for (path, _, body) in FILES {
+        for (path, body) in FILES {
             let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
             for line in body.lines().filter(|l| l.starts_with("import ")) {
                 let Some(spec) = line.split('"').nth(1) else {
@@ -113,7 +98,7 @@ mod tests {
                 }
                 let target = parts.join("/");
                 assert!(
-                    FILES.iter().any(|(p, _, _)| *p == target),
+                    FILES.iter().any(|(p, _)| *p == target),
                     "{path} imports {spec} ({target}), which is not served"
                 );
             }

@@ -3,7 +3,7 @@
 // to the article), and many lines at once as one all-or-nothing batch. Every submission carries
 // an Idempotency-Key, so a double click or a retry posts once.
 
-import { $, api, el, failed, toast, once, showError, clearErrors, debounce, may } from "../core.js";
+import { $, api, el, failed, toast, once, showError, clearErrors, debounce, describe, may } from "../core.js";
 
 const MARKUP = `
 <h2 class="page-title">Post a movement</h2>
@@ -180,8 +180,7 @@ export default {
           selectLine(Number(marked[0].dataset.line));
         } else {
           // The batch as a whole (too many lines), or not sent at all.
-          const message = e.status ? e.message : `Not sent (${e.message}); try again.`;
-          errors.replaceChildren(el("li", {}, message), e.status ? el("li", {}, "Nothing was posted.") : "");
+          errors.replaceChildren(el("li", {}, describe(e)), e.status ? el("li", {}, "Nothing was posted.") : "");
         }
         return;
       }
